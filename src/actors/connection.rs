@@ -1,0 +1,747 @@
+//! The connection actor: one per Socket.IO session. It decodes Engine.IO/Socket.IO packets,
+//! holds the user's identity, joined rooms and rate limits, runs the heartbeat, and writes
+//! frames to a bounded outbound queue (a client that stops reading is disconnected).
+//!
+//! Client requests are handled one at a time, in arrival order, so a `join` followed at once
+//! by a `trigger` behaves as the client wrote it.
+
+use crate::actors::directory::Directory;
+use crate::actors::messages::*;
+use crate::actors::room::RoomActor;
+use crate::config::Settings;
+use crate::error::{DialogueError, ErrorCode};
+use crate::http::websocket::{WsInboundError, WsMessage, WsOutbox};
+use crate::protocol::dialogue::{ack_err, ack_ok, parse_request, to_json, ClientRequest};
+use crate::protocol::engineio::{self, EioPacket};
+use crate::protocol::socketio::{self, SioKind, SioPacket};
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+use bytestring::ByteString;
+use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Requests a client may have waiting before further ones are refused.
+const MAX_QUEUED_REQUESTS: usize = 256;
+/// Longest user id taken from a CONNECT payload.
+const MAX_USER_ID: usize = 255;
+
+/// A token bucket: `rate` per `per`, bursts up to `rate`. A rate of 0 never limits.
+struct RateLimit {
+    capacity: f64,
+    tokens: f64,
+    per_second: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32, per: Duration) -> Self {
+        RateLimit {
+            capacity: f64::from(rate),
+            tokens: f64::from(rate),
+            per_second: f64::from(rate) / per.as_secs_f64(),
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.capacity == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Work waiting in the per-connection queue.
+enum Work {
+    Client {
+        request: ClientRequest,
+        ack: Option<u64>,
+    },
+    AutoJoin {
+        room_id: String,
+        room: Addr<RoomActor>,
+    },
+}
+
+/// What a finished request changes and answers.
+enum Done {
+    Joined {
+        room_id: String,
+        room: Addr<RoomActor>,
+        ack: Option<u64>,
+    },
+    Left {
+        room_id: String,
+        ack: Option<u64>,
+    },
+    Reply {
+        /// Event to emit: (name, payload JSON).
+        emit: Option<(&'static str, String)>,
+        ack: Option<u64>,
+        /// Ack payload fields, a JSON object.
+        ack_json: String,
+    },
+    Failed {
+        error: DialogueError,
+        ack: Option<u64>,
+    },
+}
+
+/// One client session.
+pub struct Connection {
+    id: ConnId,
+    /// Engine.IO session id.
+    sid: String,
+    /// Socket.IO socket id (`clientId` in `dialogue:connected`).
+    socket_id: String,
+    settings: Arc<Settings>,
+    directory: Addr<Directory>,
+    out: Rc<RefCell<WsOutbox>>,
+    /// Set once the Socket.IO CONNECT was accepted.
+    user_id: Option<Arc<str>>,
+    rooms: HashMap<String, Addr<RoomActor>>,
+    queue: VecDeque<Work>,
+    busy: bool,
+    /// A ping was sent and its pong has not come back.
+    awaiting_pong: bool,
+    triggers: RateLimit,
+    history_reads: RateLimit,
+    /// Binary attachments still to be skipped, and the ack id of their refused packet.
+    skipping_binary: Option<(u32, Option<u64>)>,
+}
+
+impl Connection {
+    pub fn new(
+        id: ConnId,
+        settings: Arc<Settings>,
+        directory: Addr<Directory>,
+        out: Rc<RefCell<WsOutbox>>,
+    ) -> Self {
+        let limits = &settings.config.limits;
+        Connection {
+            id,
+            sid: uuid::Uuid::new_v4().simple().to_string(),
+            socket_id: uuid::Uuid::new_v4().simple().to_string(),
+            triggers: RateLimit::new(limits.triggers_per_second, Duration::from_secs(1)),
+            history_reads: RateLimit::new(
+                limits.history_requests_per_minute,
+                Duration::from_secs(60),
+            ),
+            settings,
+            directory,
+            out,
+            user_id: None,
+            rooms: HashMap::new(),
+            queue: VecDeque::new(),
+            busy: false,
+            awaiting_pong: false,
+            skipping_binary: None,
+        }
+    }
+
+    /// Sends one text frame; a client too far behind is disconnected.
+    fn send(&mut self, ctx: &mut Context<Self>, frame: ByteString) {
+        let result = self.out.borrow_mut().text(frame);
+        if result.is_err() {
+            log::warn!(
+                "connection {} ({}) is not reading: more than {} bytes queued, disconnecting",
+                self.id,
+                self.user_id.as_deref().unwrap_or("-"),
+                self.settings.config.server.max_outbound_bytes
+            );
+            self.close(ctx, CloseCode::Policy, "outbound queue full");
+        }
+    }
+
+    fn emit(&mut self, ctx: &mut Context<Self>, event: &str, payload_json: &str) {
+        self.send(ctx, socketio::encode_event(event, payload_json).into());
+    }
+
+    fn reply_error(&mut self, ctx: &mut Context<Self>, ack: Option<u64>, error: &DialogueError) {
+        log::debug!("connection {}: {error}", self.id);
+        self.emit(ctx, "dialogue:error", &to_json(error));
+        if let Some(id) = ack {
+            self.send(ctx, socketio::encode_ack(id, &ack_err(error)).into());
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+        self.out.borrow_mut().close(code, reason);
+        ctx.stop();
+    }
+
+    /// A Socket.IO or Engine.IO protocol violation: this connection closes, nothing else.
+    fn violation(&mut self, ctx: &mut Context<Self>, reason: &str) {
+        log::info!("closing connection {}: {reason}", self.id);
+        self.close(ctx, CloseCode::Protocol, reason);
+    }
+
+    fn on_text(&mut self, ctx: &mut Context<Self>, text: &str) {
+        match engineio::decode(text) {
+            Ok(EioPacket::Message(data)) => self.on_socketio(ctx, data, text.len()),
+            Ok(EioPacket::Pong(_)) => self.awaiting_pong = false,
+            Ok(EioPacket::Ping(data)) => {
+                let pong = format!("3{data}");
+                self.send(ctx, pong.into());
+            }
+            Ok(EioPacket::Close) => {
+                self.out.borrow_mut().close(CloseCode::Normal, "client closed");
+                ctx.stop();
+            }
+            Ok(EioPacket::Noop | EioPacket::Upgrade) => {}
+            Ok(EioPacket::Open(_)) => self.violation(ctx, "a client may not send an open packet"),
+            Err(e) => self.violation(ctx, &e.to_string()),
+        }
+    }
+
+    fn on_socketio(&mut self, ctx: &mut Context<Self>, data: &str, frame_len: usize) {
+        let packet = match socketio::decode(data) {
+            Ok(packet) => packet,
+            Err(e) => return self.violation(ctx, &e.to_string()),
+        };
+        match packet.kind {
+            SioKind::Connect => self.on_connect(ctx, packet),
+            SioKind::Event => {
+                if self.user_id.is_none() || packet.nsp != "/" {
+                    return self.violation(ctx, "event on a namespace that is not connected");
+                }
+                self.on_event(ctx, packet, frame_len);
+            }
+            SioKind::BinaryEvent | SioKind::BinaryAck => {
+                if self.user_id.is_none() {
+                    return self.violation(ctx, "event before CONNECT");
+                }
+                let ack = (packet.kind == SioKind::BinaryEvent)
+                    .then_some(packet.id)
+                    .flatten();
+                if packet.attachments == 0 {
+                    self.refuse_binary(ctx, ack);
+                } else {
+                    self.skipping_binary = Some((packet.attachments, ack));
+                }
+            }
+            // The server never asks for acks, so there is nothing to match them with.
+            SioKind::Ack => {}
+            SioKind::Disconnect => {
+                self.out.borrow_mut().close(CloseCode::Normal, "client disconnected");
+                ctx.stop();
+            }
+            SioKind::ConnectError => self.violation(ctx, "CONNECT_ERROR is server-only"),
+        }
+    }
+
+    fn refuse_binary(&mut self, ctx: &mut Context<Self>, ack: Option<u64>) {
+        let error = DialogueError::invalid("binary payloads are not supported; send JSON");
+        self.reply_error(ctx, ack, &error);
+    }
+
+    fn on_binary(&mut self, ctx: &mut Context<Self>) {
+        match self.skipping_binary {
+            Some((left, ack)) if left > 1 => self.skipping_binary = Some((left - 1, ack)),
+            Some((_, ack)) => {
+                self.skipping_binary = None;
+                self.refuse_binary(ctx, ack);
+            }
+            None => self.violation(ctx, "unexpected binary frame"),
+        }
+    }
+
+    fn on_connect(&mut self, ctx: &mut Context<Self>, packet: SioPacket) {
+        if packet.nsp != "/" {
+            let frame = socketio::encode_connect_error(&packet.nsp, "Invalid namespace");
+            return self.send(ctx, frame.into());
+        }
+        if self.user_id.is_some() {
+            return; // already connected: a repeated CONNECT changes nothing
+        }
+        let user_id = match packet.data.as_ref().and_then(|auth| auth.get("userId")) {
+            None | Some(Value::Null) => self.socket_id.clone(),
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_USER_ID => s.clone(),
+            Some(_) => {
+                let frame = socketio::encode_connect_error(
+                    "/",
+                    &format!("auth.userId must be a string of 1 to {MAX_USER_ID} characters"),
+                );
+                return self.send(ctx, frame.into());
+            }
+        };
+        let user_id: Arc<str> = user_id.into();
+        self.user_id = Some(user_id.clone());
+        let connect = socketio::encode_connect(&self.socket_id);
+        self.send(ctx, connect.into());
+        let connected = to_json(&serde_json::json!({
+            "clientId": self.socket_id,
+            "userId": &*user_id,
+        }));
+        self.emit(ctx, "dialogue:connected", &connected);
+        log::debug!("connection {} is user {user_id}", self.id);
+
+        // The autoJoin rooms are joined before any request the client sends next.
+        self.busy = true;
+        let opened = self.directory.send(ConnectionOpened {
+            conn: self.id,
+            outbox: ctx.address().recipient(),
+        });
+        ctx.spawn(opened.into_actor(self).map(|rooms, act, ctx| {
+            let rooms = rooms.unwrap_or_default();
+            for (room_id, room) in rooms.into_iter().rev() {
+                act.queue.push_front(Work::AutoJoin { room_id, room });
+            }
+            act.busy = false;
+            act.process_next(ctx);
+        }));
+    }
+
+    fn on_event(&mut self, ctx: &mut Context<Self>, packet: SioPacket, frame_len: usize) {
+        let ack = packet.id;
+        let Some(Value::Array(args)) = packet.data else {
+            return; // decode() guarantees an array whose first item is the name
+        };
+        let mut args = args.into_iter();
+        let name = match args.next() {
+            Some(Value::String(name)) => name,
+            _ => return,
+        };
+        let request = match parse_request(&name, args.next().as_ref()) {
+            Ok(request) => request,
+            Err(error) => return self.reply_error(ctx, ack, &error),
+        };
+        let limited = match &request {
+            ClientRequest::Trigger(_) => !self.triggers.allow(),
+            ClientRequest::GetHistory(_) => !self.history_reads.allow(),
+            _ => false,
+        };
+        if limited {
+            let error = DialogueError::new(
+                ErrorCode::RateLimited,
+                format!("too many {name} requests; slow down"),
+            );
+            return self.reply_error(ctx, ack, &error);
+        }
+        if let ClientRequest::Trigger(trigger) = &request {
+            let max = self.settings.config.limits.max_payload_bytes;
+            // The frame bounds the payload: only measure when the frame itself is larger.
+            if frame_len > max {
+                let size = to_json(&trigger.data).len()
+                    + trigger.meta.as_ref().map_or(0, |m| to_json(m).len());
+                if size > max {
+                    let error = DialogueError::new(
+                        ErrorCode::PayloadTooLarge,
+                        format!("event data is {size} bytes; the limit is {max}"),
+                    );
+                    return self.reply_error(ctx, ack, &error);
+                }
+            }
+        }
+        if self.queue.len() >= MAX_QUEUED_REQUESTS {
+            let error = DialogueError::new(
+                ErrorCode::RateLimited,
+                "too many requests waiting; wait for answers before sending more",
+            );
+            return self.reply_error(ctx, ack, &error);
+        }
+        self.queue.push_back(Work::Client { request, ack });
+        self.process_next(ctx);
+    }
+
+    /// Starts the next queued request if none is running.
+    fn process_next(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            return;
+        }
+        let Some(work) = self.queue.pop_front() else {
+            return;
+        };
+        self.busy = true;
+        let fut = self.start(work, ctx);
+        ctx.spawn(fut.into_actor(self).map(|done, act, ctx| {
+            act.finish(ctx, done);
+            act.busy = false;
+            act.process_next(ctx);
+        }));
+    }
+
+    /// The room actor for `room_id` if this connection joined it, else the reason it may not
+    /// use it (unknown room, or not joined).
+    fn joined_room(
+        &self,
+        room_id: String,
+    ) -> impl std::future::Future<Output = Result<Addr<RoomActor>, DialogueError>> + 'static {
+        let known = self.rooms.get(&room_id).cloned();
+        let directory = self.directory.clone();
+        async move {
+            if let Some(room) = known {
+                return Ok(room);
+            }
+            match directory.send(LookupRoom { room_id: room_id.clone() }).await {
+                Ok(Some(_)) => Err(DialogueError::not_in_room(&room_id)),
+                _ => Err(DialogueError::room_not_found(&room_id)),
+            }
+        }
+    }
+
+    fn start(
+        &mut self,
+        work: Work,
+        ctx: &mut Context<Self>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Done>>> {
+        let conn = self.id;
+        let user_id = self.user_id.clone().unwrap_or_else(|| "".into());
+        let outbox: Recipient<ToConnection> = ctx.address().recipient();
+        let directory = self.directory.clone();
+        let (request, ack) = match work {
+            Work::AutoJoin { room_id, room } => {
+                return Box::pin(async move {
+                    match room.send(Join { conn, user_id, outbox }).await {
+                        Ok(Ok(())) => Done::Joined {
+                            room_id,
+                            room,
+                            ack: None,
+                        },
+                        Ok(Err(error)) => Done::Failed { error, ack: None },
+                        Err(_) => Done::Failed {
+                            error: DialogueError::room_not_found(&room_id),
+                            ack: None,
+                        },
+                    }
+                })
+            }
+            Work::Client { request, ack } => (request, ack),
+        };
+        let gone = |room_id: &str| DialogueError::room_not_found(room_id);
+        match request {
+            ClientRequest::Join(r) => {
+                let known = self.rooms.get(&r.room_id).cloned();
+                Box::pin(async move {
+                    let room = match known {
+                        Some(room) => Some(room),
+                        None => directory
+                            .send(LookupRoom {
+                                room_id: r.room_id.clone(),
+                            })
+                            .await
+                            .ok()
+                            .flatten(),
+                    };
+                    let Some(room) = room else {
+                        return Done::Failed {
+                            error: gone(&r.room_id),
+                            ack,
+                        };
+                    };
+                    match room.send(Join { conn, user_id, outbox }).await {
+                        Ok(Ok(())) => Done::Joined {
+                            room_id: r.room_id,
+                            room,
+                            ack,
+                        },
+                        Ok(Err(error)) => Done::Failed { error, ack },
+                        Err(_) => Done::Failed {
+                            error: gone(&r.room_id),
+                            ack,
+                        },
+                    }
+                })
+            }
+            ClientRequest::Leave(r) => {
+                let room = self.joined_room(r.room_id.clone());
+                Box::pin(async move {
+                    let result = match room.await {
+                        Ok(room) => room.send(Leave { conn }).await.unwrap_or(Ok(())),
+                        Err(error) => Err(error),
+                    };
+                    match result {
+                        Ok(()) => Done::Left {
+                            room_id: r.room_id,
+                            ack,
+                        },
+                        Err(error) => Done::Failed { error, ack },
+                    }
+                })
+            }
+            ClientRequest::Subscribe(r) => self.subscription(r.room_id, Some(r.event_name), true, ack),
+            ClientRequest::Unsubscribe(r) => {
+                self.subscription(r.room_id, Some(r.event_name), false, ack)
+            }
+            ClientRequest::SubscribeAll(r) => self.subscription(r.room_id, None, true, ack),
+            ClientRequest::Trigger(t) => {
+                let room = self.joined_room(t.room_id.clone());
+                let from = user_id;
+                Box::pin(async move {
+                    let room = match room.await {
+                        Ok(room) => room,
+                        Err(error) => return Done::Failed { error, ack },
+                    };
+                    let trigger = Trigger {
+                        conn: Some(conn),
+                        from,
+                        event: t.event,
+                        data: t.data,
+                        meta: t.meta,
+                    };
+                    match room.send(trigger).await {
+                        Ok(Ok(seq)) => Done::Reply {
+                            emit: None,
+                            ack,
+                            ack_json: format!("{{\"seq\":{seq}}}"),
+                        },
+                        Ok(Err(error)) => Done::Failed { error, ack },
+                        Err(_) => Done::Failed {
+                            error: gone(&t.room_id),
+                            ack,
+                        },
+                    }
+                })
+            }
+            ClientRequest::GetHistory(h) => {
+                let room = self.joined_room(h.room_id.clone());
+                Box::pin(async move {
+                    let room = match room.await {
+                        Ok(room) => room,
+                        Err(error) => return Done::Failed { error, ack },
+                    };
+                    let read = GetHistory {
+                        conn: Some(conn),
+                        event: h.event_name,
+                        range: h.range,
+                    };
+                    match room.send(read).await {
+                        Ok(Ok(page)) => Done::Reply {
+                            ack_json: page.json.clone(),
+                            emit: Some(("dialogue:historyResponse", page.json)),
+                            ack,
+                        },
+                        Ok(Err(error)) => Done::Failed { error, ack },
+                        Err(_) => Done::Failed {
+                            error: gone(&h.room_id),
+                            ack,
+                        },
+                    }
+                })
+            }
+            ClientRequest::ListRooms => Box::pin(async move {
+                let rooms = directory.send(ListRooms).await.unwrap_or_default();
+                let json = to_json(&rooms);
+                Done::Reply {
+                    ack_json: format!("{{\"rooms\":{json}}}"),
+                    emit: Some(("dialogue:rooms", json)),
+                    ack,
+                }
+            }),
+            ClientRequest::CreateRoom(c) => Box::pin(async move {
+                let create = CreateRoom {
+                    id: c.id,
+                    name: c.name,
+                    description: c.description,
+                    max_size: c.max_size,
+                    created_by: user_id,
+                };
+                match directory.send(create).await {
+                    // The directory announces `dialogue:roomCreated` to every client.
+                    Ok(Ok(info)) => Done::Reply {
+                        emit: None,
+                        ack,
+                        ack_json: to_json(&info),
+                    },
+                    Ok(Err(error)) => Done::Failed { error, ack },
+                    Err(_) => Done::Failed {
+                        error: DialogueError::invalid("the room directory is not running"),
+                        ack,
+                    },
+                }
+            }),
+            ClientRequest::DeleteRoom(d) => Box::pin(async move {
+                let delete = DeleteRoom {
+                    room_id: d.room_id.clone(),
+                    requested_by: user_id,
+                };
+                match directory.send(delete).await {
+                    Ok(Ok(())) => Done::Reply {
+                        emit: None,
+                        ack,
+                        ack_json: to_json(&serde_json::json!({ "roomId": d.room_id })),
+                    },
+                    Ok(Err(error)) => Done::Failed { error, ack },
+                    Err(_) => Done::Failed {
+                        error: gone(&d.room_id),
+                        ack,
+                    },
+                }
+            }),
+        }
+    }
+
+    fn subscription(
+        &self,
+        room_id: String,
+        event: Option<String>,
+        subscribed: bool,
+        ack: Option<u64>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Done>>> {
+        let room = self.joined_room(room_id.clone());
+        let conn = self.id;
+        Box::pin(async move {
+            let room = match room.await {
+                Ok(room) => room,
+                Err(error) => return Done::Failed { error, ack },
+            };
+            let change = SetSubscription {
+                conn,
+                event: event.clone(),
+                subscribed,
+            };
+            match room.send(change).await {
+                Ok(Ok(())) => Done::Reply {
+                    emit: None,
+                    ack,
+                    ack_json: to_json(&serde_json::json!({
+                        "roomId": room_id,
+                        "eventName": event,
+                    })),
+                },
+                Ok(Err(error)) => Done::Failed { error, ack },
+                Err(_) => Done::Failed {
+                    error: DialogueError::room_not_found(&room_id),
+                    ack,
+                },
+            }
+        })
+    }
+
+    fn finish(&mut self, ctx: &mut Context<Self>, done: Done) {
+        match done {
+            Done::Joined { room_id, room, ack } => {
+                if let Some(id) = ack {
+                    let json = to_json(&serde_json::json!({ "roomId": room_id }));
+                    self.send(ctx, socketio::encode_ack(id, &ack_ok(&json)).into());
+                }
+                self.rooms.insert(room_id, room);
+            }
+            Done::Left { room_id, ack } => {
+                if let Some(id) = ack {
+                    let json = to_json(&serde_json::json!({ "roomId": room_id }));
+                    self.send(ctx, socketio::encode_ack(id, &ack_ok(&json)).into());
+                }
+                self.rooms.remove(&room_id);
+            }
+            Done::Reply {
+                emit,
+                ack,
+                ack_json,
+            } => {
+                if let Some((event, json)) = emit {
+                    self.emit(ctx, event, &json);
+                }
+                if let Some(id) = ack {
+                    self.send(ctx, socketio::encode_ack(id, &ack_ok(&ack_json)).into());
+                }
+            }
+            Done::Failed { error, ack } => self.reply_error(ctx, ack, &error),
+        }
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let server = &self.settings.config.server;
+        let timeout = Duration::from_millis(server.ping_timeout);
+        self.awaiting_pong = true;
+        self.send(ctx, engineio::PING.into());
+        ctx.run_later(timeout, |act, ctx| {
+            if act.awaiting_pong {
+                log::debug!("connection {}: no pong within pingTimeout", act.id);
+                act.close(ctx, CloseCode::Away, "ping timeout");
+            }
+        });
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Rooms fan out with `do_send`, which ignores this bound; it only throttles `send`.
+        ctx.set_mailbox_capacity(1024);
+        let server = &self.settings.config.server;
+        let open = engineio::encode_open(&engineio::Handshake {
+            sid: &self.sid,
+            upgrades: &[],
+            ping_interval: server.ping_interval,
+            ping_timeout: server.ping_timeout,
+            max_payload: server.max_payload,
+        });
+        let interval = Duration::from_millis(server.ping_interval);
+        let connect_timeout = Duration::from_millis(server.connect_timeout);
+        self.send(ctx, open.into());
+        ctx.run_interval(interval, |act, ctx| act.heartbeat(ctx));
+        ctx.run_later(connect_timeout, |act, ctx| {
+            if act.user_id.is_none() {
+                act.close(ctx, CloseCode::Policy, "no Socket.IO CONNECT in time");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.out
+            .borrow_mut()
+            .close(CloseCode::Normal, "connection closed");
+        for room in self.rooms.values() {
+            room.do_send(MemberGone { conn: self.id });
+        }
+        if self.user_id.is_some() {
+            self.directory.do_send(ConnectionClosed { conn: self.id });
+        }
+        log::debug!("connection {} closed", self.id);
+    }
+}
+
+impl StreamHandler<Result<WsMessage, WsInboundError>> for Connection {
+    fn handle(&mut self, msg: Result<WsMessage, WsInboundError>, ctx: &mut Self::Context) {
+        match msg {
+            Ok(WsMessage::Text(text)) => self.on_text(ctx, &text),
+            Ok(WsMessage::Binary(_)) => self.on_binary(ctx),
+            Ok(WsMessage::Ping(data)) => {
+                if self.out.borrow_mut().pong(data).is_err() {
+                    self.close(ctx, CloseCode::Policy, "outbound queue full");
+                }
+            }
+            Ok(WsMessage::Close) => {
+                self.out.borrow_mut().close(CloseCode::Normal, "bye");
+                ctx.stop();
+            }
+            Err(WsInboundError::TooLarge(max)) => {
+                log::info!("closing connection {}: message over {max} bytes", self.id);
+                self.close(ctx, CloseCode::Size, "message too large");
+            }
+            Err(e) => self.violation(ctx, &e.to_string()),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<ToConnection> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToConnection, ctx: &mut Self::Context) {
+        match msg {
+            ToConnection::Frame { frame } => self.send(ctx, frame),
+            ToConnection::RoomClosed { room_id } => {
+                self.rooms.remove(&room_id);
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The room directory: room ids to room actors (rooms from the configuration and rooms
+//! created at run time), spread over a pool of arbiter threads; it also knows every connected
+//! client so room creation and deletion can be announced to all.
+
+use crate::actors::messages::*;
+use crate::actors::room::{RoomActor, RoomShared};
+use crate::config::{Settings, SyncHistory};
+use crate::error::{DialogueError, ErrorCode};
+use crate::protocol::dialogue::{to_json, RoomInfo};
+use crate::protocol::socketio::encode_event;
+use actix::prelude::*;
+use bytestring::ByteString;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+/// Longest room id accepted at run time (the database column is 255 characters).
+const MAX_ROOM_ID: usize = 255;
+
+struct RoomEntry {
+    addr: Addr<RoomActor>,
+    shared: Arc<RoomShared>,
+}
+
+/// Maps room ids to room actors.
+pub struct Directory {
+    settings: Arc<Settings>,
+    rooms: BTreeMap<String, RoomEntry>,
+    connections: HashMap<ConnId, Recipient<ToConnection>>,
+    /// Threads room actors run on, used round-robin.
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: usize,
+    persistence: PersistenceLink,
+}
+
+impl Directory {
+    /// Creates the directory and starts every configured room.
+    pub fn new(
+        settings: Arc<Settings>,
+        arbiters: Vec<ArbiterHandle>,
+        persistence: PersistenceLink,
+    ) -> Self {
+        let mut dir = Directory {
+            settings: settings.clone(),
+            rooms: BTreeMap::new(),
+            connections: HashMap::new(),
+            arbiters,
+            next_arbiter: 0,
+            persistence,
+        };
+        for (id, room) in &settings.config.rooms {
+            let shared = RoomShared {
+                id: id.as_str().into(),
+                name: room.name.clone().unwrap_or_else(|| id.clone()),
+                description: room.description.clone(),
+                max_size: room.max_size,
+                events: if room.events.iter().any(|e| e.value == "*") {
+                    None
+                } else {
+                    Some(room.events.iter().map(|e| e.value.clone()).collect())
+                },
+                default_subscriptions: room
+                    .default_subscriptions
+                    .as_ref()
+                    .map(|subs| subs.iter().map(|s| s.value.clone()).collect()),
+                sync_history_on_join: match room.sync_history_on_join {
+                    None | Some(SyncHistory::All(false)) => None,
+                    Some(SyncHistory::All(true)) => Some(usize::MAX),
+                    Some(SyncHistory::Newest(n)) => Some(n as usize),
+                },
+                auto_join: room.auto_join,
+                created_by: None,
+                size: AtomicUsize::new(0),
+            };
+            dir.start_room(shared);
+        }
+        dir
+    }
+
+    fn start_room(&mut self, shared: RoomShared) -> Arc<RoomShared> {
+        let shared = Arc::new(shared);
+        let room = RoomActor::new(
+            shared.clone(),
+            self.settings.events.clone(),
+            self.persistence.clone(),
+        );
+        let addr = match self.arbiters.get(self.next_arbiter % self.arbiters.len().max(1)) {
+            Some(arbiter) => RoomActor::start_in_arbiter(arbiter, |_| room),
+            None => room.start(),
+        };
+        self.next_arbiter += 1;
+        self.rooms.insert(
+            shared.id.to_string(),
+            RoomEntry {
+                addr,
+                shared: shared.clone(),
+            },
+        );
+        shared
+    }
+
+    fn broadcast(&self, event: &str, payload_json: &str) {
+        let frame = ByteString::from(encode_event(event, payload_json));
+        for outbox in self.connections.values() {
+            outbox.do_send(ToConnection::Frame {
+                frame: frame.clone(),
+            });
+        }
+    }
+}
+
+impl Actor for Directory {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+impl Handler<LookupRoom> for Directory {
+    type Result = Option<Addr<RoomActor>>;
+
+    fn handle(&mut self, msg: LookupRoom, _: &mut Context<Self>) -> Self::Result {
+        self.rooms.get(&msg.room_id).map(|r| r.addr.clone())
+    }
+}
+
+impl Handler<ConnectionOpened> for Directory {
+    type Result = Vec<(String, Addr<RoomActor>)>;
+
+    fn handle(&mut self, msg: ConnectionOpened, _: &mut Context<Self>) -> Self::Result {
+        self.connections.insert(msg.conn, msg.outbox);
+        self.rooms
+            .iter()
+            .filter(|(_, r)| r.shared.auto_join)
+            .map(|(id, r)| (id.clone(), r.addr.clone()))
+            .collect()
+    }
+}
+
+impl Handler<ConnectionClosed> for Directory {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionClosed, _: &mut Context<Self>) {
+        self.connections.remove(&msg.conn);
+    }
+}
+
+impl Handler<ListRooms> for Directory {
+    type Result = Vec<RoomInfo>;
+
+    fn handle(&mut self, _: ListRooms, _: &mut Context<Self>) -> Self::Result {
+        self.rooms.values().map(|r| r.shared.info()).collect()
+    }
+}
+
+impl Handler<CreateRoom> for Directory {
+    type Result = Result<RoomInfo, DialogueError>;
+
+    fn handle(&mut self, msg: CreateRoom, _: &mut Context<Self>) -> Self::Result {
+        let id = msg.id.trim();
+        if id.is_empty() || id.len() > MAX_ROOM_ID || id != msg.id {
+            return Err(DialogueError::invalid(format!(
+                "a room id is 1 to {MAX_ROOM_ID} characters without surrounding spaces"
+            )));
+        }
+        if msg.name.is_empty() {
+            return Err(DialogueError::invalid("a room needs a non-empty name"));
+        }
+        if msg.max_size == Some(0) {
+            return Err(DialogueError::invalid("maxSize must be at least 1"));
+        }
+        if self.rooms.contains_key(id) {
+            return Err(DialogueError::new(
+                ErrorCode::RoomExists,
+                format!("room '{id}' already exists"),
+            ));
+        }
+        // A room created at run time carries every declared event type.
+        let mut events: Vec<String> = self.settings.events.names().map(str::to_owned).collect();
+        events.sort();
+        let shared = self.start_room(RoomShared {
+            id: id.into(),
+            name: msg.name,
+            description: msg.description,
+            max_size: msg.max_size,
+            events: Some(events),
+            default_subscriptions: None,
+            sync_history_on_join: None,
+            auto_join: false,
+            created_by: Some(msg.created_by),
+            size: AtomicUsize::new(0),
+        });
+        let info = shared.info();
+        log::info!("room '{}' created by {}", info.id, msg_creator(&shared));
+        self.broadcast("dialogue:roomCreated", &to_json(&info));
+        Ok(info)
+    }
+}
+
+fn msg_creator(shared: &RoomShared) -> &str {
+    shared.created_by.as_deref().unwrap_or("configuration")
+}
+
+impl Handler<DeleteRoom> for Directory {
+    type Result = Result<(), DialogueError>;
+
+    fn handle(&mut self, msg: DeleteRoom, _: &mut Context<Self>) -> Self::Result {
+        let entry = self
+            .rooms
+            .get(&msg.room_id)
+            .ok_or_else(|| DialogueError::room_not_found(&msg.room_id))?;
+        match &entry.shared.created_by {
+            Some(creator) if *creator == msg.requested_by => {}
+            Some(_) => {
+                return Err(DialogueError::new(
+                    ErrorCode::PermissionDenied,
+                    format!("only the creator may delete room '{}'", msg.room_id),
+                ))
+            }
+            None => {
+                return Err(DialogueError::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "room '{}' comes from the configuration and cannot be deleted by clients",
+                        msg.room_id
+                    ),
+                ))
+            }
+        }
+        if let Some(entry) = self.rooms.remove(&msg.room_id) {
+            entry.addr.do_send(CloseRoom);
+        }
+        log::info!("room '{}' deleted by {}", msg.room_id, msg.requested_by);
+        self.broadcast(
+            "dialogue:roomDeleted",
+            &to_json(&serde_json::json!({ "roomId": msg.room_id })),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! Every message exchanged between actors, in one place, with named fields.
+//!
+//! Rooms and the directory reach connections only through `Recipient<ToConnection>`, so the
+//! dependency arrow points from connections to rooms, never back.
+
+use crate::error::DialogueError;
+use crate::protocol::dialogue::{HistoryRange, RoomInfo};
+use actix::prelude::*;
+use bytestring::ByteString;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Process-unique id of a connection.
+pub type ConnId = u64;
+
+/// One stored event as history keeps it.
+#[derive(Debug)]
+pub struct StoredEvent {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    pub from: Arc<str>,
+    pub data: Value,
+    pub meta: Option<Value>,
+    /// The serialised `EventMessage`, built once when the event was triggered and reused by
+    /// fan-out and every history page.
+    pub json: Box<str>,
+}
+
+// ---------------------------------------------------------------- room/directory → connection
+
+/// Something for a connection to do, sent by rooms and the directory.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum ToConnection {
+    /// A complete Engine.IO text frame to send as is (shared, serialised once).
+    Frame { frame: ByteString },
+    /// The room was deleted: forget the membership.
+    RoomClosed { room_id: String },
+}
+
+// ---------------------------------------------------------------- connection → room
+
+/// Adds a member. On success the room itself sends `dialogue:joined` (and the join history)
+/// down `outbox`, so they precede any event fanned out afterwards.
+#[derive(Message)]
+#[rtype(result = "Result<(), DialogueError>")]
+pub struct Join {
+    pub conn: ConnId,
+    pub user_id: Arc<str>,
+    pub outbox: Recipient<ToConnection>,
+}
+
+/// Removes a member; the room sends `dialogue:left`.
+#[derive(Message)]
+#[rtype(result = "Result<(), DialogueError>")]
+pub struct Leave {
+    pub conn: ConnId,
+}
+
+/// Removes a member whose connection closed (no reply is possible).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MemberGone {
+    pub conn: ConnId,
+}
+
+/// Changes a member's subscriptions.
+#[derive(Message)]
+#[rtype(result = "Result<(), DialogueError>")]
+pub struct SetSubscription {
+    pub conn: ConnId,
+    /// `None` = every event of the room (`subscribeAll`).
+    pub event: Option<String>,
+    pub subscribed: bool,
+}
+
+/// Triggers an event into the room: validate, number, fan out, keep in history.
+#[derive(Message)]
+#[rtype(result = "Result<u64, DialogueError>")]
+pub struct Trigger {
+    /// The member triggering it; `None` for server-side triggers (no membership needed).
+    pub conn: Option<ConnId>,
+    pub from: Arc<str>,
+    pub event: String,
+    pub data: Value,
+    pub meta: Option<Value>,
+}
+
+/// A page of one event's history, newest first.
+#[derive(Message)]
+#[rtype(result = "Result<HistoryPage, DialogueError>")]
+pub struct GetHistory {
+    /// The member asking; `None` for server-side reads (no membership needed).
+    pub conn: Option<ConnId>,
+    pub event: String,
+    pub range: HistoryRange,
+}
+
+/// The answer to [`GetHistory`]: the `dialogue:historyResponse` object, serialised.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub json: String,
+}
+
+/// Deletes the room: its history is persisted, members are told, the actor stops.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseRoom;
+
+// ---------------------------------------------------------------- connection → directory
+
+/// Finds a room's actor.
+#[derive(Message)]
+#[rtype(result = "Option<Addr<crate::actors::room::RoomActor>>")]
+pub struct LookupRoom {
+    pub room_id: String,
+}
+
+/// A connection completed its Socket.IO CONNECT; the reply lists the `autoJoin` rooms.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, Addr<crate::actors::room::RoomActor>)>")]
+pub struct ConnectionOpened {
+    pub conn: ConnId,
+    pub outbox: Recipient<ToConnection>,
+}
+
+/// A connection closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectionClosed {
+    pub conn: ConnId,
+}
+
+/// Lists every room.
+#[derive(Message)]
+#[rtype(result = "Vec<RoomInfo>")]
+pub struct ListRooms;
+
+/// Creates a room at run time.
+#[derive(Message)]
+#[rtype(result = "Result<RoomInfo, DialogueError>")]
+pub struct CreateRoom {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub max_size: Option<u32>,
+    pub created_by: Arc<str>,
+}
+
+/// Deletes a room created at run time.
+#[derive(Message)]
+#[rtype(result = "Result<(), DialogueError>")]
+pub struct DeleteRoom {
+    pub room_id: String,
+    /// The user asking: only the room's creator may delete it.
+    pub requested_by: Arc<str>,
+}
+
+// ---------------------------------------------------------------- room → persistence
+
+/// Events pushed out of a room's in-memory window, to be stored as one batch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EvictedBatch {
+    pub room_id: Arc<str>,
+    pub event: Arc<str>,
+    /// Oldest first, contiguous `seq`.
+    pub events: Vec<Arc<StoredEvent>>,
+}
+
+/// Reads stored events `lo..=hi` of one (room, event), newest first: those still waiting to
+/// be written as well as those in the database.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Arc<StoredEvent>>, DialogueError>")]
+pub struct LoadRange {
+    pub room_id: Arc<str>,
+    pub event: Arc<str>,
+    pub lo: u64,
+    pub hi: u64,
+}
+
+/// The persistence actor as rooms see it.
+#[derive(Clone)]
+pub struct PersistenceLink {
+    pub evicted: Recipient<EvictedBatch>,
+    pub load: Recipient<LoadRange>,
+}

@@ -1,0 +1,553 @@
+//! The room actor: members and their subscriptions, validation, fan-out, and a history
+//! window per history-enabled event. Evicted events go to the persistence actor as batches;
+//! history pages reaching past the window are completed from it.
+
+use crate::actors::messages::*;
+use crate::error::{DialogueError, ErrorCode};
+use crate::events::{EventCatalog, EventDef};
+use crate::history::{cursor_to_seqs, offsets_to_seqs, EventHistory, SeqRange};
+use crate::protocol::dialogue::{to_json, EventMessage, HistoryRange, RoomInfo};
+use crate::protocol::socketio::encode_event;
+use actix::prelude::*;
+use bytestring::ByteString;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Most distinct event names a `"*"` room keeps counters for.
+const MAX_WILDCARD_EVENTS: usize = 1000;
+/// Longest event name accepted (the database column is 100 characters).
+const MAX_EVENT_NAME: usize = 100;
+
+/// What a room is, fixed at creation. Shared with the directory for listings.
+#[derive(Debug)]
+pub struct RoomShared {
+    pub id: Arc<str>,
+    pub name: String,
+    pub description: Option<String>,
+    pub max_size: Option<u32>,
+    /// `None` = any event (`["*"]`).
+    pub events: Option<Vec<String>>,
+    /// `None` = all of the room's events.
+    pub default_subscriptions: Option<Vec<String>>,
+    /// Newest events per event type sent on join; `None` = no sync, `Some(usize::MAX)` = all.
+    pub sync_history_on_join: Option<usize>,
+    pub auto_join: bool,
+    /// Set for rooms created at run time.
+    pub created_by: Option<Arc<str>>,
+    /// Current member count, kept by the room actor.
+    pub size: AtomicUsize,
+}
+
+impl RoomShared {
+    pub fn info(&self) -> RoomInfo {
+        RoomInfo {
+            id: self.id.to_string(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            size: self.size.load(Ordering::Relaxed),
+            max_size: self.max_size,
+            events: self
+                .events
+                .clone()
+                .unwrap_or_else(|| vec!["*".to_owned()]),
+            created_by: self.created_by.as_ref().map(|u| u.to_string()),
+        }
+    }
+}
+
+enum Subscriptions {
+    All,
+    Only(HashSet<String>),
+    /// Every event but these (unsubscribing one event of a `"*"` room).
+    AllExcept(HashSet<String>),
+}
+
+impl Subscriptions {
+    fn contains(&self, event: &str) -> bool {
+        match self {
+            Subscriptions::All => true,
+            Subscriptions::Only(set) => set.contains(event),
+            Subscriptions::AllExcept(set) => !set.contains(event),
+        }
+    }
+}
+
+struct Member {
+    outbox: Recipient<ToConnection>,
+    subscriptions: Subscriptions,
+}
+
+/// Per event type: its definition, its counter, and its window when history is enabled.
+struct EventState {
+    def: Arc<EventDef>,
+    name: Arc<str>,
+    /// Counter for events without history (their `seq` still grows by one per event).
+    last_seq: u64,
+    history: Option<EventHistory>,
+}
+
+impl EventState {
+    fn new(def: Arc<EventDef>) -> Self {
+        EventState {
+            name: def.name.as_str().into(),
+            history: def.history_limit.map(EventHistory::new),
+            def,
+            last_seq: 0,
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.history
+            .as_ref()
+            .map_or(self.last_seq, EventHistory::last_seq)
+    }
+}
+
+/// One room.
+pub struct RoomActor {
+    shared: Arc<RoomShared>,
+    catalog: Arc<EventCatalog>,
+    members: HashMap<ConnId, Member>,
+    events: HashMap<String, EventState>,
+    persistence: PersistenceLink,
+}
+
+impl RoomActor {
+    pub fn new(
+        shared: Arc<RoomShared>,
+        catalog: Arc<EventCatalog>,
+        persistence: PersistenceLink,
+    ) -> Self {
+        let mut events = HashMap::new();
+        for name in shared.events.iter().flatten() {
+            if let Some(def) = catalog.get(name) {
+                events.insert(name.clone(), EventState::new(def.clone()));
+            }
+        }
+        RoomActor {
+            shared,
+            catalog,
+            members: HashMap::new(),
+            events,
+            persistence,
+        }
+    }
+
+    fn room_id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The state of `event` if the room carries it; in a `"*"` room, created on first use.
+    fn event_state(&mut self, event: &str) -> Result<&mut EventState, DialogueError> {
+        let not_allowed = || {
+            DialogueError::new(
+                ErrorCode::EventNotAllowed,
+                format!(
+                    "room '{}' does not accept event '{event}'",
+                    self.shared.id
+                ),
+            )
+        };
+        if !self.events.contains_key(event) {
+            if self.shared.events.is_some()
+                || event.is_empty()
+                || event.len() > MAX_EVENT_NAME
+                || self.events.len() >= MAX_WILDCARD_EVENTS
+            {
+                return Err(not_allowed());
+            }
+            let def = match self.catalog.get(event) {
+                Some(def) => def.clone(),
+                None => Arc::new(EventDef::untyped(event)),
+            };
+            self.events.insert(event.to_owned(), EventState::new(def));
+        }
+        self.events.get_mut(event).ok_or_else(not_allowed)
+    }
+
+    fn carries(&self, event: &str) -> bool {
+        match &self.shared.events {
+            None => true,
+            Some(list) => list.iter().any(|e| e == event),
+        }
+    }
+
+    fn check_member(&self, conn: Option<ConnId>) -> Result<(), DialogueError> {
+        match conn {
+            Some(conn) if !self.members.contains_key(&conn) => {
+                Err(DialogueError::not_in_room(self.room_id()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn send_to(&self, outbox: &Recipient<ToConnection>, event: &str, payload_json: &str) {
+        outbox.do_send(ToConnection::Frame {
+            frame: ByteString::from(encode_event(event, payload_json)),
+        });
+    }
+
+    /// `dialogue:history {roomId, events}` for a new member: the newest N of each subscribed
+    /// history event, newest first.
+    fn join_history(&self, subscriptions: &Subscriptions) -> Option<String> {
+        let n = self.shared.sync_history_on_join?;
+        let mut events: Vec<&Arc<StoredEvent>> = Vec::new();
+        for (name, state) in &self.events {
+            let Some(history) = &state.history else { continue };
+            if !subscriptions.contains(name) {
+                continue;
+            }
+            let last = history.last_seq();
+            let range = offsets_to_seqs(last, 0, n.min(u64::MAX as usize) as u64);
+            events.extend(history.newest_first(range));
+        }
+        events.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then(b.seq.cmp(&a.seq)));
+        let mut json = String::from("{\"roomId\":");
+        json.push_str(&to_json(&self.room_id()));
+        json.push_str(",\"events\":[");
+        push_joined(&mut json, events.iter().map(|e| &*e.json));
+        json.push_str("]}");
+        Some(json)
+    }
+
+    fn set_size(&self) {
+        self.shared.size.store(self.members.len(), Ordering::Relaxed);
+    }
+}
+
+fn push_joined<'a>(out: &mut String, items: impl Iterator<Item = &'a str>) {
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item);
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Actor for RoomActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Connections wait for each reply before sending their next request, so the mailbox
+        // holds at most one request per connection; room-to-room ordering needs no bound here.
+        ctx.set_mailbox_capacity(usize::MAX);
+        log::debug!("room '{}' started", self.shared.id);
+    }
+}
+
+impl Handler<Join> for RoomActor {
+    type Result = Result<(), DialogueError>;
+
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
+        let joined = to_json(&serde_json::json!({
+            "roomId": self.room_id(),
+            "roomName": self.shared.name,
+        }));
+        if let Some(member) = self.members.get(&msg.conn) {
+            // Joining twice is harmless: confirm again, change nothing.
+            self.send_to(&member.outbox, "dialogue:joined", &joined);
+            return Ok(());
+        }
+        if let Some(max) = self.shared.max_size {
+            if self.members.len() >= max as usize {
+                return Err(DialogueError::new(
+                    ErrorCode::RoomFull,
+                    format!("room '{}' is full ({max} members)", self.room_id()),
+                ));
+            }
+        }
+        let subscriptions = match &self.shared.default_subscriptions {
+            None => Subscriptions::All,
+            Some(list) => Subscriptions::Only(list.iter().cloned().collect()),
+        };
+        self.send_to(&msg.outbox, "dialogue:joined", &joined);
+        if let Some(history) = self.join_history(&subscriptions) {
+            self.send_to(&msg.outbox, "dialogue:history", &history);
+        }
+        self.members.insert(
+            msg.conn,
+            Member {
+                outbox: msg.outbox,
+                subscriptions,
+            },
+        );
+        self.set_size();
+        log::debug!("{} joined room '{}'", msg.user_id, self.shared.id);
+        Ok(())
+    }
+}
+
+impl Handler<Leave> for RoomActor {
+    type Result = Result<(), DialogueError>;
+
+    fn handle(&mut self, msg: Leave, _: &mut Context<Self>) -> Self::Result {
+        let member = self
+            .members
+            .remove(&msg.conn)
+            .ok_or_else(|| DialogueError::not_in_room(self.room_id()))?;
+        self.set_size();
+        let left = to_json(&serde_json::json!({ "roomId": self.room_id() }));
+        self.send_to(&member.outbox, "dialogue:left", &left);
+        Ok(())
+    }
+}
+
+impl Handler<MemberGone> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MemberGone, _: &mut Context<Self>) {
+        if self.members.remove(&msg.conn).is_some() {
+            self.set_size();
+        }
+    }
+}
+
+impl Handler<SetSubscription> for RoomActor {
+    type Result = Result<(), DialogueError>;
+
+    fn handle(&mut self, msg: SetSubscription, _: &mut Context<Self>) -> Self::Result {
+        self.check_member(Some(msg.conn))?;
+        if let Some(event) = &msg.event {
+            if !self.carries(event) {
+                return Err(DialogueError::new(
+                    ErrorCode::EventNotAllowed,
+                    format!(
+                        "room '{}' does not carry event '{event}'",
+                        self.room_id()
+                    ),
+                ));
+            }
+        }
+        let all_events: Option<HashSet<String>> = self
+            .shared
+            .events
+            .as_ref()
+            .map(|list| list.iter().cloned().collect());
+        let Some(member) = self.members.get_mut(&msg.conn) else {
+            return Ok(());
+        };
+        member.subscriptions = match (msg.event, msg.subscribed, &member.subscriptions) {
+            (None, true, _) => Subscriptions::All,
+            (None, false, _) => Subscriptions::Only(HashSet::new()),
+            (Some(_), true, Subscriptions::All) => Subscriptions::All,
+            (Some(event), true, Subscriptions::Only(set)) => {
+                let mut set = set.clone();
+                set.insert(event);
+                Subscriptions::Only(set)
+            }
+            (Some(event), true, Subscriptions::AllExcept(set)) => {
+                let mut set = set.clone();
+                set.remove(&event);
+                Subscriptions::AllExcept(set)
+            }
+            (Some(event), false, Subscriptions::All) => match all_events {
+                Some(mut set) => {
+                    set.remove(&event);
+                    Subscriptions::Only(set)
+                }
+                None => Subscriptions::AllExcept(HashSet::from([event])),
+            },
+            (Some(event), false, Subscriptions::Only(set)) => {
+                let mut set = set.clone();
+                set.remove(&event);
+                Subscriptions::Only(set)
+            }
+            (Some(event), false, Subscriptions::AllExcept(set)) => {
+                let mut set = set.clone();
+                set.insert(event);
+                Subscriptions::AllExcept(set)
+            }
+        };
+        Ok(())
+    }
+}
+
+impl Handler<Trigger> for RoomActor {
+    type Result = Result<u64, DialogueError>;
+
+    fn handle(&mut self, msg: Trigger, _: &mut Context<Self>) -> Self::Result {
+        self.check_member(msg.conn)?;
+        let room_id = self.shared.id.clone();
+        let state = self.event_state(&msg.event)?;
+        state.def.validate(&msg.data)?;
+
+        let seq = state.last_seq() + 1;
+        let timestamp = now_ms();
+        let json = to_json(&EventMessage {
+            event: &msg.event,
+            room_id: &room_id,
+            data: &msg.data,
+            from: &msg.from,
+            timestamp,
+            meta: msg.meta.as_ref(),
+            seq,
+        });
+        let frame = ByteString::from(encode_event("dialogue:event", &json));
+
+        let evicted = match &mut state.history {
+            Some(history) => history.push(Arc::new(StoredEvent {
+                seq,
+                timestamp,
+                from: msg.from,
+                data: msg.data,
+                meta: msg.meta,
+                json: json.into_boxed_str(),
+            })),
+            None => {
+                state.last_seq = seq;
+                Vec::new()
+            }
+        };
+        let event_name = state.name.clone();
+        if !evicted.is_empty() {
+            self.persistence.evicted.do_send(EvictedBatch {
+                room_id,
+                event: event_name.clone(),
+                events: evicted,
+            });
+        }
+
+        for member in self.members.values() {
+            if member.subscriptions.contains(&event_name) {
+                member.outbox.do_send(ToConnection::Frame {
+                    frame: frame.clone(),
+                });
+            }
+        }
+        Ok(seq)
+    }
+}
+
+impl Handler<GetHistory> for RoomActor {
+    type Result = ResponseFuture<Result<HistoryPage, DialogueError>>;
+
+    fn handle(&mut self, msg: GetHistory, _: &mut Context<Self>) -> Self::Result {
+        let page = (|| {
+            self.check_member(msg.conn)?;
+            if !self.carries(&msg.event) {
+                return Err(DialogueError::new(
+                    ErrorCode::EventNotAllowed,
+                    format!(
+                        "room '{}' does not carry event '{}'",
+                        self.room_id(),
+                        msg.event
+                    ),
+                ));
+            }
+            Ok(())
+        })();
+        if let Err(e) = page {
+            return Box::pin(async move { Err(e) });
+        }
+
+        let room_id = self.shared.id.clone();
+        let state = self.events.get(&msg.event);
+        let history = state.and_then(|s| s.history.as_ref());
+        let last_seq = history.map_or(0, EventHistory::last_seq);
+        let range = match msg.range {
+            HistoryRange::Offsets { start, end } => offsets_to_seqs(last_seq, start, end),
+            HistoryRange::Before { before, limit } => cursor_to_seqs(last_seq, before, limit),
+        };
+        let from_memory: Vec<Arc<StoredEvent>> = history
+            .map(|h| h.newest_first(range).cloned().collect())
+            .unwrap_or_default();
+        let first_in_memory = history.map_or(1, EventHistory::first_seq_in_memory);
+        let deep = (!range.is_empty() && range.lo < first_in_memory).then(|| SeqRange {
+            lo: range.lo,
+            hi: range.hi.min(first_in_memory - 1),
+        });
+        let load = deep.zip(state).map(|(deep, state)| {
+            self.persistence.load.send(LoadRange {
+                room_id: room_id.clone(),
+                event: state.name.clone(),
+                lo: deep.lo,
+                hi: deep.hi,
+            })
+        });
+        let event = msg.event;
+        let request = msg.range;
+        Box::pin(async move {
+            let mut events = from_memory;
+            if let Some(load) = load {
+                let older = load.await.map_err(|_| {
+                    DialogueError::new(
+                        ErrorCode::StorageUnavailable,
+                        "the history store is not running",
+                    )
+                })??;
+                events.extend(older);
+            }
+            Ok(HistoryPage {
+                json: page_json(&room_id, &event, request, last_seq, range, &events),
+            })
+        })
+    }
+}
+
+/// The `dialogue:historyResponse` object.
+fn page_json(
+    room_id: &str,
+    event: &str,
+    request: HistoryRange,
+    last_seq: u64,
+    range: SeqRange,
+    events: &[Arc<StoredEvent>],
+) -> String {
+    let (start, end) = match request {
+        HistoryRange::Offsets { start, end } => (start, end),
+        HistoryRange::Before { .. } if range.is_empty() => (last_seq, last_seq),
+        HistoryRange::Before { .. } => (last_seq - range.hi, last_seq - range.lo + 1),
+    };
+    // Older events exist exactly when the page stops above seq 1.
+    let has_more = !range.is_empty() && range.lo > 1;
+    let mut json = String::with_capacity(128 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
+    json.push_str("{\"roomId\":");
+    json.push_str(&to_json(&room_id));
+    json.push_str(",\"eventName\":");
+    json.push_str(&to_json(&event));
+    json.push_str(",\"events\":[");
+    push_joined(&mut json, events.iter().map(|e| &*e.json));
+    json.push_str(&format!(
+        "],\"start\":{start},\"end\":{end},\"hasMore\":{has_more}"
+    ));
+    if let HistoryRange::Before { before, limit } = request {
+        json.push_str(&format!(",\"before\":{before},\"limit\":{limit}"));
+    }
+    json.push('}');
+    json
+}
+
+impl Handler<CloseRoom> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseRoom, ctx: &mut Context<Self>) {
+        for state in self.events.values_mut() {
+            if let Some(history) = &mut state.history {
+                let events = history.take_all();
+                if !events.is_empty() {
+                    self.persistence.evicted.do_send(EvictedBatch {
+                        room_id: self.shared.id.clone(),
+                        event: state.name.clone(),
+                        events,
+                    });
+                }
+            }
+        }
+        for member in self.members.values() {
+            member.outbox.do_send(ToConnection::RoomClosed {
+                room_id: self.shared.id.to_string(),
+            });
+        }
+        self.members.clear();
+        self.set_size();
+        ctx.stop();
+    }
+}

@@ -1,0 +1,190 @@
+//! The typed shape of `config.yaml` (keys are camelCase, as in dialogue-ts).
+//!
+//! Fields wrapped in [`Spanned`] keep their YAML position so that validation errors found
+//! after parsing (an undefined event, a bad schema, a zero limit) can still name the line.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Event types, by name.
+    #[serde(default)]
+    pub events: BTreeMap<String, EventConfig>,
+    /// Rooms that exist from start-up, by id.
+    #[serde(default)]
+    pub rooms: BTreeMap<String, RoomConfig>,
+}
+
+/// Listening socket, worker threads and Engine.IO transport settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    /// `PORT` overrides it; 0 picks a free port.
+    pub port: u16,
+    /// actix-web worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Arbiter threads hosting room actors; 0 = one per core.
+    pub room_threads: usize,
+    /// Engine.IO heartbeat: milliseconds between server pings.
+    pub ping_interval: u64,
+    /// Engine.IO heartbeat: milliseconds to wait for the pong before closing.
+    pub ping_timeout: u64,
+    /// Largest Engine.IO packet accepted, in bytes; a larger frame closes the connection.
+    pub max_payload: u64,
+    /// Milliseconds a new connection has to send its Socket.IO CONNECT.
+    pub connect_timeout: u64,
+    /// Bytes queued for a client that is not reading before it is disconnected.
+    pub max_outbound_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 3000,
+            workers: 0,
+            room_threads: 0,
+            ping_interval: 25_000,
+            ping_timeout: 20_000,
+            max_payload: 1_000_000,
+            connect_timeout: 45_000,
+            max_outbound_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where history is persisted.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// sea-orm URL; `DATABASE_URL` overrides it.
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://dialogue.db?mode=rwc".into(),
+        }
+    }
+}
+
+/// How connections are identified.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+}
+
+/// Client authentication mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// `userId` from the CONNECT payload, else the connection id (as dialogue-ts).
+    #[default]
+    Open,
+}
+
+/// Per-connection limits; 0 turns a rate limit off.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest `data` + `meta` of one triggered event, in bytes of JSON.
+    pub max_payload_bytes: usize,
+    pub history_requests_per_minute: u32,
+    pub triggers_per_second: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_payload_bytes: 1_000_000,
+            history_requests_per_minute: 20,
+            triggers_per_second: 50,
+        }
+    }
+}
+
+/// One event type.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventConfig {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// JSON Schema (draft 2020-12) the event's `data` must satisfy; absent = any data.
+    #[serde(default)]
+    #[schemars(with = "Option<Value>")]
+    pub schema: Option<Spanned<Value>>,
+    #[serde(default)]
+    pub history: Option<HistoryConfig>,
+}
+
+/// In-memory history of one event type.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HistoryConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Newest events kept in memory per room; older ones go to the database.
+    #[serde(default = "default_history_limit")]
+    #[schemars(with = "u32")]
+    pub limit: Spanned<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_history_limit() -> Spanned<u32> {
+    Spanned::new(100, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+}
+
+/// One room.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoomConfig {
+    /// Display name; defaults to the room id.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Event names clients may trigger: `["*"]` = any event, unvalidated; `[]` = none.
+    #[schemars(with = "Vec<String>")]
+    pub events: Vec<Spanned<String>>,
+    /// `true` = the whole in-memory window; N = the newest N per event type; absent = none.
+    #[serde(default)]
+    pub sync_history_on_join: Option<SyncHistory>,
+    /// Events a member receives after joining; absent = all of the room's events.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub default_subscriptions: Option<Vec<Spanned<String>>>,
+    /// Most connections joined at once.
+    #[serde(default)]
+    pub max_size: Option<u32>,
+    /// Every connection joins this room when it connects.
+    #[serde(default)]
+    pub auto_join: bool,
+}
+
+/// `syncHistoryOnJoin: true | N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SyncHistory {
+    All(bool),
+    Newest(u32),
+}

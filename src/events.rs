@@ -1,0 +1,131 @@
+//! The event catalog: every event type of the configuration with its JSON Schema compiled
+//! once at start-up, and the check of a triggered event's `data` against it.
+
+use crate::error::{DialogueError, ErrorCode};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One event type, ready to validate.
+#[derive(Debug)]
+pub struct EventDef {
+    pub name: String,
+    pub description: Option<String>,
+    /// Compiled `schema`; `None` accepts any data.
+    validator: Option<jsonschema::Validator>,
+    /// Events kept in memory per room; `None` = history disabled.
+    pub history_limit: Option<usize>,
+}
+
+impl EventDef {
+    /// Compiles `schema` as JSON Schema draft 2020-12.
+    pub fn new(
+        name: &str,
+        description: Option<String>,
+        schema: Option<&Value>,
+        history_limit: Option<usize>,
+    ) -> Result<Self, String> {
+        let validator = match schema {
+            Some(schema) => Some(
+                jsonschema::draft202012::options()
+                    .should_validate_formats(true)
+                    .build(schema)
+                    .map_err(|e| format!("invalid JSON Schema: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(EventDef {
+            name: name.to_owned(),
+            description,
+            validator,
+            history_limit,
+        })
+    }
+
+    /// An event with no schema and no history (an undeclared event in a `"*"` room).
+    pub fn untyped(name: &str) -> Self {
+        EventDef {
+            name: name.to_owned(),
+            description: None,
+            validator: None,
+            history_limit: None,
+        }
+    }
+
+    /// Checks `data`; the error names each failing JSON pointer.
+    pub fn validate(&self, data: &Value) -> Result<(), DialogueError> {
+        let Some(validator) = &self.validator else {
+            return Ok(());
+        };
+        let problems: Vec<String> = validator
+            .iter_errors(data)
+            .take(10)
+            .map(|e| {
+                let pointer = e.instance_path().to_string();
+                let pointer = if pointer.is_empty() { "/".to_owned() } else { pointer };
+                format!("{pointer}: {e}")
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(DialogueError::new(
+                ErrorCode::ValidationFailed,
+                format!(
+                    "data for event '{}' is invalid: {}",
+                    self.name,
+                    problems.join("; ")
+                ),
+            ))
+        }
+    }
+}
+
+/// All declared event types, by name. Shared read-only by every room.
+#[derive(Debug, Default)]
+pub struct EventCatalog {
+    defs: HashMap<String, Arc<EventDef>>,
+}
+
+impl EventCatalog {
+    pub fn insert(&mut self, def: EventDef) {
+        self.defs.insert(def.name.clone(), Arc::new(def));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<EventDef>> {
+        self.defs.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.defs.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn validation_names_each_failing_pointer() {
+        let schema = json!({
+            "type": "object",
+            "required": ["text", "username"],
+            "properties": {"text": {"type": "string", "minLength": 1}, "username": {"type": "string"}}
+        });
+        let def = EventDef::new("message", None, Some(&schema), Some(100)).unwrap();
+        assert!(def.validate(&json!({"text": "hi", "username": "a"})).is_ok());
+        let err = def.validate(&json!({"text": "", "username": 5})).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ValidationFailed);
+        assert!(err.message.contains("/text"), "{}", err.message);
+        assert!(err.message.contains("/username"), "{}", err.message);
+        let err = def.validate(&json!({"text": "x"})).unwrap_err();
+        assert!(err.message.contains("username"), "{}", err.message);
+    }
+
+    #[test]
+    fn invalid_schema_is_refused() {
+        assert!(EventDef::new("e", None, Some(&json!({"type": "strng"})), None).is_err());
+        assert!(EventDef::new("e", None, Some(&json!({"minLength": -1})), None).is_err());
+    }
+}

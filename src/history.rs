@@ -1,0 +1,181 @@
+//! The in-memory history window of one (room, event): the newest `limit` events, numbered
+//! by a sequence counter that grows by one per stored event.
+
+use crate::actors::messages::StoredEvent;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Newest-first positions or a cursor, resolved to an inclusive `seq` interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    /// Oldest `seq` wanted.
+    pub lo: u64,
+    /// Newest `seq` wanted.
+    pub hi: u64,
+}
+
+impl SeqRange {
+    pub fn is_empty(&self) -> bool {
+        self.lo > self.hi || self.hi == 0
+    }
+
+    pub fn len(&self) -> u64 {
+        if self.is_empty() {
+            0
+        } else {
+            self.hi - self.lo + 1
+        }
+    }
+}
+
+/// Positions `start..end` counted from the newest of `last_seq` events.
+pub fn offsets_to_seqs(last_seq: u64, start: u64, end: u64) -> SeqRange {
+    if start >= last_seq || end <= start {
+        return SeqRange { lo: 1, hi: 0 };
+    }
+    let hi = last_seq - start;
+    let lo = last_seq.saturating_sub(end.saturating_sub(1)).max(1);
+    SeqRange { lo, hi }
+}
+
+/// The `limit` newest events with a `seq` below `before`.
+pub fn cursor_to_seqs(last_seq: u64, before: u64, limit: u64) -> SeqRange {
+    let hi = before.saturating_sub(1).min(last_seq);
+    if hi == 0 || limit == 0 {
+        return SeqRange { lo: 1, hi: 0 };
+    }
+    let lo = hi.saturating_sub(limit - 1).max(1);
+    SeqRange { lo, hi }
+}
+
+/// One event type's window in one room.
+#[derive(Debug)]
+pub struct EventHistory {
+    /// Oldest first; `seq`s are contiguous and end at `last_seq`.
+    events: VecDeque<Arc<StoredEvent>>,
+    limit: usize,
+    last_seq: u64,
+}
+
+impl EventHistory {
+    pub fn new(limit: usize) -> Self {
+        EventHistory {
+            events: VecDeque::with_capacity(limit.min(1024)),
+            limit,
+            last_seq: 0,
+        }
+    }
+
+    /// Restores a window (oldest first) and counter, e.g. after a restart.
+    pub fn restore(limit: usize, events: Vec<Arc<StoredEvent>>, last_seq: u64) -> Self {
+        let mut h = EventHistory::new(limit);
+        h.last_seq = last_seq;
+        let skip = events.len().saturating_sub(limit);
+        h.events.extend(events.into_iter().skip(skip));
+        h
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Oldest `seq` still in memory (`last_seq + 1` when empty).
+    pub fn first_seq_in_memory(&self) -> u64 {
+        self.events
+            .front()
+            .map(|e| e.seq)
+            .unwrap_or(self.last_seq + 1)
+    }
+
+    /// Appends the event numbered `last_seq + 1`; returns what fell out of the window.
+    pub fn push(&mut self, event: Arc<StoredEvent>) -> Vec<Arc<StoredEvent>> {
+        debug_assert_eq!(event.seq, self.last_seq + 1);
+        self.last_seq = event.seq;
+        self.events.push_back(event);
+        let over = self.events.len().saturating_sub(self.limit);
+        self.events.drain(..over).collect()
+    }
+
+    /// Empties the window (for a final flush); the counter stays.
+    pub fn take_all(&mut self) -> Vec<Arc<StoredEvent>> {
+        self.events.drain(..).collect()
+    }
+
+    /// The in-memory part of `range`, newest first.
+    pub fn newest_first(&self, range: SeqRange) -> impl Iterator<Item = &Arc<StoredEvent>> {
+        let first = self.first_seq_in_memory();
+        let (lo, hi) = (range.lo.max(first), range.hi.min(self.last_seq));
+        let (from, to) = if range.is_empty() || lo > hi {
+            (0, 0)
+        } else {
+            ((lo - first) as usize, (hi - first) as usize + 1)
+        };
+        self.events.range(from..to).rev()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn ev(seq: u64) -> Arc<StoredEvent> {
+        Arc::new(StoredEvent {
+            seq,
+            timestamp: 0,
+            from: "u".into(),
+            data: Value::Null,
+            meta: None,
+            json: "{}".into(),
+        })
+    }
+
+    #[test]
+    fn offsets_map_to_seq_intervals() {
+        assert_eq!(offsets_to_seqs(1000, 0, 20), SeqRange { lo: 981, hi: 1000 });
+        assert_eq!(offsets_to_seqs(1000, 980, 1000), SeqRange { lo: 1, hi: 20 });
+        assert_eq!(offsets_to_seqs(1000, 990, 1010), SeqRange { lo: 1, hi: 10 });
+        assert!(offsets_to_seqs(1000, 1000, 1020).is_empty());
+        assert!(offsets_to_seqs(0, 0, 50).is_empty());
+        assert!(offsets_to_seqs(10, 3, 3).is_empty());
+    }
+
+    #[test]
+    fn cursors_map_to_seq_intervals() {
+        assert_eq!(cursor_to_seqs(1000, 981, 20), SeqRange { lo: 961, hi: 980 });
+        assert_eq!(cursor_to_seqs(1000, 5000, 20), SeqRange { lo: 981, hi: 1000 });
+        assert_eq!(cursor_to_seqs(1000, 10, 20), SeqRange { lo: 1, hi: 9 });
+        assert!(cursor_to_seqs(1000, 1, 20).is_empty());
+    }
+
+    #[test]
+    fn window_evicts_oldest_and_pages_newest_first() {
+        let mut h = EventHistory::new(3);
+        let mut evicted = vec![];
+        for seq in 1..=5 {
+            evicted.extend(h.push(ev(seq)).into_iter().map(|e| e.seq));
+        }
+        assert_eq!(evicted, vec![1, 2]);
+        assert_eq!(h.first_seq_in_memory(), 3);
+        let page: Vec<u64> = h.newest_first(SeqRange { lo: 1, hi: 5 }).map(|e| e.seq).collect();
+        assert_eq!(page, vec![5, 4, 3]);
+        let page: Vec<u64> = h.newest_first(SeqRange { lo: 4, hi: 4 }).map(|e| e.seq).collect();
+        assert_eq!(page, vec![4]);
+        assert_eq!(h.newest_first(SeqRange { lo: 1, hi: 2 }).count(), 0);
+    }
+
+    #[test]
+    fn restore_keeps_the_newest() {
+        let h = EventHistory::restore(2, vec![ev(7), ev(8), ev(9)], 9);
+        assert_eq!(h.first_seq_in_memory(), 8);
+        assert_eq!(h.last_seq(), 9);
+    }
+}

@@ -1,0 +1,30 @@
+//! Dialogue: a real-time event and chat service. Clients connect over Socket.IO, join rooms
+//! and trigger typed events validated by JSON Schema; rooms keep recent history in memory.
+//!
+//! # Layout
+//!
+//! - [`config`] — `config.yaml` into typed structs, validated with file/line/key errors.
+//! - [`events`] — the event catalog: JSON Schemas compiled once, data validation.
+//! - [`protocol`] — wire formats: the Engine.IO and Socket.IO packet codecs
+//!   ([`protocol::engineio`], [`protocol::socketio`]) and the dialogue event shapes
+//!   ([`protocol::dialogue`]).
+//! - [`actors`] — the actor system: [`actors::connection`] (one per client session),
+//!   [`actors::room`] (one per room: members, fan-out, history), [`actors::directory`]
+//!   (room ids → room actors), [`actors::persistence`] (evicted history), and
+//!   [`actors::messages`], every message between them.
+//! - [`history`] — a room's in-memory window per event and the offset/cursor arithmetic.
+//! - [`http`] — routes: the Socket.IO endpoint and its WebSocket transport, health.
+//! - [`server`] — wiring it all up on a bound listener; `src/main.rs` is the thin CLI.
+//! - [`error`] — the client-facing error codes.
+
+pub mod actors;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod history;
+pub mod http;
+pub mod protocol;
+pub mod server;
+
+pub use config::Settings;
+pub use server::run;

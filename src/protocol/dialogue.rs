@@ -1,0 +1,308 @@
+//! The dialogue events carried in Socket.IO EVENT packets: client requests (parsed from
+//! untrusted JSON into typed structs) and the server's message shapes.
+
+use crate::error::DialogueError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Largest page a single history request may ask for.
+pub const MAX_HISTORY_PAGE: u64 = 1000;
+/// Page size when a request gives no `end`/`limit`.
+pub const DEFAULT_HISTORY_PAGE: u64 = 50;
+
+/// `{roomId}` payloads: join, leave, subscribeAll, deleteRoom.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomRef {
+    pub room_id: String,
+}
+
+/// `{roomId, eventName}` payloads: subscribe, unsubscribe.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRef {
+    pub room_id: String,
+    pub event_name: String,
+}
+
+/// `dialogue:trigger {roomId, event, data, meta?}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerRequest {
+    pub room_id: String,
+    pub event: String,
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default)]
+    pub meta: Option<Value>,
+}
+
+/// Which part of an event's history a request wants, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryRange {
+    /// Positions `start..end` counted from the newest event (0 = newest).
+    Offsets { start: u64, end: u64 },
+    /// The `limit` newest events whose `seq` is below `before`.
+    Before { before: u64, limit: u64 },
+}
+
+/// `dialogue:getHistory {roomId, eventName, start?, end?}` or `{…, before, limit?}`.
+#[derive(Debug)]
+pub struct HistoryRequest {
+    pub room_id: String,
+    pub event_name: String,
+    pub range: HistoryRange,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawHistoryRequest {
+    room_id: String,
+    event_name: String,
+    start: Option<u64>,
+    end: Option<u64>,
+    before: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// `dialogue:createRoom {id, name, description?, maxSize?}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateRoomRequest {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub max_size: Option<u32>,
+}
+
+/// A client → server dialogue event, parsed and shape-checked.
+#[derive(Debug)]
+pub enum ClientRequest {
+    Join(RoomRef),
+    Leave(RoomRef),
+    Subscribe(EventRef),
+    SubscribeAll(RoomRef),
+    Unsubscribe(EventRef),
+    Trigger(TriggerRequest),
+    GetHistory(HistoryRequest),
+    ListRooms,
+    CreateRoom(CreateRoomRequest),
+    DeleteRoom(RoomRef),
+}
+
+fn payload<T: for<'de> Deserialize<'de>>(
+    name: &str,
+    shape: &str,
+    arg: Option<&Value>,
+) -> Result<T, DialogueError> {
+    let arg = arg.ok_or_else(|| DialogueError::invalid(format!("{name} expects {shape}")))?;
+    T::deserialize(arg).map_err(|e| DialogueError::invalid(format!("{name} expects {shape}: {e}")))
+}
+
+/// Parses the event `name` with its first argument.
+pub fn parse_request(name: &str, arg: Option<&Value>) -> Result<ClientRequest, DialogueError> {
+    const ROOM: &str = "{roomId: string}";
+    const EVENT: &str = "{roomId: string, eventName: string}";
+    Ok(match name {
+        "dialogue:join" => ClientRequest::Join(payload(name, ROOM, arg)?),
+        "dialogue:leave" => ClientRequest::Leave(payload(name, ROOM, arg)?),
+        "dialogue:subscribe" => ClientRequest::Subscribe(payload(name, EVENT, arg)?),
+        "dialogue:subscribeAll" => ClientRequest::SubscribeAll(payload(name, ROOM, arg)?),
+        "dialogue:unsubscribe" => ClientRequest::Unsubscribe(payload(name, EVENT, arg)?),
+        "dialogue:trigger" => ClientRequest::Trigger(payload(
+            name,
+            "{roomId: string, event: string, data, meta?}",
+            arg,
+        )?),
+        "dialogue:getHistory" => {
+            let raw: RawHistoryRequest = payload(
+                name,
+                "{roomId: string, eventName: string, start?: number, end?: number} or {roomId, eventName, before: number, limit?: number}",
+                arg,
+            )?;
+            ClientRequest::GetHistory(HistoryRequest {
+                room_id: raw.room_id,
+                event_name: raw.event_name,
+                range: history_range(raw.start, raw.end, raw.before, raw.limit)?,
+            })
+        }
+        "dialogue:listRooms" => ClientRequest::ListRooms,
+        "dialogue:createRoom" => ClientRequest::CreateRoom(payload(
+            name,
+            "{id: string, name: string, description?: string, maxSize?: number}",
+            arg,
+        )?),
+        "dialogue:deleteRoom" => ClientRequest::DeleteRoom(payload(name, ROOM, arg)?),
+        other => {
+            return Err(DialogueError::invalid(format!(
+                "unknown event '{other}'; dialogue events start with 'dialogue:'"
+            )))
+        }
+    })
+}
+
+/// Checks and normalises the two forms of a history range.
+pub fn history_range(
+    start: Option<u64>,
+    end: Option<u64>,
+    before: Option<u64>,
+    limit: Option<u64>,
+) -> Result<HistoryRange, DialogueError> {
+    match before {
+        Some(before) => {
+            if start.is_some() || end.is_some() {
+                return Err(DialogueError::invalid(
+                    "give either start/end or before/limit, not both",
+                ));
+            }
+            let limit = limit.unwrap_or(DEFAULT_HISTORY_PAGE);
+            if limit == 0 || limit > MAX_HISTORY_PAGE {
+                return Err(DialogueError::invalid(format!(
+                    "limit must be between 1 and {MAX_HISTORY_PAGE}"
+                )));
+            }
+            Ok(HistoryRange::Before { before, limit })
+        }
+        None => {
+            if limit.is_some() {
+                return Err(DialogueError::invalid("limit goes with before"));
+            }
+            let start = start.unwrap_or(0);
+            let end = end.unwrap_or(start + DEFAULT_HISTORY_PAGE);
+            if end < start {
+                return Err(DialogueError::invalid("end must not be below start"));
+            }
+            if end - start > MAX_HISTORY_PAGE {
+                return Err(DialogueError::invalid(format!(
+                    "a page holds at most {MAX_HISTORY_PAGE} events"
+                )));
+            }
+            Ok(HistoryRange::Offsets { start, end })
+        }
+    }
+}
+
+/// An event as clients receive it and history stores it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventMessage<'a> {
+    pub event: &'a str,
+    pub room_id: &'a str,
+    pub data: &'a Value,
+    pub from: &'a str,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<&'a Value>,
+    /// Per (room, event) sequence number, from 1, without gaps.
+    pub seq: u64,
+}
+
+/// A room as `dialogue:rooms` and `dialogue:roomCreated` describe it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomInfo {
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Connections currently joined.
+    pub size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u32>,
+    /// Event names the room accepts (`["*"]` = any).
+    pub events: Vec<String>,
+    /// User who created the room at run time; absent for rooms from the configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+/// Serialises a value that cannot fail to serialise (plain structs of strings and JSON values).
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// `{"ok":true,…fields of obj}` for an ack, from an already-serialised JSON object.
+pub fn ack_ok(obj_json: &str) -> String {
+    match obj_json.strip_prefix('{') {
+        Some("}") => r#"{"ok":true}"#.to_owned(),
+        Some(rest) => format!(r#"{{"ok":true,{rest}"#),
+        None => format!(r#"{{"ok":true,"result":{obj_json}}}"#),
+    }
+}
+
+/// `{"ok":false,"code":…,"message":…}` for an ack.
+pub fn ack_err(err: &DialogueError) -> String {
+    #[derive(Serialize)]
+    struct AckError<'a> {
+        ok: bool,
+        code: crate::error::ErrorCode,
+        message: &'a str,
+    }
+    to_json(&AckError {
+        ok: false,
+        code: err.code,
+        message: &err.message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use serde_json::json;
+
+    #[test]
+    fn parses_requests_and_reports_bad_shapes() {
+        let r = parse_request("dialogue:join", Some(&json!({"roomId": "general"}))).unwrap();
+        assert!(matches!(r, ClientRequest::Join(RoomRef { room_id }) if room_id == "general"));
+        let e = parse_request("dialogue:join", Some(&json!({"room": "x"}))).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("roomId"), "{}", e.message);
+        let e = parse_request("dialogue:join", None).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        let e = parse_request("dialogue:trigger", Some(&json!("text"))).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        let e = parse_request("hello", None).unwrap_err();
+        assert!(e.message.contains("unknown event"));
+        assert!(matches!(
+            parse_request("dialogue:listRooms", None),
+            Ok(ClientRequest::ListRooms)
+        ));
+    }
+
+    #[test]
+    fn history_ranges() {
+        assert_eq!(
+            history_range(None, None, None, None),
+            Ok(HistoryRange::Offsets { start: 0, end: 50 })
+        );
+        assert_eq!(
+            history_range(Some(20), Some(40), None, None),
+            Ok(HistoryRange::Offsets { start: 20, end: 40 })
+        );
+        assert_eq!(
+            history_range(None, None, Some(900), Some(20)),
+            Ok(HistoryRange::Before { before: 900, limit: 20 })
+        );
+        assert!(history_range(Some(5), Some(1), None, None).is_err());
+        assert!(history_range(Some(0), Some(5000), None, None).is_err());
+        assert!(history_range(Some(0), None, Some(3), None).is_err());
+        assert!(history_range(None, None, Some(3), Some(0)).is_err());
+        assert!(history_range(None, None, None, Some(3)).is_err());
+    }
+
+    #[test]
+    fn ack_payloads() {
+        assert_eq!(ack_ok("{}"), r#"{"ok":true}"#);
+        assert_eq!(ack_ok(r#"{"seq":3}"#), r#"{"ok":true,"seq":3}"#);
+        assert_eq!(ack_ok("[1]"), r#"{"ok":true,"result":[1]}"#);
+        let err = DialogueError::new(ErrorCode::RoomFull, "full");
+        assert_eq!(
+            ack_err(&err),
+            r#"{"ok":false,"code":"ROOM_FULL","message":"full"}"#
+        );
+    }
+}
