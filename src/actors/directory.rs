@@ -3,7 +3,7 @@
 //! client so room creation and deletion can be announced to all.
 
 use crate::actors::messages::*;
-use crate::actors::room::{RoomActor, RoomShared};
+use crate::actors::room::{RoomActor, RoomShared, MAILBOX_CAPACITY};
 use crate::config::{Settings, SyncHistory};
 use crate::error::{DialogueError, ErrorCode};
 use crate::protocol::dialogue::{to_json, RoomInfo};
@@ -113,7 +113,7 @@ impl Actor for Directory {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
     }
 }
 

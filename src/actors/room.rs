@@ -14,6 +14,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Requests a room queues before `send`ers wait (connections send one request at a time).
+pub const MAILBOX_CAPACITY: usize = 1 << 16;
 /// Most distinct event names a `"*"` room keeps counters for.
 const MAX_WILDCARD_EVENTS: usize = 1000;
 /// Longest event name accepted (the database column is 100 characters).
@@ -236,9 +238,7 @@ impl Actor for RoomActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Connections wait for each reply before sending their next request, so the mailbox
-        // holds at most one request per connection; room-to-room ordering needs no bound here.
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         log::debug!("room '{}' started", self.shared.id);
     }
 }
