@@ -66,10 +66,7 @@ impl DialogueError {
     }
 
     pub fn not_in_room(room_id: &str) -> Self {
-        Self::new(
-            ErrorCode::NotInRoom,
-            format!("join room '{room_id}' first"),
-        )
+        Self::new(ErrorCode::NotInRoom, format!("join room '{room_id}' first"))
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -62,7 +62,11 @@ impl EventDef {
             .take(10)
             .map(|e| {
                 let pointer = e.instance_path().to_string();
-                let pointer = if pointer.is_empty() { "/".to_owned() } else { pointer };
+                let pointer = if pointer.is_empty() {
+                    "/".to_owned()
+                } else {
+                    pointer
+                };
                 format!("{pointer}: {e}")
             })
             .collect();
@@ -114,8 +118,12 @@ mod tests {
             "properties": {"text": {"type": "string", "minLength": 1}, "username": {"type": "string"}}
         });
         let def = EventDef::new("message", None, Some(&schema), Some(100)).unwrap();
-        assert!(def.validate(&json!({"text": "hi", "username": "a"})).is_ok());
-        let err = def.validate(&json!({"text": "", "username": 5})).unwrap_err();
+        assert!(def
+            .validate(&json!({"text": "hi", "username": "a"}))
+            .is_ok());
+        let err = def
+            .validate(&json!({"text": "", "username": 5}))
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::ValidationFailed);
         assert!(err.message.contains("/text"), "{}", err.message);
         assert!(err.message.contains("/username"), "{}", err.message);

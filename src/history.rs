@@ -151,7 +151,10 @@ mod tests {
     #[test]
     fn cursors_map_to_seq_intervals() {
         assert_eq!(cursor_to_seqs(1000, 981, 20), SeqRange { lo: 961, hi: 980 });
-        assert_eq!(cursor_to_seqs(1000, 5000, 20), SeqRange { lo: 981, hi: 1000 });
+        assert_eq!(
+            cursor_to_seqs(1000, 5000, 20),
+            SeqRange { lo: 981, hi: 1000 }
+        );
         assert_eq!(cursor_to_seqs(1000, 10, 20), SeqRange { lo: 1, hi: 9 });
         assert!(cursor_to_seqs(1000, 1, 20).is_empty());
     }
@@ -165,9 +168,15 @@ mod tests {
         }
         assert_eq!(evicted, vec![1, 2]);
         assert_eq!(h.first_seq_in_memory(), 3);
-        let page: Vec<u64> = h.newest_first(SeqRange { lo: 1, hi: 5 }).map(|e| e.seq).collect();
+        let page: Vec<u64> = h
+            .newest_first(SeqRange { lo: 1, hi: 5 })
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(page, vec![5, 4, 3]);
-        let page: Vec<u64> = h.newest_first(SeqRange { lo: 4, hi: 4 }).map(|e| e.seq).collect();
+        let page: Vec<u64> = h
+            .newest_first(SeqRange { lo: 4, hi: 4 })
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(page, vec![4]);
         assert_eq!(h.newest_first(SeqRange { lo: 1, hi: 2 }).count(), 0);
     }

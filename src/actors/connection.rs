@@ -198,7 +198,9 @@ impl Connection {
                 self.send(ctx, pong.into());
             }
             Ok(EioPacket::Close) => {
-                self.out.borrow_mut().close(CloseCode::Normal, "client closed");
+                self.out
+                    .borrow_mut()
+                    .close(CloseCode::Normal, "client closed");
                 ctx.stop();
             }
             Ok(EioPacket::Noop | EioPacket::Upgrade) => {}
@@ -236,7 +238,9 @@ impl Connection {
             // The server never asks for acks, so there is nothing to match them with.
             SioKind::Ack => {}
             SioKind::Disconnect => {
-                self.out.borrow_mut().close(CloseCode::Normal, "client disconnected");
+                self.out
+                    .borrow_mut()
+                    .close(CloseCode::Normal, "client disconnected");
                 ctx.stop();
             }
             SioKind::ConnectError => self.violation(ctx, "CONNECT_ERROR is server-only"),
@@ -386,7 +390,12 @@ impl Connection {
             if let Some(room) = known {
                 return Ok(room);
             }
-            match directory.send(LookupRoom { room_id: room_id.clone() }).await {
+            match directory
+                .send(LookupRoom {
+                    room_id: room_id.clone(),
+                })
+                .await
+            {
                 Ok(Some(_)) => Err(DialogueError::not_in_room(&room_id)),
                 _ => Err(DialogueError::room_not_found(&room_id)),
             }
@@ -405,7 +414,14 @@ impl Connection {
         let (request, ack) = match work {
             Work::AutoJoin { room_id, room } => {
                 return Box::pin(async move {
-                    match room.send(Join { conn, user_id, outbox }).await {
+                    match room
+                        .send(Join {
+                            conn,
+                            user_id,
+                            outbox,
+                        })
+                        .await
+                    {
                         Ok(Ok(())) => Done::Joined {
                             room_id,
                             room,
@@ -442,7 +458,14 @@ impl Connection {
                             ack,
                         };
                     };
-                    match room.send(Join { conn, user_id, outbox }).await {
+                    match room
+                        .send(Join {
+                            conn,
+                            user_id,
+                            outbox,
+                        })
+                        .await
+                    {
                         Ok(Ok(())) => Done::Joined {
                             room_id: r.room_id,
                             room,
@@ -472,7 +495,9 @@ impl Connection {
                     }
                 })
             }
-            ClientRequest::Subscribe(r) => self.subscription(r.room_id, Some(r.event_name), true, ack),
+            ClientRequest::Subscribe(r) => {
+                self.subscription(r.room_id, Some(r.event_name), true, ack)
+            }
             ClientRequest::Unsubscribe(r) => {
                 self.subscription(r.room_id, Some(r.event_name), false, ack)
             }

@@ -84,7 +84,10 @@ impl Directory {
             self.settings.events.clone(),
             self.persistence.clone(),
         );
-        let addr = match self.arbiters.get(self.next_arbiter % self.arbiters.len().max(1)) {
+        let addr = match self
+            .arbiters
+            .get(self.next_arbiter % self.arbiters.len().max(1))
+        {
             Some(arbiter) => RoomActor::start_in_arbiter(arbiter, |_| room),
             None => room.start(),
         };

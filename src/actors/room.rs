@@ -49,10 +49,7 @@ impl RoomShared {
             description: self.description.clone(),
             size: self.size.load(Ordering::Relaxed),
             max_size: self.max_size,
-            events: self
-                .events
-                .clone()
-                .unwrap_or_else(|| vec!["*".to_owned()]),
+            events: self.events.clone().unwrap_or_else(|| vec!["*".to_owned()]),
             created_by: self.created_by.as_ref().map(|u| u.to_string()),
         }
     }
@@ -145,10 +142,7 @@ impl RoomActor {
         let not_allowed = || {
             DialogueError::new(
                 ErrorCode::EventNotAllowed,
-                format!(
-                    "room '{}' does not accept event '{event}'",
-                    self.shared.id
-                ),
+                format!("room '{}' does not accept event '{event}'", self.shared.id),
             )
         };
         if !self.events.contains_key(event) {
@@ -196,7 +190,9 @@ impl RoomActor {
         let n = self.shared.sync_history_on_join?;
         let mut events: Vec<&Arc<StoredEvent>> = Vec::new();
         for (name, state) in &self.events {
-            let Some(history) = &state.history else { continue };
+            let Some(history) = &state.history else {
+                continue;
+            };
             if !subscriptions.contains(name) {
                 continue;
             }
@@ -214,7 +210,9 @@ impl RoomActor {
     }
 
     fn set_size(&self) {
-        self.shared.size.store(self.members.len(), Ordering::Relaxed);
+        self.shared
+            .size
+            .store(self.members.len(), Ordering::Relaxed);
     }
 }
 
@@ -319,10 +317,7 @@ impl Handler<SetSubscription> for RoomActor {
             if !self.carries(event) {
                 return Err(DialogueError::new(
                     ErrorCode::EventNotAllowed,
-                    format!(
-                        "room '{}' does not carry event '{event}'",
-                        self.room_id()
-                    ),
+                    format!("room '{}' does not carry event '{event}'", self.room_id()),
                 ));
             }
         }
@@ -508,7 +503,8 @@ fn page_json(
     };
     // Older events exist exactly when the page stops above seq 1.
     let has_more = !range.is_empty() && range.lo > 1;
-    let mut json = String::with_capacity(128 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
+    let mut json =
+        String::with_capacity(128 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
     json.push_str("{\"roomId\":");
     json.push_str(&to_json(&room_id));
     json.push_str(",\"eventName\":");

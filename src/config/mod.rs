@@ -34,8 +34,14 @@ pub struct ConfigProblem {
 /// Why a configuration file was refused.
 #[derive(Debug)]
 pub enum ConfigError {
-    Io { file: PathBuf, error: std::io::Error },
-    Invalid { file: PathBuf, problems: Vec<ConfigProblem> },
+    Io {
+        file: PathBuf,
+        error: std::io::Error,
+    },
+    Invalid {
+        file: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -146,8 +152,13 @@ fn parse_problem(e: &serde_saphyr::Error, text: &str) -> ConfigProblem {
 /// The mapping key written last before `line:column` on that line (`limit` in
 /// `history: { enabled: true, limit: lots }`), to name the key a bad value belongs to.
 fn key_before(text: &str, line: u64, column: u64) -> Option<String> {
-    let src = text.lines().nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
-    let upto: String = src.chars().take(column.saturating_sub(1) as usize).collect();
+    let src = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let upto: String = src
+        .chars()
+        .take(column.saturating_sub(1) as usize)
+        .collect();
     let colon = upto.trim_end().trim_end_matches(':').len();
     let before_colon = &upto[..colon];
     let key: String = before_colon
@@ -346,7 +357,10 @@ rooms:
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let p = problems(&GOOD.replace("    name: General\n", "    name: General\n    colour: red\n"));
+        let p = problems(&GOOD.replace(
+            "    name: General\n",
+            "    name: General\n    colour: red\n",
+        ));
         assert_eq!(p[0].line, 10, "{p:?}");
         assert_eq!(p[0].key, "colour");
     }
@@ -366,7 +380,10 @@ rooms:
             .replace("syncHistoryOnJoin: 50", "defaultSubscriptions: [typing]");
         let p = problems(&yaml);
         let keys: Vec<(&str, u64)> = p.iter().map(|p| (p.key.as_str(), p.line)).collect();
-        assert!(keys.contains(&("events.message.history.limit", 6)), "{keys:?}");
+        assert!(
+            keys.contains(&("events.message.history.limit", 6)),
+            "{keys:?}"
+        );
         assert!(keys.contains(&("events.message.schema", 4)), "{keys:?}");
         assert!(
             keys.contains(&("rooms.general.defaultSubscriptions[0]", 11)),

@@ -151,7 +151,11 @@ fn yes() -> bool {
 }
 
 fn default_history_limit() -> Spanned<u32> {
-    Spanned::new(100, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+    Spanned::new(
+        100,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
 }
 
 /// One room.

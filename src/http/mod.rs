@@ -43,20 +43,21 @@ fn eio_error(code: u8, message: &str) -> HttpResponse {
     HttpResponse::BadRequest().json(serde_json::json!({ "code": code, "message": message }))
 }
 
-fn check_query(req: &HttpRequest) -> Result<EioQuery, HttpResponse> {
+/// Checks the Engine.IO query; the error is an Engine.IO error code and message.
+fn check_query(req: &HttpRequest) -> Result<EioQuery, (u8, &'static str)> {
     let query = web::Query::<EioQuery>::from_query(req.query_string())
-        .map_err(|_| eio_error(3, "Bad request"))?
+        .map_err(|_| (3, "Bad request"))?
         .into_inner();
     if query.eio.as_deref() != Some("4") {
-        return Err(eio_error(5, "Unsupported protocol version"));
+        return Err((5, "Unsupported protocol version"));
     }
     match query.transport.as_deref() {
         Some("websocket") => {}
-        Some("polling") => return Err(eio_error(0, "Transport unknown: only websocket is served")),
-        _ => return Err(eio_error(0, "Transport unknown")),
+        Some("polling") => return Err((0, "Transport unknown: only websocket is served")),
+        _ => return Err((0, "Transport unknown")),
     }
     if query.sid.is_some() {
-        return Err(eio_error(1, "Session ID unknown"));
+        return Err((1, "Session ID unknown"));
     }
     Ok(query)
 }
@@ -66,8 +67,8 @@ async fn socket_io(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(response) = check_query(&req) {
-        return response;
+    if let Err((code, message)) = check_query(&req) {
+        return eio_error(code, message);
     }
     let mut response = match actix_http::ws::handshake(req.head()) {
         Ok(response) => response,
@@ -93,7 +94,7 @@ async fn socket_io(
 
 async fn socket_io_post(req: HttpRequest) -> HttpResponse {
     match check_query(&req) {
-        Err(response) => response,
+        Err((code, message)) => eio_error(code, message),
         Ok(_) => eio_error(2, "Bad handshake method"),
     }
 }

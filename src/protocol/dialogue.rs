@@ -285,7 +285,10 @@ mod tests {
         );
         assert_eq!(
             history_range(None, None, Some(900), Some(20)),
-            Ok(HistoryRange::Before { before: 900, limit: 20 })
+            Ok(HistoryRange::Before {
+                before: 900,
+                limit: 20
+            })
         );
         assert!(history_range(Some(5), Some(1), None, None).is_err());
         assert!(history_range(Some(0), Some(5000), None, None).is_err());

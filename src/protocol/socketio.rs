@@ -232,7 +232,12 @@ mod tests {
         );
         assert_eq!(
             decode(r#"2/chat,7["x",1]"#),
-            Ok(packet(SioKind::Event, "/chat", Some(7), Some(json!(["x", 1]))))
+            Ok(packet(
+                SioKind::Event,
+                "/chat",
+                Some(7),
+                Some(json!(["x", 1]))
+            ))
         );
     }
 
@@ -240,7 +245,12 @@ mod tests {
     fn decodes_ack_and_connect_error() {
         assert_eq!(
             decode(r#"35[{"ok":true}]"#),
-            Ok(packet(SioKind::Ack, "/", Some(5), Some(json!([{"ok": true}]))))
+            Ok(packet(
+                SioKind::Ack,
+                "/",
+                Some(5),
+                Some(json!([{"ok": true}]))
+            ))
         );
         assert_eq!(
             decode(r#"4{"message":"no"}"#),
@@ -283,7 +293,10 @@ mod tests {
             decode("2[1,2]"),
             Err(SioDecodeError::InvalidPayload(SioKind::Event))
         );
-        assert_eq!(decode("2"), Err(SioDecodeError::InvalidPayload(SioKind::Event)));
+        assert_eq!(
+            decode("2"),
+            Err(SioDecodeError::InvalidPayload(SioKind::Event))
+        );
         assert_eq!(
             decode("0[1]"),
             Err(SioDecodeError::InvalidPayload(SioKind::Connect))

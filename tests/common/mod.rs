@@ -1,0 +1,154 @@
+//! Test harness: starts the real `dialogue` binary on a free port with a given configuration
+//! and a fresh database directory, and runs Node Socket.IO client scripts against it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Once;
+use std::time::Duration;
+
+/// A running server; killed on drop.
+pub struct TestServer {
+    child: Child,
+    pub port: u16,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    /// Everything the server logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// Writes `config` to a temp dir and starts the server there with `PORT=0`.
+    pub fn start(config: &str) -> TestServer {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dialogue"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .env("PORT", "0")
+            .env("RUST_LOG", "info,dialogue=debug")
+            .env_remove("DATABASE_URL")
+            .env_remove("DIALOGUE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start dialogue");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let port = rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|addr| addr.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok());
+                    let _ = tx.send(port);
+                }
+                if std::env::var_os("DIALOGUE_TEST_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+                if let Ok(mut log) = sink.lock() {
+                    log.push(line);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "server did not start; log: {:?}",
+                    log.lock().map(|l| l.clone())
+                )
+            });
+        TestServer {
+            child,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            log,
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .map(|l| l.iter().any(|line| line.contains(needle)))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("js")
+}
+
+/// Installs the Node test clients from the committed lockfile once, if missing.
+pub fn ensure_node_modules() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let dir = js_dir();
+        if dir.join("node_modules").join("socket.io-client").exists() {
+            return;
+        }
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm must be installed to run the Socket.IO client tests");
+        assert!(status.success(), "npm ci in tests/js failed");
+    });
+}
+
+/// Runs `node --test <script>` against `server`; panics with the output if a test fails.
+pub fn run_node_tests(script: &str, server: &TestServer, extra_env: &[(&str, &str)]) {
+    ensure_node_modules();
+    let mut cmd = Command::new("node");
+    cmd.arg("--test")
+        .arg("--test-reporter=spec")
+        .arg(js_dir().join(script))
+        .env("DIALOGUE_URL", &server.url)
+        .current_dir(js_dir());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let output = cmd.output().expect("node must be installed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "node tests in {script} failed:\n{stdout}\n{stderr}"
+    );
+}

@@ -1,0 +1,140 @@
+//! Configuration errors stop the service with a message naming the file, line and key.
+
+mod common;
+
+use std::process::Command;
+
+fn check(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dialogue"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.success(), stderr)
+}
+
+const GOOD: &str = "\
+events:
+  message:
+    schema:
+      type: object
+    history: { enabled: true, limit: 100 }
+rooms:
+  general:
+    name: General
+    events: [message]
+    defaultSubscriptions: [message]
+";
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dialogue"))
+        .arg("check-config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 rooms"));
+}
+
+#[test]
+fn good_config_passes() {
+    let (ok, err) = check(GOOD);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn unknown_key() {
+    let (ok, err) = check(&GOOD.replace(
+        "    name: General\n",
+        "    name: General\n    colour: red\n",
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("bad.yaml:9:5: colour: unknown field `colour`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let (ok, err) = check(&GOOD.replace("limit: 100", "limit: many"));
+    assert!(!ok);
+    assert!(err.contains("bad.yaml:5:"), "{err}");
+    assert!(err.contains(": limit: "), "{err}");
+}
+
+#[test]
+fn invalid_json_schema() {
+    let (ok, err) = check(&GOOD.replace("type: object", "type: objekt"));
+    assert!(!ok);
+    assert!(
+        err.contains("bad.yaml:4:") && err.contains("events.message.schema"),
+        "{err}"
+    );
+}
+
+#[test]
+fn undefined_event_and_bad_subscription() {
+    let yaml = GOOD
+        .replace("events: [message]", "events: [message, typing]")
+        .replace(
+            "defaultSubscriptions: [message]",
+            "defaultSubscriptions: [reaction]",
+        );
+    let (ok, err) = check(&yaml);
+    assert!(!ok);
+    assert!(
+        err.contains("bad.yaml:9:") && err.contains("rooms.general.events[1]"),
+        "{err}"
+    );
+    assert!(err.contains("'typing' is not defined"), "{err}");
+    assert!(
+        err.contains("bad.yaml:10:") && err.contains("rooms.general.defaultSubscriptions[0]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zero_history_limit() {
+    let (ok, err) = check(&GOOD.replace("limit: 100", "limit: 0"));
+    assert!(!ok);
+    assert!(
+        err.contains("bad.yaml:5:") && err.contains("events.message.history.limit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_config_with_nonzero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, GOOD.replace("limit: 100", "limit: 0")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dialogue"))
+        .arg("serve")
+        .env("DIALOGUE_CONFIG", &path)
+        .env("PORT", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config.yaml:5:"));
+}
+
+#[test]
+fn config_schema_is_printed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dialogue"))
+        .arg("config-schema")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(schema["properties"]["rooms"].is_object(), "{schema}");
+}
