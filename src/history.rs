@@ -104,6 +104,11 @@ impl EventHistory {
         self.events.drain(..over).collect()
     }
 
+    /// A copy of the window, oldest first.
+    pub fn snapshot(&self) -> Vec<Arc<StoredEvent>> {
+        self.events.iter().cloned().collect()
+    }
+
     /// Empties the window (for a final flush); the counter stays.
     pub fn take_all(&mut self) -> Vec<Arc<StoredEvent>> {
         self.events.drain(..).collect()

@@ -28,3 +28,4 @@ pub mod server;
 
 pub use config::Settings;
 pub use server::run;
+pub mod store;

@@ -2,14 +2,17 @@
 //! graceful shutdown.
 
 use crate::actors::directory::Directory;
+use crate::actors::messages::{FlushAll, WaitWritten};
 use crate::actors::persistence::Persistence;
 use crate::config::Settings;
 use crate::http::{self, AppState};
+use crate::store;
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn threads(configured: usize) -> usize {
     if configured == 0 {
@@ -24,20 +27,32 @@ pub async fn run(settings: Settings, listener: TcpListener) -> std::io::Result<(
     let settings = Arc::new(settings);
     let server_cfg = &settings.config.server;
 
+    let db_url = settings.config.database.url.clone();
+    let db = store::connect(&db_url).await.map_err(|e| {
+        std::io::Error::other(format!("cannot open the database {}: {e}", redact(&db_url)))
+    })?;
+    log::info!("database {} ready (migrations applied)", redact(&db_url));
+
     let room_threads: Vec<Arbiter> = (0..threads(server_cfg.room_threads))
         .map(|_| Arbiter::new())
         .collect();
-    let persistence = Persistence::start_link();
+    let persistence_thread = Arbiter::new();
+    let (persistence_addr, persistence, _health) = Persistence::start(
+        db_url,
+        db,
+        settings.config.database.max_backlog,
+        &persistence_thread.handle(),
+    );
     let directory = Directory::new(
         settings.clone(),
         room_threads.iter().map(Arbiter::handle).collect(),
-        persistence,
+        persistence.clone(),
     )
     .start();
 
     let state = AppState {
         settings: settings.clone(),
-        directory,
+        directory: directory.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
     };
     let addr = listener.local_addr()?;
@@ -48,17 +63,80 @@ pub async fn run(settings: Settings, listener: TcpListener) -> std::io::Result<(
             .configure(http::configure)
     })
     .workers(workers)
+    .disable_signals()
     .listen(listener)?
     .run();
+    let handle = server.handle();
+    actix_rt::spawn(async move {
+        let signal = shutdown_signal().await;
+        log::info!("{signal}: closing connections and saving history");
+        // Stop accepting and drop open connections; their rooms keep what they accepted.
+        handle.stop(false).await;
+    });
     log::info!(
         "dialogue listening on http://{addr} ({} rooms, {workers} workers, {} room threads)",
         settings.config.rooms.len(),
         room_threads.len()
     );
     server.await?;
+
+    // Every room hands its in-memory history to the persistence actor, which writes it.
+    let timeout = Duration::from_millis(settings.config.server.shutdown_timeout);
+    let flushed = async {
+        let _ = directory.send(FlushAll).await;
+        let _ = persistence_addr.send(WaitWritten).await;
+    };
+    let saved = tokio::time::timeout(timeout, flushed).await.is_ok();
     for arbiter in room_threads {
         arbiter.stop();
     }
-    log::info!("dialogue stopped");
-    Ok(())
+    persistence_thread.stop();
+    if saved {
+        log::info!("history saved; dialogue stopped");
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "history not fully written within {}ms: {} events were not saved",
+            timeout.as_millis(),
+            persistence
+                .backlog
+                .load(std::sync::atomic::Ordering::Relaxed)
+        )))
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, naming it.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }

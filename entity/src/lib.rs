@@ -1,1 +1,5 @@
+//! sea-orm entities of the Dialogue database (one table: `messages`).
+
 pub mod message;
+
+pub use message::Entity as Message;

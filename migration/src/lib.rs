@@ -1,8 +1,16 @@
+//! Schema migrations of the Dialogue database. The service applies pending ones at start-up;
+//! `cargo run -p migration -- up|down|status` runs them by hand (reads `DATABASE_URL`).
+
 pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_create_messages;
+
+/// Every migration, in order.
 pub struct Migrator;
+
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![]
+        vec![Box::new(m20261126_000001_create_messages::Migration)]
     }
 }

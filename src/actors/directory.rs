@@ -206,23 +206,23 @@ fn msg_creator(shared: &RoomShared) -> &str {
 }
 
 impl Handler<DeleteRoom> for Directory {
-    type Result = Result<(), DialogueError>;
+    type Result = ResponseActFuture<Self, Result<(), DialogueError>>;
 
     fn handle(&mut self, msg: DeleteRoom, _: &mut Context<Self>) -> Self::Result {
-        let entry = self
-            .rooms
-            .get(&msg.room_id)
-            .ok_or_else(|| DialogueError::room_not_found(&msg.room_id))?;
+        let refuse = |e| -> Self::Result { Box::pin(actix::fut::ready(Err(e))) };
+        let Some(entry) = self.rooms.get(&msg.room_id) else {
+            return refuse(DialogueError::room_not_found(&msg.room_id));
+        };
         match &entry.shared.created_by {
             Some(creator) if *creator == msg.requested_by => {}
             Some(_) => {
-                return Err(DialogueError::new(
+                return refuse(DialogueError::new(
                     ErrorCode::PermissionDenied,
                     format!("only the creator may delete room '{}'", msg.room_id),
                 ))
             }
             None => {
-                return Err(DialogueError::new(
+                return refuse(DialogueError::new(
                     ErrorCode::PermissionDenied,
                     format!(
                         "room '{}' comes from the configuration and cannot be deleted by clients",
@@ -231,14 +231,40 @@ impl Handler<DeleteRoom> for Directory {
                 ))
             }
         }
-        if let Some(entry) = self.rooms.remove(&msg.room_id) {
-            entry.addr.do_send(CloseRoom);
-        }
-        log::info!("room '{}' deleted by {}", msg.room_id, msg.requested_by);
-        self.broadcast(
-            "dialogue:roomDeleted",
-            &to_json(&serde_json::json!({ "roomId": msg.room_id })),
-        );
-        Ok(())
+        let Some(entry) = self.rooms.remove(&msg.room_id) else {
+            return Box::pin(actix::fut::ready(Err(DialogueError::room_not_found(
+                &msg.room_id,
+            ))));
+        };
+        // The room answers once its history is in the database.
+        Box::pin(
+            entry
+                .addr
+                .send(CloseRoom)
+                .into_actor(self)
+                .map(move |_, act, _| {
+                    log::info!("room '{}' deleted by {}", msg.room_id, msg.requested_by);
+                    act.broadcast(
+                        "dialogue:roomDeleted",
+                        &to_json(&serde_json::json!({ "roomId": msg.room_id })),
+                    );
+                    Ok(())
+                }),
+        )
+    }
+}
+
+impl Handler<FlushAll> for Directory {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: FlushAll, _: &mut Context<Self>) -> Self::Result {
+        let flushes: Vec<_> = self
+            .rooms
+            .values()
+            .map(|r| r.addr.send(FlushHistory))
+            .collect();
+        Box::pin(async move {
+            futures_util::future::join_all(flushes).await;
+        })
     }
 }

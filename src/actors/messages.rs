@@ -103,7 +103,8 @@ pub struct HistoryPage {
     pub json: String,
 }
 
-/// Deletes the room: its history is persisted, members are told, the actor stops.
+/// Deletes the room: its history is persisted (the answer waits for the database), members
+/// are told, the actor stops.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CloseRoom;
@@ -180,9 +181,50 @@ pub struct LoadRange {
     pub hi: u64,
 }
 
+/// Restores a room's window after a restart: the newest `limit` stored events of one
+/// (room, event), newest first, and the highest `seq` stored.
+#[derive(Message)]
+#[rtype(result = "Result<StoredWindow, DialogueError>")]
+pub struct LoadWindow {
+    pub room_id: Arc<str>,
+    pub event: Arc<str>,
+    pub limit: u64,
+}
+
+/// The answer to [`LoadWindow`].
+#[derive(Debug, Default)]
+pub struct StoredWindow {
+    /// Newest first.
+    pub events: Vec<Arc<StoredEvent>>,
+    pub last_seq: u64,
+}
+
+/// Answers once every batch received before it is in the database.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WaitWritten;
+
 /// The persistence actor as rooms see it.
 #[derive(Clone)]
 pub struct PersistenceLink {
     pub evicted: Recipient<EvictedBatch>,
     pub load: Recipient<LoadRange>,
+    pub window: Recipient<LoadWindow>,
+    pub written: Recipient<WaitWritten>,
+    /// Events accepted but not yet written (shared with the persistence actor).
+    pub backlog: Arc<std::sync::atomic::AtomicUsize>,
+    /// Above this backlog, history-enabled triggers are refused with STORAGE_UNAVAILABLE.
+    pub max_backlog: usize,
 }
+
+// ---------------------------------------------------------------- shutdown
+
+/// Sends the room's whole in-memory history to the persistence actor (graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushHistory;
+
+/// Asks every room to flush its history; answers once all have.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushAll;

@@ -119,9 +119,22 @@ impl RoomActor {
         persistence: PersistenceLink,
     ) -> Self {
         let mut events = HashMap::new();
-        for name in shared.events.iter().flatten() {
-            if let Some(def) = catalog.get(name) {
-                events.insert(name.clone(), EventState::new(def.clone()));
+        match &shared.events {
+            Some(list) => {
+                for name in list {
+                    if let Some(def) = catalog.get(name) {
+                        events.insert(name.clone(), EventState::new(def.clone()));
+                    }
+                }
+            }
+            // A "*" room knows its declared history events from the start, so their stored
+            // windows are restored before the first trigger; other events come on first use.
+            None => {
+                for name in catalog.names() {
+                    if let Some(def) = catalog.get(name).filter(|d| d.history_limit.is_some()) {
+                        events.insert(name.to_owned(), EventState::new(def.clone()));
+                    }
+                }
             }
         }
         RoomActor {
@@ -184,11 +197,51 @@ impl RoomActor {
         });
     }
 
+    /// How many of each subscribed history event a new member gets on join.
+    fn sync_count(&self) -> Option<u64> {
+        self.shared
+            .sync_history_on_join
+            .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
+    }
+
+    /// The parts of the join history older than the in-memory windows (only when
+    /// `syncHistoryOnJoin` is larger than a window): (event, seq range) pairs.
+    fn deep_join_ranges(&self, subscriptions: &Subscriptions) -> Vec<(Arc<str>, SeqRange)> {
+        let Some(n) = self.sync_count() else {
+            return Vec::new();
+        };
+        if self.shared.sync_history_on_join == Some(usize::MAX) {
+            return Vec::new(); // `true` means the in-memory window
+        }
+        self.events
+            .iter()
+            .filter(|(name, _)| subscriptions.contains(name))
+            .filter_map(|(_, state)| {
+                let history = state.history.as_ref()?;
+                let wanted = offsets_to_seqs(history.last_seq(), 0, n);
+                let first = history.first_seq_in_memory();
+                (!wanted.is_empty() && wanted.lo < first).then(|| {
+                    (
+                        state.name.clone(),
+                        SeqRange {
+                            lo: wanted.lo,
+                            hi: first - 1,
+                        },
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// `dialogue:history {roomId, events}` for a new member: the newest N of each subscribed
-    /// history event, newest first.
-    fn join_history(&self, subscriptions: &Subscriptions) -> Option<String> {
-        let n = self.shared.sync_history_on_join?;
-        let mut events: Vec<&Arc<StoredEvent>> = Vec::new();
+    /// history event (from memory, plus `deep` older ones), newest first.
+    fn join_history(
+        &self,
+        subscriptions: &Subscriptions,
+        deep: &[Arc<StoredEvent>],
+    ) -> Option<String> {
+        let n = self.sync_count()?;
+        let mut events: Vec<&Arc<StoredEvent>> = deep.iter().collect();
         for (name, state) in &self.events {
             let Some(history) = &state.history else {
                 continue;
@@ -196,8 +249,7 @@ impl RoomActor {
             if !subscriptions.contains(name) {
                 continue;
             }
-            let last = history.last_seq();
-            let range = offsets_to_seqs(last, 0, n.min(u64::MAX as usize) as u64);
+            let range = offsets_to_seqs(history.last_seq(), 0, n);
             events.extend(history.newest_first(range));
         }
         events.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then(b.seq.cmp(&a.seq)));
@@ -207,6 +259,115 @@ impl RoomActor {
         push_joined(&mut json, events.iter().map(|e| &*e.json));
         json.push_str("]}");
         Some(json)
+    }
+
+    /// Adds the member and sends `dialogue:joined` and the join history.
+    fn complete_join(&mut self, msg: Join, deep: &[Arc<StoredEvent>]) -> Result<(), DialogueError> {
+        if let Some(max) = self.shared.max_size {
+            if self.members.len() >= max as usize {
+                return Err(DialogueError::new(
+                    ErrorCode::RoomFull,
+                    format!("room '{}' is full ({max} members)", self.room_id()),
+                ));
+            }
+        }
+        let subscriptions = self.default_subscriptions();
+        self.send_to(&msg.outbox, "dialogue:joined", &self.joined_json());
+        if let Some(history) = self.join_history(&subscriptions, deep) {
+            self.send_to(&msg.outbox, "dialogue:history", &history);
+        }
+        self.members.insert(
+            msg.conn,
+            Member {
+                outbox: msg.outbox,
+                subscriptions,
+            },
+        );
+        self.set_size();
+        log::debug!("{} joined room '{}'", msg.user_id, self.shared.id);
+        Ok(())
+    }
+
+    fn default_subscriptions(&self) -> Subscriptions {
+        match &self.shared.default_subscriptions {
+            None => Subscriptions::All,
+            Some(list) => Subscriptions::Only(list.iter().cloned().collect()),
+        }
+    }
+
+    fn joined_json(&self) -> String {
+        to_json(&serde_json::json!({
+            "roomId": self.room_id(),
+            "roomName": self.shared.name,
+        }))
+    }
+
+    /// Every in-memory event, per event, as batches for the persistence actor.
+    fn window_batches(&mut self, take: bool) -> Vec<EvictedBatch> {
+        let room_id = self.shared.id.clone();
+        self.events
+            .values_mut()
+            .filter_map(|state| {
+                let history = state.history.as_mut()?;
+                let events = if take {
+                    history.take_all()
+                } else {
+                    history.snapshot()
+                };
+                (!events.is_empty()).then(|| EvictedBatch {
+                    room_id: room_id.clone(),
+                    event: state.name.clone(),
+                    events,
+                })
+            })
+            .collect()
+    }
+
+    /// Restores each history window and counter from the store before any message is
+    /// handled (retrying while the database is unreachable).
+    fn restore_windows(&mut self, ctx: &mut Context<Self>) {
+        let loads: Vec<_> = self
+            .events
+            .iter()
+            .filter_map(|(name, state)| {
+                let limit = state.def.history_limit? as u64;
+                let link = self.persistence.window.clone();
+                let request = LoadWindow {
+                    room_id: self.shared.id.clone(),
+                    event: state.name.clone(),
+                    limit,
+                };
+                let name = name.clone();
+                Some(async move { (name, load_window(link, request).await) })
+            })
+            .collect();
+        if loads.is_empty() {
+            return;
+        }
+        ctx.wait(
+            futures_util::future::join_all(loads)
+                .into_actor(self)
+                .map(|windows, act, _| {
+                    for (name, window) in windows {
+                        let Some(state) = act.events.get_mut(&name) else {
+                            continue;
+                        };
+                        let Some(limit) = state.def.history_limit else {
+                            continue;
+                        };
+                        let mut events = window.events;
+                        events.reverse();
+                        state.history = Some(EventHistory::restore(limit, events, window.last_seq));
+                        if window.last_seq > 0 {
+                            log::debug!(
+                                "room '{}' event '{name}' continues at seq {}",
+                                act.shared.id,
+                                window.last_seq + 1
+                            );
+                        }
+                    }
+                }),
+        );
     }
 
     fn set_size(&self) {
@@ -225,6 +386,33 @@ fn push_joined<'a>(out: &mut String, items: impl Iterator<Item = &'a str>) {
     }
 }
 
+/// Asks the store for a window, retrying with backoff until it answers.
+async fn load_window(link: Recipient<LoadWindow>, request: LoadWindow) -> StoredWindow {
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let attempt = LoadWindow {
+            room_id: request.room_id.clone(),
+            event: request.event.clone(),
+            limit: request.limit,
+        };
+        match link.send(attempt).await {
+            Ok(Ok(window)) => return window,
+            Ok(Err(e)) => log::warn!(
+                "room '{}': cannot restore '{}' history yet: {}",
+                request.room_id,
+                request.event,
+                e.message
+            ),
+            Err(_) => log::warn!(
+                "room '{}': the history store is not running",
+                request.room_id
+            ),
+        }
+        actix_rt::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -237,49 +425,66 @@ impl Actor for RoomActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        self.restore_windows(ctx);
         log::debug!("room '{}' started", self.shared.id);
     }
 }
 
 impl Handler<Join> for RoomActor {
-    type Result = Result<(), DialogueError>;
+    type Result = ResponseFuture<Result<(), DialogueError>>;
 
-    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
-        let joined = to_json(&serde_json::json!({
-            "roomId": self.room_id(),
-            "roomName": self.shared.name,
-        }));
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(member) = self.members.get(&msg.conn) {
             // Joining twice is harmless: confirm again, change nothing.
-            self.send_to(&member.outbox, "dialogue:joined", &joined);
-            return Ok(());
+            self.send_to(&member.outbox, "dialogue:joined", &self.joined_json());
+            return Box::pin(async { Ok(()) });
         }
-        if let Some(max) = self.shared.max_size {
-            if self.members.len() >= max as usize {
-                return Err(DialogueError::new(
-                    ErrorCode::RoomFull,
-                    format!("room '{}' is full ({max} members)", self.room_id()),
-                ));
-            }
+        let deep = self.deep_join_ranges(&self.default_subscriptions());
+        if deep.is_empty() {
+            let result = self.complete_join(msg, &[]);
+            return Box::pin(async move { result });
         }
-        let subscriptions = match &self.shared.default_subscriptions {
-            None => Subscriptions::All,
-            Some(list) => Subscriptions::Only(list.iter().cloned().collect()),
-        };
-        self.send_to(&msg.outbox, "dialogue:joined", &joined);
-        if let Some(history) = self.join_history(&subscriptions) {
-            self.send_to(&msg.outbox, "dialogue:history", &history);
-        }
-        self.members.insert(
-            msg.conn,
-            Member {
-                outbox: msg.outbox,
-                subscriptions,
+        // The older part of the join history comes from the store. The room waits for it, so
+        // no event can reach the new member before its history.
+        let loads: Vec<_> = deep
+            .into_iter()
+            .map(|(event, range)| {
+                self.persistence.load.send(LoadRange {
+                    room_id: self.shared.id.clone(),
+                    event,
+                    lo: range.lo,
+                    hi: range.hi,
+                })
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ctx.wait(futures_util::future::join_all(loads).into_actor(self).map(
+            move |results, act, _| {
+                let mut deep = Vec::new();
+                let mut result = Ok(());
+                for r in results {
+                    match r {
+                        Ok(Ok(events)) => deep.extend(events),
+                        Ok(Err(e)) => result = Err(e),
+                        Err(_) => {
+                            result = Err(DialogueError::new(
+                                ErrorCode::StorageUnavailable,
+                                "the history store is not running",
+                            ))
+                        }
+                    }
+                }
+                let _ = tx.send(result.and_then(|()| act.complete_join(msg, &deep)));
             },
-        );
-        self.set_size();
-        log::debug!("{} joined room '{}'", msg.user_id, self.shared.id);
-        Ok(())
+        ));
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(DialogueError::new(
+                    ErrorCode::RoomNotFound,
+                    "the room closed",
+                ))
+            })
+        })
     }
 }
 
@@ -371,8 +576,16 @@ impl Handler<Trigger> for RoomActor {
     fn handle(&mut self, msg: Trigger, _: &mut Context<Self>) -> Self::Result {
         self.check_member(msg.conn)?;
         let room_id = self.shared.id.clone();
+        let backlog_full =
+            self.persistence.backlog.load(Ordering::Relaxed) >= self.persistence.max_backlog;
         let state = self.event_state(&msg.event)?;
         state.def.validate(&msg.data)?;
+        if backlog_full && state.history.is_some() {
+            return Err(DialogueError::new(
+                ErrorCode::StorageUnavailable,
+                "the database is unavailable and the history backlog is full; try again later",
+            ));
+        }
 
         let seq = state.last_seq() + 1;
         let timestamp = now_ms();
@@ -521,21 +734,22 @@ fn page_json(
     json
 }
 
-impl Handler<CloseRoom> for RoomActor {
+impl Handler<FlushHistory> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, _: CloseRoom, ctx: &mut Context<Self>) {
-        for state in self.events.values_mut() {
-            if let Some(history) = &mut state.history {
-                let events = history.take_all();
-                if !events.is_empty() {
-                    self.persistence.evicted.do_send(EvictedBatch {
-                        room_id: self.shared.id.clone(),
-                        event: state.name.clone(),
-                        events,
-                    });
-                }
-            }
+    fn handle(&mut self, _: FlushHistory, _: &mut Context<Self>) {
+        for batch in self.window_batches(false) {
+            self.persistence.evicted.do_send(batch);
+        }
+    }
+}
+
+impl Handler<CloseRoom> for RoomActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: CloseRoom, ctx: &mut Context<Self>) -> Self::Result {
+        for batch in self.window_batches(true) {
+            self.persistence.evicted.do_send(batch);
         }
         for member in self.members.values() {
             member.outbox.do_send(ToConnection::RoomClosed {
@@ -544,6 +758,9 @@ impl Handler<CloseRoom> for RoomActor {
         }
         self.members.clear();
         self.set_size();
-        ctx.stop();
+        // Answer (and stop) once the history is in the database.
+        let written = self.persistence.written.send(WaitWritten);
+        ctx.wait(written.into_actor(self).map(|_, _, ctx| ctx.stop()));
+        Box::pin(actix::fut::ready(()))
     }
 }

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub connect_timeout: u64,
     /// Bytes queued for a client that is not reading before it is disconnected.
     pub max_outbound_bytes: usize,
+    /// Milliseconds a graceful shutdown may spend writing in-memory history.
+    pub shutdown_timeout: u64,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +66,7 @@ impl Default for ServerConfig {
             max_payload: 1_000_000,
             connect_timeout: 45_000,
             max_outbound_bytes: 4 * 1024 * 1024,
+            shutdown_timeout: 10_000,
         }
     }
 }
@@ -74,12 +77,16 @@ impl Default for ServerConfig {
 pub struct DatabaseConfig {
     /// sea-orm URL; `DATABASE_URL` overrides it.
     pub url: String,
+    /// Evicted events kept in memory while the database is unavailable; when full, new
+    /// history-enabled triggers get STORAGE_UNAVAILABLE.
+    pub max_backlog: usize,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: "sqlite://dialogue.db?mode=rwc".into(),
+            max_backlog: 100_000,
         }
     }
 }
