@@ -37,9 +37,12 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     } else {
         options.max_connections(8);
     }
-    let db = Database::connect(options).await?;
+    // Migrate, then open the pool afresh: SQLite connections opened before the migration can
+    // keep a schema without the unique index and refuse the first ON CONFLICT insert.
+    let db = Database::connect(options.clone()).await?;
     Migrator::up(&db, None).await?;
-    Ok(db)
+    db.close().await?;
+    Database::connect(options).await
 }
 
 /// One (room, event)'s events to store, oldest first.

@@ -26,6 +26,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// One evicted batch waiting to be written.
+#[derive(Clone)]
 struct Batch {
     /// Position in arrival order; batches are written in this order.
     id: u64,
@@ -125,18 +126,14 @@ impl Persistence {
             }
         }
         // The batches are shared with the write future; readers keep seeing them meanwhile.
-        let jobs: Vec<(Arc<str>, Arc<str>, Vec<Arc<StoredEvent>>)> = self
-            .in_flight
-            .iter()
-            .map(|b| (b.room_id.clone(), b.event.clone(), b.events.clone()))
-            .collect();
+        let jobs = self.in_flight.clone();
         let write = async move {
             let refs: Vec<BatchRef<'_>> = jobs
                 .iter()
-                .map(|(room_id, event, events)| BatchRef {
-                    room_id,
-                    event,
-                    events,
+                .map(|b| BatchRef {
+                    room_id: &b.room_id,
+                    event: &b.event,
+                    events: &b.events,
                 })
                 .collect();
             store::insert_batches(&db, &refs).await

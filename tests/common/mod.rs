@@ -10,12 +10,15 @@ use std::sync::mpsc;
 use std::sync::Once;
 use std::time::Duration;
 
+pub mod pg;
+
 /// A running server; killed on drop.
 pub struct TestServer {
     child: Child,
     pub port: u16,
     pub url: String,
-    pub dir: tempfile::TempDir,
+    /// The working directory (and config) when the harness made one.
+    pub dir: Option<tempfile::TempDir>,
     /// Everything the server logged so far.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -28,13 +31,20 @@ impl TestServer {
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config_path = dir.path().join("config.yaml");
+        let mut server = Self::start_in(dir.path(), config, env);
+        server.dir = Some(dir);
+        server
+    }
+
+    /// Starts in `dir` (kept by the caller, so a restart finds the same files).
+    pub fn start_in(dir: &Path, config: &str, env: &[(&str, &str)]) -> TestServer {
+        let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dialogue"));
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .current_dir(dir.path())
+            .current_dir(dir)
             .env("PORT", "0")
             .env("RUST_LOG", "info,dialogue=debug")
             .env_remove("DATABASE_URL")
@@ -82,9 +92,26 @@ impl TestServer {
             child,
             port,
             url: format!("http://127.0.0.1:{port}"),
-            dir,
+            dir: None,
             log,
         }
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit; returns the exit code and time.
+    pub fn terminate(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let started = std::time::Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status.code(), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        (None, started.elapsed())
     }
 
     /// True while the process runs.
@@ -131,7 +158,12 @@ pub fn ensure_node_modules() {
 }
 
 /// Runs `node --test <script>` against `server`; panics with the output if a test fails.
-pub fn run_node_tests(script: &str, server: &TestServer, extra_env: &[(&str, &str)]) {
+/// Returns the values the script printed as `RESULT <json>` lines.
+pub fn run_node_tests(
+    script: &str,
+    server: &TestServer,
+    extra_env: &[(&str, &str)],
+) -> Vec<serde_json::Value> {
     ensure_node_modules();
     let mut cmd = Command::new("node");
     cmd.arg("--test")
@@ -151,4 +183,9 @@ pub fn run_node_tests(script: &str, server: &TestServer, extra_env: &[(&str, &st
         output.status.success(),
         "node tests in {script} failed:\n{stdout}\n{stderr}"
     );
+    stdout
+        .lines()
+        .filter_map(|l| l.trim_start_matches(['#', ' ']).strip_prefix("RESULT "))
+        .filter_map(|json| serde_json::from_str(json).ok())
+        .collect()
 }

@@ -1,0 +1,162 @@
+// Persistent history scenarios, one per PHASE (set by tests/persistence.rs, which restarts
+// the server and inspects the database between phases). Results go back as `RESULT {json}`.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { connect, sleep } from "./helpers.mjs";
+
+const ROOM = "hist";
+const phase = (name, fn) => test(name, { skip: process.env.PHASE !== name }, fn);
+const result = (value) => console.log(`RESULT ${JSON.stringify(value)}`);
+const msg = (i) => ({ text: `m${i}`, username: "p" });
+const trigger = (c, i) => c.request("dialogue:trigger", { roomId: ROOM, event: "message", data: msg(i) });
+const history = (c, range) => c.request("dialogue:getHistory", { roomId: ROOM, eventName: "message", ...range });
+const desc = (hi, lo) => Array.from({ length: hi - lo + 1 }, (_, i) => hi - i);
+
+async function fill(c, from, to) {
+  for (let i = from; i <= to; i++) {
+    const r = await trigger(c, i);
+    assert.equal(r.ok, true, JSON.stringify(r));
+    assert.equal(r.seq, i);
+  }
+}
+
+/** Pages back by cursor from `before` to the first event; returns every seq seen. */
+async function scrollByCursor(c, before, limit = 20) {
+  const seqs = [];
+  for (let guard = 0; guard < 10_000; guard++) {
+    const page = await history(c, { before, limit });
+    assert.equal(page.ok, true, JSON.stringify(page));
+    seqs.push(...page.events.map((e) => e.seq));
+    if (!page.hasMore) break;
+    before = page.events.at(-1).seq;
+  }
+  return seqs;
+}
+
+async function joined(userId) {
+  const c = await connect(userId);
+  assert.equal((await c.request("dialogue:join", { roomId: ROOM })).ok, true);
+  return c;
+}
+
+phase("thousand", async () => {
+  const c = await joined("writer");
+  await fill(c, 1, 1000);
+  const byOffsets = [];
+  for (let start = 0; start < 1000; start += 20) {
+    const page = await history(c, { start, end: start + 20 });
+    assert.equal(page.events.length, 20, `page at ${start}`);
+    assert.equal(page.hasMore, start + 20 < 1000);
+    byOffsets.push(...page.events.map((e) => e.seq));
+  }
+  assert.deepEqual(byOffsets, desc(1000, 1), "offsets: every seq once, newest first");
+  const seam = await history(c, { start: 90, end: 110 });
+  assert.deepEqual(seam.events.map((e) => e.seq), desc(910, 891), "across the memory/database seam");
+  assert.equal(seam.events[0].data.text, "m910");
+  assert.equal(seam.events.at(-1).from, "writer");
+  const byCursor = await scrollByCursor(c, 1001);
+  assert.deepEqual(byCursor, desc(1000, 1), "cursor: every seq once, newest first");
+  c.close();
+});
+
+phase("concurrent", async () => {
+  const writer = await joined("writer");
+  await fill(writer, 1, 300);
+  const reader = await joined("reader");
+  let stop = false;
+  let written = 300;
+  const writing = (async () => {
+    while (!stop) {
+      const r = await trigger(writer, written + 1);
+      assert.equal(r.ok, true);
+      written = r.seq;
+    }
+  })();
+  const seqs = await scrollByCursor(reader, 301, 7);
+  stop = true;
+  await writing;
+  assert.ok(written > 300, "events kept arriving while paging");
+  assert.deepEqual(seqs, desc(300, 1), "no gap, no duplicate");
+  result({ written });
+  writer.close();
+  reader.close();
+});
+
+phase("fill150", async () => {
+  const c = await joined("before-restart");
+  await fill(c, 1, 150);
+  c.close();
+});
+
+phase("after-restart", async () => {
+  const c = await connect("after-restart");
+  await c.request("dialogue:join", { roomId: ROOM });
+  const h = await c.waitFor("dialogue:history", (h) => h.roomId === ROOM);
+  assert.deepEqual(h.events.map((e) => e.seq), desc(150, 101), "syncHistoryOnJoin after the restart");
+  assert.equal(h.events[0].data.text, "m150");
+  const r = await trigger(c, 151);
+  assert.equal(r.seq, 151, "seq continues");
+  assert.deepEqual(await scrollByCursor(c, 1000), desc(151, 1));
+  c.close();
+});
+
+phase("deep-sync", async () => {
+  // syncHistoryOnJoin (50) is larger than the window (limit 10): the rest comes from the database.
+  const a = await joined("writer");
+  await fill(a, 1, 80);
+  const b = await connect("late");
+  await b.request("dialogue:join", { roomId: ROOM });
+  const h = await b.waitFor("dialogue:history", (h) => h.roomId === ROOM);
+  assert.deepEqual(h.events.map((e) => e.seq), desc(80, 31));
+  a.close();
+  b.close();
+});
+
+phase("outage-fill", async () => {
+  // The database is down: triggers go on until the backlog is full, then STORAGE_UNAVAILABLE.
+  const c = await joined("writer");
+  let accepted = Number(process.env.FIRST_SEQ) - 1;
+  let refused = null;
+  for (let i = 0; i < 500 && !refused; i++) {
+    const r = await trigger(c, accepted + 1).catch((e) => ({ ok: false, code: String(e) }));
+    if (r.ok) {
+      assert.equal(r.seq, accepted + 1);
+      accepted = r.seq;
+    } else refused = r;
+  }
+  assert.ok(refused, "the backlog bound was reached");
+  assert.equal(refused.code, "STORAGE_UNAVAILABLE", JSON.stringify(refused));
+  await c.waitFor("dialogue:error", (e) => e.code === "STORAGE_UNAVAILABLE");
+  // Pending (unwritten) events are still readable: the newest 40 are in memory or waiting.
+  const recent = await history(c, { start: 0, end: 40 });
+  assert.deepEqual(recent.events.map((e) => e.seq), desc(accepted, accepted - 39));
+  result({ accepted });
+  c.close();
+});
+
+phase("outage-recovered", async () => {
+  const c = await joined("writer");
+  const last = Number(process.env.LAST_SEQ);
+  let r;
+  for (let i = 0; i < 200; i++) {
+    r = await trigger(c, last + 1);
+    if (r.ok) break;
+    await sleep(100);
+  }
+  assert.equal(r.ok, true, "triggers are accepted again");
+  assert.equal(r.seq, last + 1);
+  assert.deepEqual(await scrollByCursor(c, last + 2), desc(last + 1, 1), "nothing lost");
+  c.close();
+});
+
+phase("delete", async () => {
+  const c = await connect("owner");
+  assert.equal((await c.request("dialogue:createRoom", { id: "temp", name: "Temporary" })).ok, true);
+  await c.request("dialogue:join", { roomId: "temp" });
+  for (let i = 1; i <= 30; i++) {
+    const r = await c.request("dialogue:trigger", { roomId: "temp", event: "message", data: msg(i) });
+    assert.equal(r.seq, i);
+  }
+  assert.equal((await c.request("dialogue:deleteRoom", { roomId: "temp" })).ok, true);
+  c.close();
+});
