@@ -165,6 +165,13 @@ pub fn encode_event(name: &str, payload_json: &str) -> String {
     out
 }
 
+/// `42<id>["<name>",<payload>]`: an event that asks for an ack (client side).
+pub fn encode_event_with_ack(id: u64, name: &str, payload_json: &str) -> String {
+    let mut out = encode_event(name, payload_json);
+    out.insert_str(2, &id.to_string());
+    out
+}
+
 /// `43<id>[<payload>]` where `payload` is already-serialised JSON.
 pub fn encode_ack(id: u64, payload_json: &str) -> String {
     format!("43{id}[{payload_json}]")
@@ -329,6 +336,7 @@ mod tests {
             r#"42["dialogue:left",{"roomId":"a"}]"#
         );
         assert_eq!(encode_ack(3, r#"{"ok":true}"#), r#"433[{"ok":true}]"#);
+        assert_eq!(encode_event_with_ack(12, "e", "1"), r#"4212["e",1]"#);
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! A minimal Socket.IO v5 / Engine.IO v4 WebSocket client (tokio-tungstenite) built on the
+//! dialogue crate's packet codec: connect with an auth payload, emit with acks, receive events.
+
+use dialogue::protocol::socketio::{self, SioKind};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// One connected client.
+pub struct Client {
+    out: mpsc::UnboundedSender<Message>,
+    pending: Pending,
+    next_id: AtomicU64,
+    /// Received application events as raw Socket.IO data (`["name", payload]` JSON text),
+    /// when collected.
+    events: Option<mpsc::UnboundedReceiver<String>>,
+}
+
+/// `http://host:port` → the Engine.IO WebSocket endpoint.
+pub fn ws_url(url: &str) -> String {
+    let base = url.trim_end_matches('/');
+    let base = base
+        .strip_prefix("http://")
+        .map(|r| format!("ws://{r}"))
+        .or_else(|| base.strip_prefix("https://").map(|r| format!("wss://{r}")))
+        .unwrap_or_else(|| base.to_owned());
+    format!("{base}/socket.io/?EIO=4&transport=websocket")
+}
+
+impl Client {
+    /// Connects, completes the Socket.IO CONNECT with `{userId}`, and starts the I/O tasks.
+    /// With `collect_events`, received events are queued on [`Client::events`].
+    pub async fn connect(url: &str, user_id: &str, collect_events: bool) -> Result<Client, String> {
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url(url))
+            .await
+            .map_err(|e| format!("connect {url}: {e}"))?;
+        let (mut sink, mut stream) = ws.split();
+        // Engine.IO open packet.
+        match stream.next().await {
+            Some(Ok(Message::Text(t))) if t.starts_with('0') => {}
+            other => return Err(format!("no open packet: {other:?}")),
+        }
+        let auth = serde_json::json!({ "userId": user_id });
+        sink.send(Message::text(format!("40{auth}")))
+            .await
+            .map_err(|e| e.to_string())?;
+
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let pending: Pending = Arc::default();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+
+        tokio::spawn(async move {
+            while let Some(msg) = out_rx.recv().await {
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let reader_pending = pending.clone();
+        let pong = out_tx.clone();
+        tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(text) = msg else { continue };
+                let text = text.as_str();
+                match text.as_bytes().first() {
+                    Some(b'2') => {
+                        let _ = pong.send(Message::text("3"));
+                    }
+                    Some(b'4') => {
+                        let data = &text[1..];
+                        if data.starts_with("40") {
+                            if let Some(tx) = ready.take() {
+                                let _ = tx.send(());
+                            }
+                        } else if data.starts_with("42") {
+                            if collect_events {
+                                let _ = ev_tx.send(data[2..].to_owned());
+                            }
+                        } else if let Ok(p) = socketio::decode(data) {
+                            if p.kind == SioKind::Ack {
+                                let tx = p.id.and_then(|id| {
+                                    reader_pending.lock().ok().and_then(|mut m| m.remove(&id))
+                                });
+                                let value = match p.data {
+                                    Some(Value::Array(mut items)) if !items.is_empty() => {
+                                        items.swap_remove(0)
+                                    }
+                                    _ => Value::Null,
+                                };
+                                if let Some(tx) = tx {
+                                    let _ = tx.send(value);
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        ready_rx
+            .await
+            .map_err(|_| "the server closed before CONNECT completed".to_owned())?;
+        Ok(Client {
+            out: out_tx,
+            pending,
+            next_id: AtomicU64::new(1),
+            events: collect_events.then_some(ev_rx),
+        })
+    }
+
+    /// Emits `event` with an ack id and waits for the ack's first argument.
+    pub async fn request(&self, event: &str, payload: &Value) -> Result<Value, String> {
+        let rx = self.send_request(event, payload)?;
+        rx.await.map_err(|_| "connection closed".to_owned())
+    }
+
+    /// Emits `event` with an ack id; the receiver resolves with the ack.
+    pub fn send_request(
+        &self,
+        event: &str,
+        payload: &Value,
+    ) -> Result<oneshot::Receiver<Value>, String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut m) = self.pending.lock() {
+            m.insert(id, tx);
+        }
+        let frame = socketio::encode_event_with_ack(id, event, &payload.to_string());
+        self.out
+            .send(Message::text(frame))
+            .map_err(|_| "connection closed".to_owned())?;
+        Ok(rx)
+    }
+
+    /// The next received event (`["name", payload]` JSON text), if events are collected.
+    #[allow(dead_code)] // used by the fan-out scenarios
+    pub async fn next_event(&mut self) -> Option<String> {
+        self.events.as_mut()?.recv().await
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        let _ = self.out.send(Message::Close(None));
+    }
+}
