@@ -80,9 +80,9 @@ impl Client {
                             if let Some(tx) = ready.take() {
                                 let _ = tx.send(());
                             }
-                        } else if data.starts_with("42") {
+                        } else if let Some(event) = data.strip_prefix("42") {
                             if collect_events {
-                                let _ = ev_tx.send(data[2..].to_owned());
+                                let _ = ev_tx.send(event.to_owned());
                             }
                         } else if let Ok(p) = socketio::decode(data) {
                             if p.kind == SioKind::Ack {
