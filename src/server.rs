@@ -54,11 +54,14 @@ pub async fn run(settings: Settings, listener: TcpListener) -> std::io::Result<(
         settings: settings.clone(),
         directory: directory.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
+        sessions: Default::default(),
     };
     let addr = listener.local_addr()?;
     let workers = threads(server_cfg.workers);
+    let cors = settings.config.cors.clone();
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(http::cors(&cors))
             .app_data(web::Data::new(state.clone()))
             .configure(http::configure)
     })

@@ -10,7 +10,8 @@ use crate::actors::messages::*;
 use crate::actors::room::RoomActor;
 use crate::config::Settings;
 use crate::error::{DialogueError, ErrorCode};
-use crate::http::websocket::{WsInboundError, WsMessage, WsOutbox};
+use crate::http::polling::{PollingQueue, Sessions, SEPARATOR};
+use crate::http::websocket::{WsInboundError, WsMessage, WsSink};
 use crate::protocol::dialogue::{ack_err, ack_ok, parse_request, to_json, ClientRequest};
 use crate::protocol::engineio::{self, EioPacket};
 use crate::protocol::socketio::{self, SioKind, SioPacket};
@@ -18,9 +19,7 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use bytestring::ByteString;
 use serde_json::Value;
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,6 +99,18 @@ enum Done {
     },
 }
 
+/// How a session talks to its client.
+pub enum Transport {
+    WebSocket(WsSink),
+    Polling {
+        queue: PollingQueue,
+        /// A WebSocket being probed for the upgrade (`2probe` … `5`).
+        probe: Option<WsSink>,
+        /// Where the session is registered, to leave on close.
+        sessions: Sessions,
+    },
+}
+
 /// One client session.
 pub struct Connection {
     id: ConnId,
@@ -109,7 +120,9 @@ pub struct Connection {
     socket_id: String,
     settings: Arc<Settings>,
     directory: Addr<Directory>,
-    out: Rc<RefCell<WsOutbox>>,
+    transport: Transport,
+    /// The session is closing: further input is ignored.
+    closing: bool,
     /// Set once the Socket.IO CONNECT was accepted.
     user_id: Option<Arc<str>>,
     rooms: HashMap<String, Addr<RoomActor>>,
@@ -124,16 +137,18 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A session over `transport`, identified by the Engine.IO `sid`.
     pub fn new(
         id: ConnId,
+        sid: String,
         settings: Arc<Settings>,
         directory: Addr<Directory>,
-        out: Rc<RefCell<WsOutbox>>,
+        transport: Transport,
     ) -> Self {
         let limits = &settings.config.limits;
         Connection {
             id,
-            sid: uuid::Uuid::new_v4().simple().to_string(),
+            sid,
             socket_id: uuid::Uuid::new_v4().simple().to_string(),
             triggers: RateLimit::new(limits.triggers_per_second, Duration::from_secs(1)),
             history_reads: RateLimit::new(
@@ -142,7 +157,8 @@ impl Connection {
             ),
             settings,
             directory,
-            out,
+            transport,
+            closing: false,
             user_id: None,
             rooms: HashMap::new(),
             queue: VecDeque::new(),
@@ -154,8 +170,12 @@ impl Connection {
 
     /// Sends one text frame; a client too far behind is disconnected.
     fn send(&mut self, ctx: &mut Context<Self>, frame: ByteString) {
-        let result = self.out.borrow_mut().text(frame);
-        if result.is_err() {
+        let limit = self.settings.config.server.max_outbound_bytes;
+        let ok = match &mut self.transport {
+            Transport::WebSocket(sink) => sink.text(frame).is_ok(),
+            Transport::Polling { queue, .. } => queue.push(frame, limit),
+        };
+        if !ok && !self.closing {
             log::warn!(
                 "connection {} ({}) is not reading: more than {} bytes queued, disconnecting",
                 self.id,
@@ -179,7 +199,16 @@ impl Connection {
     }
 
     fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
-        self.out.borrow_mut().close(code, reason);
+        self.closing = true;
+        match &mut self.transport {
+            Transport::WebSocket(sink) => sink.close(code, reason),
+            Transport::Polling { queue, probe, .. } => {
+                queue.answer_waiting(engineio::CLOSE);
+                if let Some(probe) = probe {
+                    probe.close(code, reason);
+                }
+            }
+        }
         ctx.stop();
     }
 
@@ -197,12 +226,7 @@ impl Connection {
                 let pong = format!("3{data}");
                 self.send(ctx, pong.into());
             }
-            Ok(EioPacket::Close) => {
-                self.out
-                    .borrow_mut()
-                    .close(CloseCode::Normal, "client closed");
-                ctx.stop();
-            }
+            Ok(EioPacket::Close) => self.close(ctx, CloseCode::Normal, "client closed"),
             Ok(EioPacket::Noop | EioPacket::Upgrade) => {}
             Ok(EioPacket::Open(_)) => self.violation(ctx, "a client may not send an open packet"),
             Err(e) => self.violation(ctx, &e.to_string()),
@@ -237,12 +261,7 @@ impl Connection {
             }
             // The server never asks for acks, so there is nothing to match them with.
             SioKind::Ack => {}
-            SioKind::Disconnect => {
-                self.out
-                    .borrow_mut()
-                    .close(CloseCode::Normal, "client disconnected");
-                ctx.stop();
-            }
+            SioKind::Disconnect => self.close(ctx, CloseCode::Normal, "client disconnected"),
             SioKind::ConnectError => self.violation(ctx, "CONNECT_ERROR is server-only"),
         }
     }
@@ -699,9 +718,13 @@ impl Actor for Connection {
         // Rooms fan out with `do_send`, which ignores this bound; it only throttles `send`.
         ctx.set_mailbox_capacity(1024);
         let server = &self.settings.config.server;
+        let upgrades: &[&str] = match self.transport {
+            Transport::Polling { .. } => &["websocket"],
+            Transport::WebSocket(_) => &[],
+        };
         let open = engineio::encode_open(&engineio::Handshake {
             sid: &self.sid,
-            upgrades: &[],
+            upgrades,
             ping_interval: server.ping_interval,
             ping_timeout: server.ping_timeout,
             max_payload: server.max_payload,
@@ -718,9 +741,20 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.out
-            .borrow_mut()
-            .close(CloseCode::Normal, "connection closed");
+        match &mut self.transport {
+            Transport::WebSocket(sink) => sink.close(CloseCode::Normal, "connection closed"),
+            Transport::Polling {
+                queue,
+                probe,
+                sessions,
+            } => {
+                queue.answer_waiting(engineio::CLOSE);
+                if let Some(probe) = probe {
+                    probe.close(CloseCode::Normal, "connection closed");
+                }
+                sessions.remove(&self.sid);
+            }
+        }
         for room in self.rooms.values() {
             room.do_send(MemberGone { conn: self.id });
         }
@@ -731,20 +765,25 @@ impl Actor for Connection {
     }
 }
 
-impl StreamHandler<Result<WsMessage, WsInboundError>> for Connection {
-    fn handle(&mut self, msg: Result<WsMessage, WsInboundError>, ctx: &mut Self::Context) {
+impl Connection {
+    /// One message from the session's WebSocket.
+    fn on_ws_message(&mut self, ctx: &mut Context<Self>, msg: Result<WsMessage, WsInboundError>) {
+        if self.closing {
+            return;
+        }
         match msg {
             Ok(WsMessage::Text(text)) => self.on_text(ctx, &text),
             Ok(WsMessage::Binary(_)) => self.on_binary(ctx),
             Ok(WsMessage::Ping(data)) => {
-                if self.out.borrow_mut().pong(data).is_err() {
+                let full = match &mut self.transport {
+                    Transport::WebSocket(sink) => sink.pong(data).is_err(),
+                    Transport::Polling { .. } => false,
+                };
+                if full {
                     self.close(ctx, CloseCode::Policy, "outbound queue full");
                 }
             }
-            Ok(WsMessage::Close) => {
-                self.out.borrow_mut().close(CloseCode::Normal, "bye");
-                ctx.stop();
-            }
+            Ok(WsMessage::Close) => self.close(ctx, CloseCode::Normal, "bye"),
             Err(WsInboundError::TooLarge(max)) => {
                 log::info!("closing connection {}: message over {max} bytes", self.id);
                 self.close(ctx, CloseCode::Size, "message too large");
@@ -753,8 +792,130 @@ impl StreamHandler<Result<WsMessage, WsInboundError>> for Connection {
         }
     }
 
+    /// A message on the WebSocket probed for an upgrade from polling.
+    fn on_probe_message(
+        &mut self,
+        ctx: &mut Context<Self>,
+        msg: Result<WsMessage, WsInboundError>,
+    ) {
+        let Transport::Polling { queue, probe, .. } = &mut self.transport else {
+            return self.on_ws_message(ctx, msg);
+        };
+        match msg {
+            Ok(WsMessage::Text(text)) if &*text == "2probe" => {
+                if let Some(probe) = probe {
+                    let _ = probe.text(engineio::PONG_PROBE.into());
+                }
+                // End the pending GET so the client can pause polling and send `5`.
+                queue.answer_waiting(engineio::NOOP);
+            }
+            Ok(WsMessage::Text(text)) if &*text == "5" => {
+                let Some(mut sink) = probe.take() else {
+                    return self.violation(ctx, "upgrade without a probe");
+                };
+                // Packets still queued for polling go first, over the WebSocket, in order.
+                for frame in queue.take_frames() {
+                    let _ = sink.text(frame);
+                }
+                queue.answer_waiting(engineio::NOOP);
+                if let Transport::Polling { sessions, .. } = &self.transport {
+                    sessions.remove(&self.sid);
+                }
+                self.transport = Transport::WebSocket(sink);
+                log::debug!("connection {} upgraded to websocket", self.id);
+            }
+            Ok(WsMessage::Close) | Err(_) => {
+                // The probe failed; the session carries on polling.
+                *probe = None;
+            }
+            other => self.on_ws_message(ctx, other),
+        }
+    }
+}
+
+impl StreamHandler<Result<WsMessage, WsInboundError>> for Connection {
+    fn handle(&mut self, msg: Result<WsMessage, WsInboundError>, ctx: &mut Self::Context) {
+        self.on_ws_message(ctx, msg);
+    }
+
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+impl Handler<UpgradeFrame> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpgradeFrame, ctx: &mut Self::Context) {
+        match msg.msg {
+            // The upgraded socket ended: so does the session.
+            Ok(WsMessage::Close) if matches!(self.transport, Transport::WebSocket(_)) => {
+                self.close(ctx, CloseCode::Normal, "bye")
+            }
+            msg => self.on_probe_message(ctx, msg),
+        }
+    }
+}
+
+impl Handler<UpgradeStart> for Connection {
+    type Result = Result<(), TransportError>;
+
+    fn handle(&mut self, msg: UpgradeStart, _: &mut Self::Context) -> Self::Result {
+        match &mut self.transport {
+            Transport::Polling { probe, .. } if probe.is_none() && !self.closing => {
+                *probe = Some(msg.sink);
+                Ok(())
+            }
+            _ => Err(TransportError::WrongTransport),
+        }
+    }
+}
+
+impl Handler<Poll> for Connection {
+    type Result = Result<tokio::sync::oneshot::Receiver<String>, TransportError>;
+
+    fn handle(&mut self, _: Poll, _: &mut Self::Context) -> Self::Result {
+        match &mut self.transport {
+            Transport::Polling { queue, probe, .. } => {
+                // While an upgrade is probed, a GET never waits (the client wants to pause).
+                let idle = probe.as_ref().map(|_| engineio::NOOP);
+                Ok(queue.poll(idle))
+            }
+            Transport::WebSocket(_) => Err(TransportError::WrongTransport),
+        }
+    }
+}
+
+impl Handler<PostPackets> for Connection {
+    type Result = Result<(), TransportError>;
+
+    fn handle(&mut self, msg: PostPackets, ctx: &mut Self::Context) -> Self::Result {
+        if !matches!(self.transport, Transport::Polling { .. }) {
+            return Err(TransportError::WrongTransport);
+        }
+        for packet in msg.body.split(SEPARATOR) {
+            if self.closing {
+                break;
+            }
+            if packet.starts_with('b') {
+                self.on_binary(ctx); // base64 binary attachment
+            } else {
+                self.on_text(ctx, packet);
+            }
+        }
+        if self.closing {
+            Err(TransportError::Violation)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Handler<CloseSession> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        self.violation(ctx, msg.reason);
     }
 }
 

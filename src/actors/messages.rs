@@ -228,3 +228,49 @@ pub struct FlushHistory;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FlushAll;
+
+// ---------------------------------------------------------------- transports → connection
+
+/// Why a transport request was refused (answered with HTTP 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportError {
+    /// The session does not (or no longer) use this transport.
+    WrongTransport,
+    /// A Socket.IO/Engine.IO violation in the posted packets: the session closed.
+    Violation,
+    /// The session is closed.
+    Closed,
+}
+
+/// A long-polling GET: the reply resolves with the packets to send (joined by `\x1e`).
+#[derive(Message)]
+#[rtype(result = "Result<tokio::sync::oneshot::Receiver<String>, TransportError>")]
+pub struct Poll;
+
+/// A long-polling POST body: packets separated by `\x1e`.
+#[derive(Message)]
+#[rtype(result = "Result<(), TransportError>")]
+pub struct PostPackets {
+    pub body: String,
+}
+
+/// A WebSocket opened for an existing polling session (the upgrade probe).
+#[derive(Message)]
+#[rtype(result = "Result<(), TransportError>")]
+pub struct UpgradeStart {
+    pub sink: crate::http::websocket::WsSink,
+}
+
+/// A message received on the upgrade WebSocket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpgradeFrame {
+    pub msg: Result<crate::http::websocket::WsMessage, crate::http::websocket::WsInboundError>,
+}
+
+/// Closes the session (a transport-level violation seen by an HTTP handler).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub reason: &'static str,
+}

@@ -21,6 +21,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub cors: CorsConfig,
     /// Event types, by name.
     #[serde(default)]
     pub events: BTreeMap<String, EventConfig>,
@@ -123,6 +125,25 @@ impl Default for LimitsConfig {
             max_payload_bytes: 1_000_000,
             history_requests_per_minute: 20,
             triggers_per_second: 50,
+        }
+    }
+}
+
+/// Cross-origin access for browsers (long-polling and the HTTP API).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Allowed origins; `["*"]` (the default, as dialogue-ts) allows any.
+    pub origins: Vec<String>,
+    /// Allow cookies and credentials (the request's origin is echoed, never `*`).
+    pub credentials: bool,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            origins: vec!["*".into()],
+            credentials: true,
         }
     }
 }

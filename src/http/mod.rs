@@ -1,17 +1,22 @@
-//! HTTP routes: the Socket.IO endpoint (`/socket.io/`) and health.
+//! HTTP routes: the Socket.IO endpoint (`/socket.io/`, WebSocket and long-polling transports,
+//! polling→WebSocket upgrade) and health.
 
+pub mod polling;
 pub mod websocket;
 
-use crate::actors::connection::Connection;
+use crate::actors::connection::{Connection, Transport};
 use crate::actors::directory::Directory;
-use crate::config::Settings;
+use crate::actors::messages::{CloseSession, TransportError, UpgradeFrame, UpgradeStart};
+use crate::config::{CorsConfig, Settings};
 use actix::prelude::*;
 use actix_web::body::BodyStream;
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use polling::Sessions;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use websocket::{WsInbound, WsOutbox, WsOutboxBody};
+use websocket::{WsInbound, WsMessage, WsSink};
 
 /// Shared by every worker.
 #[derive(Clone)]
@@ -20,13 +25,43 @@ pub struct AppState {
     pub directory: Addr<Directory>,
     /// Source of connection ids.
     pub next_conn: Arc<AtomicU64>,
+    /// Polling sessions by sid.
+    pub sessions: Sessions,
 }
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/socket.io/", web::get().to(socket_io))
-        .route("/socket.io/", web::post().to(socket_io_post))
-        .route("/healthz", web::get().to(healthz));
+    cfg.service(
+        web::resource("/socket.io/")
+            .route(web::get().to(socket_io_get))
+            .route(web::post().to(socket_io_post))
+            .default_service(web::to(|| async {
+                HttpResponse::MethodNotAllowed()
+                    .json(serde_json::json!({ "code": 2, "message": "Bad handshake method" }))
+            })),
+    )
+    .route("/healthz", web::get().to(healthz));
+}
+
+/// CORS for browsers, from the configuration.
+pub fn cors(config: &CorsConfig) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "DELETE", "OPTIONS"])
+        .allow_any_header()
+        .max_age(3600);
+    if config.origins.iter().any(|o| o == "*") {
+        cors = cors.allow_any_origin();
+    } else {
+        for origin in &config.origins {
+            cors = cors.allowed_origin(origin);
+        }
+    }
+    if config.credentials {
+        cors = cors.supports_credentials();
+    } else if config.origins.iter().any(|o| o == "*") {
+        cors = cors.send_wildcard();
+    }
+    cors
 }
 
 /// The query string of an Engine.IO request.
@@ -38,64 +73,197 @@ struct EioQuery {
     sid: Option<String>,
 }
 
-/// An Engine.IO handshake error, as the reference server answers it.
+enum Kind {
+    WebSocket,
+    Polling,
+}
+
+/// An Engine.IO error, as the reference server answers it.
 fn eio_error(code: u8, message: &str) -> HttpResponse {
     HttpResponse::BadRequest().json(serde_json::json!({ "code": code, "message": message }))
 }
 
 /// Checks the Engine.IO query; the error is an Engine.IO error code and message.
-fn check_query(req: &HttpRequest) -> Result<EioQuery, (u8, &'static str)> {
+fn check_query(req: &HttpRequest) -> Result<(Kind, Option<String>), (u8, &'static str)> {
     let query = web::Query::<EioQuery>::from_query(req.query_string())
         .map_err(|_| (3, "Bad request"))?
         .into_inner();
     if query.eio.as_deref() != Some("4") {
         return Err((5, "Unsupported protocol version"));
     }
-    match query.transport.as_deref() {
-        Some("websocket") => {}
-        Some("polling") => return Err((0, "Transport unknown: only websocket is served")),
+    let kind = match query.transport.as_deref() {
+        Some("websocket") => Kind::WebSocket,
+        Some("polling") => Kind::Polling,
         _ => return Err((0, "Transport unknown")),
-    }
-    if query.sid.is_some() {
-        return Err((1, "Session ID unknown"));
-    }
-    Ok(query)
+    };
+    Ok((kind, query.sid))
 }
 
-async fn socket_io(
+fn text(body: String) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=UTF-8")
+        .body(body)
+}
+
+fn transport_error(e: TransportError) -> HttpResponse {
+    match e {
+        TransportError::WrongTransport => {
+            eio_error(3, "Bad request: wrong transport for this session")
+        }
+        TransportError::Violation => eio_error(3, "Bad request: the session was closed"),
+        TransportError::Closed => eio_error(1, "Session ID unknown"),
+    }
+}
+
+fn new_connection(state: &AppState, sid: String, transport: Transport) -> Connection {
+    Connection::new(
+        state.next_conn.fetch_add(1, Ordering::Relaxed),
+        sid,
+        state.settings.clone(),
+        state.directory.clone(),
+        transport,
+    )
+}
+
+fn new_sid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+async fn socket_io_get(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err((code, message)) = check_query(&req) {
-        return eio_error(code, message);
+    let (kind, sid) = match check_query(&req) {
+        Ok(q) => q,
+        Err((code, message)) => return eio_error(code, message),
+    };
+    match (kind, sid) {
+        (Kind::Polling, None) => {
+            // Handshake: a new session whose first GET collects the open packet.
+            let sid = new_sid();
+            let transport = Transport::Polling {
+                queue: Default::default(),
+                probe: None,
+                sessions: state.sessions.clone(),
+            };
+            let conn = new_connection(&state, sid.clone(), transport);
+            let addr = conn.start();
+            state.sessions.insert(sid.clone(), addr);
+            match state.sessions.get(&sid) {
+                Some(session) => match polling::get(&session).await {
+                    Ok(body) => text(body),
+                    Err(e) => transport_error(e),
+                },
+                None => eio_error(1, "Session ID unknown"),
+            }
+        }
+        (Kind::Polling, Some(sid)) => match state.sessions.get(&sid) {
+            Some(session) => match polling::get(&session).await {
+                Ok(body) => text(body),
+                Err(e) => transport_error(e),
+            },
+            None => eio_error(1, "Session ID unknown"),
+        },
+        (Kind::WebSocket, None) => websocket(&req, payload, &state, None).await,
+        (Kind::WebSocket, Some(sid)) => match state.sessions.get(&sid) {
+            Some(session) => websocket(&req, payload, &state, Some(session.addr)).await,
+            None => eio_error(1, "Session ID unknown"),
+        },
     }
+}
+
+/// Opens a WebSocket: a new session, or the upgrade of the polling session `upgrade`.
+async fn websocket(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    upgrade: Option<Addr<Connection>>,
+) -> HttpResponse {
     let mut response = match actix_http::ws::handshake(req.head()) {
         Ok(response) => response,
         Err(e) => return eio_error(3, &format!("Bad request: {e}")),
     };
     let server = &state.settings.config.server;
-    let out = WsOutbox::new(server.max_outbound_bytes);
-    let inbound = WsInbound::new(payload, server.max_payload as usize);
-    let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
-    let settings = state.settings.clone();
-    let directory = state.directory.clone();
-    let conn_out = out.clone();
-    Connection::create(move |ctx| {
-        ctx.add_stream(inbound);
-        Connection::new(id, settings, directory, conn_out)
-    });
-    match response.message_body(BodyStream::new(WsOutboxBody(out))) {
+    let (sink, body) = WsSink::new(server.max_outbound_bytes);
+    let mut inbound = WsInbound::new(payload, server.max_payload as usize);
+    match upgrade {
+        None => {
+            let conn = new_connection(state, new_sid(), Transport::WebSocket(sink));
+            Connection::create(move |ctx| {
+                ctx.add_stream(inbound);
+                conn
+            });
+        }
+        Some(addr) => {
+            if let Err(e) = addr
+                .send(UpgradeStart { sink })
+                .await
+                .unwrap_or(Err(TransportError::Closed))
+            {
+                return transport_error(e);
+            }
+            // The session's actor may live on another worker: forward what the socket says.
+            actix_rt::spawn(async move {
+                while let Some(msg) = inbound.next().await {
+                    let closing = matches!(msg, Ok(WsMessage::Close) | Err(_));
+                    addr.do_send(UpgradeFrame { msg });
+                    if closing {
+                        return;
+                    }
+                }
+                addr.do_send(UpgradeFrame {
+                    msg: Ok(WsMessage::Close),
+                });
+            });
+        }
+    }
+    match response.message_body(BodyStream::new(body)) {
         Ok(response) => HttpResponse::from(response.map_into_boxed_body()),
         Err(e) => HttpResponse::InternalServerError()
             .json(serde_json::json!({ "code": 3, "message": e.to_string() })),
     }
 }
 
-async fn socket_io_post(req: HttpRequest) -> HttpResponse {
-    match check_query(&req) {
-        Err((code, message)) => eio_error(code, message),
-        Ok(_) => eio_error(2, "Bad handshake method"),
+async fn socket_io_post(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let sid = match check_query(&req) {
+        Ok((Kind::Polling, Some(sid))) => sid,
+        Ok((Kind::Polling, None)) => return eio_error(2, "Bad handshake method"),
+        Ok((Kind::WebSocket, _)) => return eio_error(3, "Bad request: POST is for polling"),
+        Err((code, message)) => return eio_error(code, message),
+    };
+    let Some(session) = state.sessions.get(&sid) else {
+        return eio_error(1, "Session ID unknown");
+    };
+    // Read the body, refusing (not buffering) anything over maxPayload.
+    let max = state.settings.config.server.max_payload as usize;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return eio_error(3, "Bad request: body unreadable");
+        };
+        if body.len() + chunk.len() > max {
+            session.addr.do_send(CloseSession {
+                reason: "POST body over maxPayload",
+            });
+            return HttpResponse::PayloadTooLarge()
+                .json(serde_json::json!({ "code": 3, "message": "Payload too large" }));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let Ok(body) = String::from_utf8(body.to_vec()) else {
+        session.addr.do_send(CloseSession {
+            reason: "POST body is not UTF-8",
+        });
+        return eio_error(3, "Bad request: body is not UTF-8");
+    };
+    match polling::post(&session, body).await {
+        Ok(()) => HttpResponse::Ok().content_type("text/html").body("ok"),
+        Err(e) => transport_error(e),
     }
 }
 

@@ -1,9 +1,9 @@
 //! The WebSocket transport: RFC 6455 framing over the HTTP connection, with the connection
 //! actor on the same worker thread.
 //!
-//! Outbound frames are encoded into one shared buffer that the response body drains in a
-//! single write, so a burst of events costs one `send(2)`; the buffer is bounded and a client
-//! that stops reading is disconnected instead of growing it.
+//! Outbound frames wait in a channel that the response body drains into one buffer, so a burst
+//! of events costs one `send(2)`; the bytes waiting are bounded and a client that stops reading
+//! is disconnected instead of growing them.
 
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, Message, ProtocolError};
@@ -11,10 +11,11 @@ use actix_web::web::Payload;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_core::Stream;
-use std::cell::RefCell;
 use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
 
 /// A complete inbound message, after reassembling fragments.
 #[derive(Debug)]
@@ -169,37 +170,53 @@ impl Stream for WsInbound {
 #[derive(Debug)]
 pub struct SlowClient;
 
-/// Outbound frames waiting for the socket, shared between the connection actor (which pushes)
-/// and the response body (which drains). Both live on the same worker thread.
-pub struct WsOutbox {
-    buf: BytesMut,
-    codec: Codec,
+/// A frame on its way to the socket.
+enum Outgoing {
+    Text(ByteString),
+    Pong(Bytes),
+    Close(CloseCode, String),
+}
+
+/// The sending half of a WebSocket connection, held by the connection actor. It may live on
+/// another thread than the socket (after an upgrade from polling): frames travel through a
+/// channel and the response body encodes whatever is waiting into one write.
+pub struct WsSink {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    /// Bytes sent but not yet taken by the socket writer.
+    queued: Arc<AtomicUsize>,
     limit: usize,
-    waker: Option<Waker>,
     closed: bool,
 }
 
-impl WsOutbox {
-    pub fn new(limit: usize) -> Rc<RefCell<WsOutbox>> {
-        Rc::new(RefCell::new(WsOutbox {
-            buf: BytesMut::new(),
-            codec: Codec::new(),
-            limit,
-            waker: None,
-            closed: false,
-        }))
+impl WsSink {
+    /// A sink and the response body that drains it.
+    pub fn new(limit: usize) -> (WsSink, WsOutboxBody) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        (
+            WsSink {
+                tx,
+                queued: queued.clone(),
+                limit,
+                closed: false,
+            },
+            WsOutboxBody {
+                rx,
+                queued,
+                codec: Codec::new(),
+                buf: BytesMut::new(),
+                done: false,
+            },
+        )
     }
 
-    fn push(&mut self, msg: Message) -> Result<(), SlowClient> {
+    fn push(&mut self, len: usize, msg: Outgoing) -> Result<(), SlowClient> {
         if self.closed {
             return Ok(());
         }
-        // Encoding into a growable buffer cannot fail.
-        let _ = self.codec.encode(msg, &mut self.buf);
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
-        if self.buf.len() > self.limit {
+        let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
+        let _ = self.tx.send(msg);
+        if queued > self.limit {
             Err(SlowClient)
         } else {
             Ok(())
@@ -208,57 +225,89 @@ impl WsOutbox {
 
     /// Queues a text frame.
     pub fn text(&mut self, frame: ByteString) -> Result<(), SlowClient> {
-        self.push(Message::Text(frame))
+        self.push(frame.len(), Outgoing::Text(frame))
     }
 
     /// Answers a WebSocket ping.
     pub fn pong(&mut self, data: Bytes) -> Result<(), SlowClient> {
-        self.push(Message::Pong(data))
+        self.push(data.len(), Outgoing::Pong(data))
     }
 
-    /// Sends a close frame (unless the client is too far behind to read it) and ends the
-    /// response once the buffer is written.
+    /// Sends a close frame after what is queued and ends the response.
     pub fn close(&mut self, code: CloseCode, description: &str) {
-        if self.closed {
-            return;
+        if !self.closed {
+            let _ = self.tx.send(Outgoing::Close(code, description.to_owned()));
+            self.closed = true;
         }
-        if self.buf.len() > self.limit {
-            self.buf.clear();
-        }
-        let _ = self.push(Message::Close(Some(CloseReason {
-            code,
-            description: Some(description.to_owned()),
-        })));
-        self.closed = true;
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed
     }
 }
 
+/// Most bytes encoded into one write.
+const WRITE_CHUNK: usize = 256 * 1024;
+
 /// The response body of a WebSocket connection.
-pub struct WsOutboxBody(pub Rc<RefCell<WsOutbox>>);
+pub struct WsOutboxBody {
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
+    codec: Codec,
+    buf: BytesMut,
+    done: bool,
+}
 
 impl Stream for WsOutboxBody {
     type Item = Result<Bytes, actix_web::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let mut out = self.0.borrow_mut();
-        if !out.buf.is_empty() {
-            let bytes = out.buf.split().freeze();
-            if out.buf.capacity() > 64 * 1024 {
-                out.buf = BytesMut::new();
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut taken = 0;
+        while this.buf.len() < WRITE_CHUNK {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(msg)) => {
+                    let msg = match msg {
+                        Outgoing::Text(text) => {
+                            taken += text.len();
+                            Message::Text(text)
+                        }
+                        Outgoing::Pong(data) => {
+                            taken += data.len();
+                            Message::Pong(data)
+                        }
+                        Outgoing::Close(code, description) => {
+                            this.done = true;
+                            Message::Close(Some(CloseReason {
+                                code,
+                                description: Some(description),
+                            }))
+                        }
+                    };
+                    // Encoding into a growable buffer cannot fail.
+                    let _ = this.codec.encode(msg, &mut this.buf);
+                    if this.done {
+                        break;
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        this.queued.fetch_sub(taken, Ordering::Relaxed);
+        if !this.buf.is_empty() {
+            let bytes = this.buf.split().freeze();
+            if this.buf.capacity() > WRITE_CHUNK {
+                this.buf = BytesMut::new();
             }
             return Poll::Ready(Some(Ok(bytes)));
         }
-        if out.closed {
-            return Poll::Ready(None);
+        if this.done {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
-        out.waker = Some(cx.waker().clone());
-        Poll::Pending
     }
 }

@@ -168,6 +168,9 @@ pub fn run_node_tests(
     let mut cmd = Command::new("node");
     cmd.arg("--test")
         .arg("--test-reporter=spec")
+        // A failed test may leave sockets open; don't let them keep node alive.
+        .arg("--test-force-exit")
+        .arg("--test-timeout=300000")
         .arg(js_dir().join(script))
         .env("DIALOGUE_URL", &server.url)
         .current_dir(js_dir());
@@ -188,4 +191,55 @@ pub fn run_node_tests(
         .filter_map(|l| l.trim_start_matches(['#', ' ']).strip_prefix("RESULT "))
         .filter_map(|json| serde_json::from_str(json).ok())
         .collect()
+}
+
+pub fn py_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("py")
+}
+
+/// Creates `tests/py/.venv` with the pinned python-socketio client once, if missing.
+pub fn ensure_python_venv() -> PathBuf {
+    static INSTALL: Once = Once::new();
+    let dir = py_dir();
+    let python = dir.join(".venv").join("bin").join("python");
+    INSTALL.call_once(|| {
+        if python.exists() {
+            return;
+        }
+        let ok = Command::new("python3")
+            .args(["-m", "venv", ".venv"])
+            .current_dir(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "python3 -m venv failed (is python3-venv installed?)");
+        let ok = Command::new(dir.join(".venv/bin/pip"))
+            .args(["install", "-q", "-r", "requirements.txt"])
+            .current_dir(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "pip install -r tests/py/requirements.txt failed");
+    });
+    python
+}
+
+/// Runs a Python client script against `server`; panics with its output on failure.
+pub fn run_python(script: &str, server: &TestServer, args: &[&str]) {
+    let python = ensure_python_venv();
+    let output = Command::new(python)
+        .arg(py_dir().join(script))
+        .arg(&server.url)
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "python {script} {args:?} failed:\n{stdout}\n{stderr}"
+    );
 }
