@@ -1,5 +1,6 @@
 //! Dialogue: a real-time event and chat service. Clients connect over Socket.IO, join rooms
-//! and trigger typed events validated by JSON Schema; rooms keep recent history in memory.
+//! and trigger typed events validated by JSON Schema; rooms keep recent history in memory and
+//! persist older events to SQL (SQLite or PostgreSQL).
 //!
 //! # Layout
 //!
@@ -16,6 +17,10 @@
 //! - [`http`] — routes: the Socket.IO endpoint and its WebSocket transport, health.
 //! - [`server`] — wiring it all up on a bound listener; `src/main.rs` is the thin CLI.
 //! - [`error`] — the client-facing error codes.
+//! - [`auth`] / [`hooks`] — identities (open or JWT), access rules, and the [`Hooks`] trait
+//!   embedders implement; [`hooks::ConfigHooks`] is the YAML-driven default.
+//! - [`store`] — sea-orm queries; [`metrics`] — Prometheus metrics.
+//! - `http::api` — the server HTTP API (`/api/...`), with `/healthz`, `/readyz`, `/metrics`.
 
 pub mod actors;
 pub mod config;
@@ -26,6 +31,11 @@ pub mod http;
 pub mod protocol;
 pub mod server;
 
+pub use auth::Identity;
 pub use config::Settings;
-pub use server::run;
+pub use hooks::{ConfigHooks, Hooks};
+pub use server::{run, run_with_hooks};
 pub mod store;
+pub mod metrics;
+pub mod auth;
+pub mod hooks;

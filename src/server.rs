@@ -5,6 +5,7 @@ use crate::actors::directory::Directory;
 use crate::actors::messages::{FlushAll, WaitWritten};
 use crate::actors::persistence::Persistence;
 use crate::config::Settings;
+use crate::hooks::{ConfigHooks, Hooks};
 use crate::http::{self, AppState};
 use crate::store;
 use actix::prelude::*;
@@ -22,8 +23,19 @@ fn threads(configured: usize) -> usize {
     }
 }
 
-/// Runs the service on `listener` until SIGINT/SIGTERM. Call inside an actix `System`.
+/// Runs the service on `listener` with the built-in hooks (the configured auth mode and access
+/// rules) until SIGINT/SIGTERM. Call inside an actix `System`.
 pub async fn run(settings: Settings, listener: TcpListener) -> std::io::Result<()> {
+    let hooks = ConfigHooks::new(&settings).map_err(std::io::Error::other)?;
+    run_with_hooks(settings, listener, Arc::new(hooks)).await
+}
+
+/// Runs the service with custom [`Hooks`] (see `examples/`).
+pub async fn run_with_hooks(
+    settings: Settings,
+    listener: TcpListener,
+    hooks: Arc<dyn Hooks>,
+) -> std::io::Result<()> {
     let settings = Arc::new(settings);
     let server_cfg = &settings.config.server;
 
@@ -37,7 +49,7 @@ pub async fn run(settings: Settings, listener: TcpListener) -> std::io::Result<(
         .map(|_| Arbiter::new())
         .collect();
     let persistence_thread = Arbiter::new();
-    let (persistence_addr, persistence, _health) = Persistence::start(
+    let (persistence_addr, persistence, store_health) = Persistence::start(
         db_url,
         db,
         settings.config.database.max_backlog,
@@ -47,6 +59,7 @@ pub async fn run(settings: Settings, listener: TcpListener) -> std::io::Result<(
         settings.clone(),
         room_threads.iter().map(Arbiter::handle).collect(),
         persistence.clone(),
+        hooks.clone(),
     )
     .start();
 
@@ -55,7 +68,14 @@ pub async fn run(settings: Settings, listener: TcpListener) -> std::io::Result<(
         directory: directory.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
         sessions: Default::default(),
+        store: store_health,
+        hooks,
     };
+    if settings.config.api.keys.is_empty() {
+        log::info!("server API off: no api.keys or DIALOGUE_API_KEYS configured");
+    } else {
+        log::info!("server API on at /api ({} keys)", settings.config.api.keys.len());
+    }
     let addr = listener.local_addr()?;
     let workers = threads(server_cfg.workers);
     let cors = settings.config.cors.clone();

@@ -8,7 +8,9 @@
 use crate::actors::directory::Directory;
 use crate::actors::messages::*;
 use crate::actors::room::RoomActor;
+use crate::auth::Identity;
 use crate::config::Settings;
+use crate::hooks::Hooks;
 use crate::error::{DialogueError, ErrorCode};
 use crate::http::polling::{PollingQueue, Sessions, SEPARATOR};
 use crate::http::websocket::{WsInboundError, WsMessage, WsSink};
@@ -25,8 +27,6 @@ use std::time::{Duration, Instant};
 
 /// Requests a client may have waiting before further ones are refused.
 const MAX_QUEUED_REQUESTS: usize = 256;
-/// Longest user id taken from a CONNECT payload.
-const MAX_USER_ID: usize = 255;
 
 /// A token bucket: `rate` per `per`, bursts up to `rate`. A rate of 0 never limits.
 struct RateLimit {
@@ -124,7 +124,8 @@ pub struct Connection {
     /// The session is closing: further input is ignored.
     closing: bool,
     /// Set once the Socket.IO CONNECT was accepted.
-    user_id: Option<Arc<str>>,
+    identity: Option<Arc<Identity>>,
+    hooks: Arc<dyn Hooks>,
     rooms: HashMap<String, Addr<RoomActor>>,
     queue: VecDeque<Work>,
     busy: bool,
@@ -143,6 +144,7 @@ impl Connection {
         sid: String,
         settings: Arc<Settings>,
         directory: Addr<Directory>,
+        hooks: Arc<dyn Hooks>,
         transport: Transport,
     ) -> Self {
         let limits = &settings.config.limits;
@@ -158,8 +160,9 @@ impl Connection {
             settings,
             directory,
             transport,
+            hooks,
             closing: false,
-            user_id: None,
+            identity: None,
             rooms: HashMap::new(),
             queue: VecDeque::new(),
             busy: false,
@@ -179,7 +182,7 @@ impl Connection {
             log::warn!(
                 "connection {} ({}) is not reading: more than {} bytes queued, disconnecting",
                 self.id,
-                self.user_id.as_deref().unwrap_or("-"),
+                self.identity.as_ref().map_or("-", |i| &*i.user_id),
                 self.settings.config.server.max_outbound_bytes
             );
             self.close(ctx, CloseCode::Policy, "outbound queue full");
@@ -241,13 +244,13 @@ impl Connection {
         match packet.kind {
             SioKind::Connect => self.on_connect(ctx, packet),
             SioKind::Event => {
-                if self.user_id.is_none() || packet.nsp != "/" {
+                if self.identity.is_none() || packet.nsp != "/" {
                     return self.violation(ctx, "event on a namespace that is not connected");
                 }
                 self.on_event(ctx, packet, frame_len);
             }
             SioKind::BinaryEvent | SioKind::BinaryAck => {
-                if self.user_id.is_none() {
+                if self.identity.is_none() {
                     return self.violation(ctx, "event before CONNECT");
                 }
                 let ack = (packet.kind == SioKind::BinaryEvent)
@@ -287,22 +290,21 @@ impl Connection {
             let frame = socketio::encode_connect_error(&packet.nsp, "Invalid namespace");
             return self.send(ctx, frame.into());
         }
-        if self.user_id.is_some() {
+        if self.identity.is_some() {
             return; // already connected: a repeated CONNECT changes nothing
         }
-        let user_id = match packet.data.as_ref().and_then(|auth| auth.get("userId")) {
-            None | Some(Value::Null) => self.socket_id.clone(),
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_USER_ID => s.clone(),
-            Some(_) => {
-                let frame = socketio::encode_connect_error(
-                    "/",
-                    &format!("auth.userId must be a string of 1 to {MAX_USER_ID} characters"),
-                );
+        let identity = match self.hooks.authenticate(packet.data.as_ref(), &self.socket_id) {
+            Ok(identity) => Arc::new(identity),
+            Err(message) => {
+                log::info!("connection {} refused: {message}", self.id);
+                let frame = socketio::encode_connect_error("/", &message);
                 return self.send(ctx, frame.into());
             }
         };
-        let user_id: Arc<str> = user_id.into();
-        self.user_id = Some(user_id.clone());
+        let user_id = identity.user_id.clone();
+        self.hooks.on_connected(&identity);
+        self.identity = Some(identity);
+        crate::metrics::METRICS.connections.inc();
         let connect = socketio::encode_connect(&self.socket_id);
         self.send(ctx, connect.into());
         let connected = to_json(&serde_json::json!({
@@ -427,7 +429,10 @@ impl Connection {
         ctx: &mut Context<Self>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Done>>> {
         let conn = self.id;
-        let user_id = self.user_id.clone().unwrap_or_else(|| "".into());
+        let identity = self
+            .identity
+            .clone()
+            .unwrap_or_else(|| Arc::new(Identity::user(&self.socket_id)));
         let outbox: Recipient<ToConnection> = ctx.address().recipient();
         let directory = self.directory.clone();
         let (request, ack) = match work {
@@ -436,7 +441,7 @@ impl Connection {
                     match room
                         .send(Join {
                             conn,
-                            user_id,
+                            identity,
                             outbox,
                         })
                         .await
@@ -480,7 +485,7 @@ impl Connection {
                     match room
                         .send(Join {
                             conn,
-                            user_id,
+                            identity,
                             outbox,
                         })
                         .await
@@ -523,7 +528,6 @@ impl Connection {
             ClientRequest::SubscribeAll(r) => self.subscription(r.room_id, None, true, ack),
             ClientRequest::Trigger(t) => {
                 let room = self.joined_room(t.room_id.clone());
-                let from = user_id;
                 Box::pin(async move {
                     let room = match room.await {
                         Ok(room) => room,
@@ -531,13 +535,14 @@ impl Connection {
                     };
                     let trigger = Trigger {
                         conn: Some(conn),
-                        from,
+                        identity,
                         event: t.event,
                         data: t.data,
                         meta: t.meta,
+                        echo: false,
                     };
                     match room.send(trigger).await {
-                        Ok(Ok(seq)) => Done::Reply {
+                        Ok(Ok(Triggered { seq, .. })) => Done::Reply {
                             emit: None,
                             ack,
                             ack_json: format!("{{\"seq\":{seq}}}"),
@@ -591,7 +596,10 @@ impl Connection {
                     name: c.name,
                     description: c.description,
                     max_size: c.max_size,
-                    created_by: user_id,
+                    events: None,
+                    default_subscriptions: None,
+                    sync_history_on_join: None,
+                    identity,
                 };
                 match directory.send(create).await {
                     // The directory announces `dialogue:roomCreated` to every client.
@@ -610,7 +618,7 @@ impl Connection {
             ClientRequest::DeleteRoom(d) => Box::pin(async move {
                 let delete = DeleteRoom {
                     room_id: d.room_id.clone(),
-                    requested_by: user_id,
+                    identity,
                 };
                 match directory.send(delete).await {
                     Ok(Ok(())) => Done::Reply {
@@ -734,7 +742,7 @@ impl Actor for Connection {
         self.send(ctx, open.into());
         ctx.run_interval(interval, |act, ctx| act.heartbeat(ctx));
         ctx.run_later(connect_timeout, |act, ctx| {
-            if act.user_id.is_none() {
+            if act.identity.is_none() {
                 act.close(ctx, CloseCode::Policy, "no Socket.IO CONNECT in time");
             }
         });
@@ -758,7 +766,9 @@ impl Actor for Connection {
         for room in self.rooms.values() {
             room.do_send(MemberGone { conn: self.id });
         }
-        if self.user_id.is_some() {
+        if let Some(identity) = &self.identity {
+            self.hooks.on_disconnected(identity);
+            crate::metrics::METRICS.connections.dec();
             self.directory.do_send(ConnectionClosed { conn: self.id });
         }
         log::debug!("connection {} closed", self.id);

@@ -6,6 +6,7 @@ use crate::actors::messages::*;
 use crate::actors::room::{RoomActor, RoomShared, MAILBOX_CAPACITY};
 use crate::config::{Settings, SyncHistory};
 use crate::error::{DialogueError, ErrorCode};
+use crate::hooks::Hooks;
 use crate::protocol::dialogue::{to_json, RoomInfo};
 use crate::protocol::socketio::encode_event;
 use actix::prelude::*;
@@ -31,6 +32,7 @@ pub struct Directory {
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     persistence: PersistenceLink,
+    hooks: Arc<dyn Hooks>,
 }
 
 impl Directory {
@@ -39,8 +41,10 @@ impl Directory {
         settings: Arc<Settings>,
         arbiters: Vec<ArbiterHandle>,
         persistence: PersistenceLink,
+        hooks: Arc<dyn Hooks>,
     ) -> Self {
         let mut dir = Directory {
+            hooks,
             settings: settings.clone(),
             rooms: BTreeMap::new(),
             connections: HashMap::new(),
@@ -83,6 +87,7 @@ impl Directory {
             shared.clone(),
             self.settings.events.clone(),
             self.persistence.clone(),
+            self.hooks.clone(),
         );
         let addr = match self
             .arbiters
@@ -173,36 +178,65 @@ impl Handler<CreateRoom> for Directory {
         if msg.max_size == Some(0) {
             return Err(DialogueError::invalid("maxSize must be at least 1"));
         }
+        self.hooks.may_create_room(&msg.identity)?;
         if self.rooms.contains_key(id) {
             return Err(DialogueError::new(
                 ErrorCode::RoomExists,
                 format!("room '{id}' already exists"),
             ));
         }
-        // A room created at run time carries every declared event type.
-        let mut events: Vec<String> = self.settings.events.names().map(str::to_owned).collect();
-        events.sort();
+        let catalog = &self.settings.events;
+        let events = match msg.events {
+            // By default a room created at run time carries every declared event type.
+            None => {
+                let mut all: Vec<String> = catalog.names().map(str::to_owned).collect();
+                all.sort();
+                Some(all)
+            }
+            Some(list) if list.iter().any(|e| e == "*") => {
+                if list.len() > 1 {
+                    return Err(DialogueError::invalid("events: \"*\" must be the only entry"));
+                }
+                None
+            }
+            Some(list) => {
+                if let Some(unknown) = list.iter().find(|e| catalog.get(e).is_none()) {
+                    return Err(DialogueError::invalid(format!(
+                        "events: event '{unknown}' is not defined in the configuration"
+                    )));
+                }
+                Some(list)
+            }
+        };
+        if let (Some(subs), Some(carried)) = (&msg.default_subscriptions, &events) {
+            if let Some(missing) = subs.iter().find(|s| !carried.contains(s)) {
+                return Err(DialogueError::invalid(format!(
+                    "defaultSubscriptions: the room does not carry event '{missing}'"
+                )));
+            }
+        }
         let shared = self.start_room(RoomShared {
             id: id.into(),
             name: msg.name,
             description: msg.description,
             max_size: msg.max_size,
-            events: Some(events),
-            default_subscriptions: None,
-            sync_history_on_join: None,
+            events,
+            default_subscriptions: msg.default_subscriptions,
+            sync_history_on_join: msg.sync_history_on_join,
             auto_join: false,
-            created_by: Some(msg.created_by),
+            created_by: (!msg.identity.trusted).then(|| msg.identity.user_id.clone()),
             size: AtomicUsize::new(0),
         });
         let info = shared.info();
         log::info!("room '{}' created by {}", info.id, msg_creator(&shared));
+        self.hooks.on_room_created(&info);
         self.broadcast("dialogue:roomCreated", &to_json(&info));
         Ok(info)
     }
 }
 
 fn msg_creator(shared: &RoomShared) -> &str {
-    shared.created_by.as_deref().unwrap_or("configuration")
+    shared.created_by.as_deref().unwrap_or("the server API")
 }
 
 impl Handler<DeleteRoom> for Directory {
@@ -213,23 +247,8 @@ impl Handler<DeleteRoom> for Directory {
         let Some(entry) = self.rooms.get(&msg.room_id) else {
             return refuse(DialogueError::room_not_found(&msg.room_id));
         };
-        match &entry.shared.created_by {
-            Some(creator) if *creator == msg.requested_by => {}
-            Some(_) => {
-                return refuse(DialogueError::new(
-                    ErrorCode::PermissionDenied,
-                    format!("only the creator may delete room '{}'", msg.room_id),
-                ))
-            }
-            None => {
-                return refuse(DialogueError::new(
-                    ErrorCode::PermissionDenied,
-                    format!(
-                        "room '{}' comes from the configuration and cannot be deleted by clients",
-                        msg.room_id
-                    ),
-                ))
-            }
+        if let Err(e) = self.hooks.may_delete_room(&msg.identity, &entry.shared.info()) {
+            return refuse(e);
         }
         let Some(entry) = self.rooms.remove(&msg.room_id) else {
             return Box::pin(actix::fut::ready(Err(DialogueError::room_not_found(
@@ -243,7 +262,8 @@ impl Handler<DeleteRoom> for Directory {
                 .send(CloseRoom)
                 .into_actor(self)
                 .map(move |_, act, _| {
-                    log::info!("room '{}' deleted by {}", msg.room_id, msg.requested_by);
+                    log::info!("room '{}' deleted by {}", msg.room_id, msg.identity.user_id);
+                    act.hooks.on_room_deleted(&msg.room_id);
                     act.broadcast(
                         "dialogue:roomDeleted",
                         &to_json(&serde_json::json!({ "roomId": msg.room_id })),

@@ -3,6 +3,7 @@
 //! Rooms and the directory reach connections only through `Recipient<ToConnection>`, so the
 //! dependency arrow points from connections to rooms, never back.
 
+use crate::auth::Identity;
 use crate::error::DialogueError;
 use crate::protocol::dialogue::{HistoryRange, RoomInfo};
 use actix::prelude::*;
@@ -47,7 +48,7 @@ pub enum ToConnection {
 #[rtype(result = "Result<(), DialogueError>")]
 pub struct Join {
     pub conn: ConnId,
-    pub user_id: Arc<str>,
+    pub identity: Arc<Identity>,
     pub outbox: Recipient<ToConnection>,
 }
 
@@ -77,14 +78,25 @@ pub struct SetSubscription {
 
 /// Triggers an event into the room: validate, number, fan out, keep in history.
 #[derive(Message)]
-#[rtype(result = "Result<u64, DialogueError>")]
+#[rtype(result = "Result<Triggered, DialogueError>")]
 pub struct Trigger {
     /// The member triggering it; `None` for server-side triggers (no membership needed).
     pub conn: Option<ConnId>,
-    pub from: Arc<str>,
+    /// Who triggers it (`from` is its user id).
+    pub identity: Arc<Identity>,
     pub event: String,
     pub data: Value,
     pub meta: Option<Value>,
+    /// Return the stored `EventMessage` JSON (the HTTP API answers with it).
+    pub echo: bool,
+}
+
+/// An accepted event.
+#[derive(Debug)]
+pub struct Triggered {
+    pub seq: u64,
+    /// The stored `EventMessage`, when [`Trigger::echo`] asked for it.
+    pub json: Option<String>,
 }
 
 /// A page of one event's history, newest first.
@@ -146,7 +158,14 @@ pub struct CreateRoom {
     pub name: String,
     pub description: Option<String>,
     pub max_size: Option<u32>,
-    pub created_by: Arc<str>,
+    /// Event names the room carries (`["*"]` = any); `None` = every declared event.
+    pub events: Option<Vec<String>>,
+    /// `None` = all of the room's events.
+    pub default_subscriptions: Option<Vec<String>>,
+    /// Newest events per type sent on join (`usize::MAX` = the whole window).
+    pub sync_history_on_join: Option<usize>,
+    /// Who creates it (a trusted identity for the server API).
+    pub identity: Arc<Identity>,
 }
 
 /// Deletes a room created at run time.
@@ -154,8 +173,8 @@ pub struct CreateRoom {
 #[rtype(result = "Result<(), DialogueError>")]
 pub struct DeleteRoom {
     pub room_id: String,
-    /// The user asking: only the room's creator may delete it.
-    pub requested_by: Arc<str>,
+    /// Who asks (the hooks decide; by default the creator or an admin).
+    pub identity: Arc<Identity>,
 }
 
 // ---------------------------------------------------------------- room → persistence

@@ -9,6 +9,7 @@
 
 use crate::actors::messages::*;
 use crate::error::{DialogueError, ErrorCode};
+use crate::metrics::METRICS;
 use crate::store::{self, BatchRef};
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
@@ -147,6 +148,9 @@ impl Persistence {
                     }
                     act.in_flight.clear();
                     act.health.backlog.fetch_sub(done, Ordering::Relaxed);
+                    METRICS.persist_batches.inc();
+                    METRICS.persist_rows.inc_by(inserted);
+                    METRICS.persist_backlog.set(act.backlog() as i64);
                     log::debug!("persisted {inserted} of {done} evicted events");
                     act.succeeded();
                     act.wake_waiters();
@@ -180,6 +184,7 @@ impl Persistence {
     /// restart of the actor after repeated failures).
     fn failed(&mut self, ctx: &mut Context<Self>, what: &str) {
         self.failures += 1;
+        METRICS.persist_failures.inc();
         self.health.available.store(false, Ordering::Relaxed);
         if self.failing_since.is_none() {
             self.failing_since = Some(Instant::now());
@@ -285,6 +290,7 @@ impl Handler<EvictedBatch> for Persistence {
         self.health
             .backlog
             .fetch_add(msg.events.len(), Ordering::Relaxed);
+        METRICS.persist_backlog.set(self.backlog() as i64);
         let id = self.next_batch_id;
         self.next_batch_id += 1;
         self.pending.push_back(Batch {

@@ -3,9 +3,12 @@
 //! history pages reaching past the window are completed from it.
 
 use crate::actors::messages::*;
+use crate::auth::Identity;
 use crate::error::{DialogueError, ErrorCode};
+use crate::hooks::Hooks;
 use crate::events::{EventCatalog, EventDef};
 use crate::history::{cursor_to_seqs, offsets_to_seqs, EventHistory, SeqRange};
+use crate::metrics::{EventCounters, METRICS};
 use crate::protocol::dialogue::{to_json, EventMessage, HistoryRange, RoomInfo};
 use crate::protocol::socketio::encode_event;
 use actix::prelude::*;
@@ -75,6 +78,7 @@ impl Subscriptions {
 struct Member {
     outbox: Recipient<ToConnection>,
     subscriptions: Subscriptions,
+    identity: Arc<Identity>,
 }
 
 /// Per event type: its definition, its counter, and its window when history is enabled.
@@ -84,13 +88,15 @@ struct EventState {
     /// Counter for events without history (their `seq` still grows by one per event).
     last_seq: u64,
     history: Option<EventHistory>,
+    counters: EventCounters,
 }
 
 impl EventState {
-    fn new(def: Arc<EventDef>) -> Self {
+    fn new(room_id: &str, def: Arc<EventDef>) -> Self {
         EventState {
             name: def.name.as_str().into(),
             history: def.history_limit.map(EventHistory::new),
+            counters: EventCounters::new(room_id, &def.name),
             def,
             last_seq: 0,
         }
@@ -110,6 +116,8 @@ pub struct RoomActor {
     members: HashMap<ConnId, Member>,
     events: HashMap<String, EventState>,
     persistence: PersistenceLink,
+    hooks: Arc<dyn Hooks>,
+    joins: prometheus::IntCounter,
 }
 
 impl RoomActor {
@@ -117,13 +125,14 @@ impl RoomActor {
         shared: Arc<RoomShared>,
         catalog: Arc<EventCatalog>,
         persistence: PersistenceLink,
+        hooks: Arc<dyn Hooks>,
     ) -> Self {
         let mut events = HashMap::new();
         match &shared.events {
             Some(list) => {
                 for name in list {
                     if let Some(def) = catalog.get(name) {
-                        events.insert(name.clone(), EventState::new(def.clone()));
+                        events.insert(name.clone(), EventState::new(&shared.id, def.clone()));
                     }
                 }
             }
@@ -132,17 +141,19 @@ impl RoomActor {
             None => {
                 for name in catalog.names() {
                     if let Some(def) = catalog.get(name).filter(|d| d.history_limit.is_some()) {
-                        events.insert(name.to_owned(), EventState::new(def.clone()));
+                        events.insert(name.to_owned(), EventState::new(&shared.id, def.clone()));
                     }
                 }
             }
         }
         RoomActor {
+            joins: METRICS.joins.with_label_values(&[&shared.id]),
             shared,
             catalog,
             members: HashMap::new(),
             events,
             persistence,
+            hooks,
         }
     }
 
@@ -170,7 +181,8 @@ impl RoomActor {
                 Some(def) => def.clone(),
                 None => Arc::new(EventDef::untyped(event)),
             };
-            self.events.insert(event.to_owned(), EventState::new(def));
+            let state = EventState::new(&self.shared.id, def);
+            self.events.insert(event.to_owned(), state);
         }
         self.events.get_mut(event).ok_or_else(not_allowed)
     }
@@ -276,15 +288,18 @@ impl RoomActor {
         if let Some(history) = self.join_history(&subscriptions, deep) {
             self.send_to(&msg.outbox, "dialogue:history", &history);
         }
+        self.hooks.on_joined(&msg.identity, &self.shared.id);
+        log::debug!("{} joined room '{}'", msg.identity.user_id, self.shared.id);
         self.members.insert(
             msg.conn,
             Member {
                 outbox: msg.outbox,
                 subscriptions,
+                identity: msg.identity,
             },
         );
         self.set_size();
-        log::debug!("{} joined room '{}'", msg.user_id, self.shared.id);
+        self.joins.inc();
         Ok(())
     }
 
@@ -439,6 +454,9 @@ impl Handler<Join> for RoomActor {
             self.send_to(&member.outbox, "dialogue:joined", &self.joined_json());
             return Box::pin(async { Ok(()) });
         }
+        if let Err(e) = self.hooks.before_join(&msg.identity, &self.shared.info()) {
+            return Box::pin(async move { Err(e) });
+        }
         let deep = self.deep_join_ranges(&self.default_subscriptions());
         if deep.is_empty() {
             let result = self.complete_join(msg, &[]);
@@ -497,6 +515,7 @@ impl Handler<Leave> for RoomActor {
             .remove(&msg.conn)
             .ok_or_else(|| DialogueError::not_in_room(self.room_id()))?;
         self.set_size();
+        self.hooks.on_left(&member.identity, &self.shared.id);
         let left = to_json(&serde_json::json!({ "roomId": self.room_id() }));
         self.send_to(&member.outbox, "dialogue:left", &left);
         Ok(())
@@ -507,8 +526,9 @@ impl Handler<MemberGone> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: MemberGone, _: &mut Context<Self>) {
-        if self.members.remove(&msg.conn).is_some() {
+        if let Some(member) = self.members.remove(&msg.conn) {
             self.set_size();
+            self.hooks.on_left(&member.identity, &self.shared.id);
         }
     }
 }
@@ -571,15 +591,23 @@ impl Handler<SetSubscription> for RoomActor {
 }
 
 impl Handler<Trigger> for RoomActor {
-    type Result = Result<u64, DialogueError>;
+    type Result = Result<Triggered, DialogueError>;
 
     fn handle(&mut self, msg: Trigger, _: &mut Context<Self>) -> Self::Result {
+        let started = std::time::Instant::now();
         self.check_member(msg.conn)?;
         let room_id = self.shared.id.clone();
         let backlog_full =
             self.persistence.backlog.load(Ordering::Relaxed) >= self.persistence.max_backlog;
+        self.event_state(&msg.event)?;
+        let data = self
+            .hooks
+            .before_each(&msg.identity, &room_id, &msg.event, msg.data)?;
         let state = self.event_state(&msg.event)?;
-        state.def.validate(&msg.data)?;
+        if let Err(e) = state.def.validate(&data) {
+            state.counters.validation_failures.inc();
+            return Err(e);
+        }
         if backlog_full && state.history.is_some() {
             return Err(DialogueError::new(
                 ErrorCode::StorageUnavailable,
@@ -592,20 +620,22 @@ impl Handler<Trigger> for RoomActor {
         let json = to_json(&EventMessage {
             event: &msg.event,
             room_id: &room_id,
-            data: &msg.data,
-            from: &msg.from,
+            data: &data,
+            from: &msg.identity.user_id,
             timestamp,
             meta: msg.meta.as_ref(),
             seq,
         });
         let frame = ByteString::from(encode_event("dialogue:event", &json));
+        let echo = msg.echo.then(|| json.clone());
+        let after = json.clone();
 
         let evicted = match &mut state.history {
             Some(history) => history.push(Arc::new(StoredEvent {
                 seq,
                 timestamp,
-                from: msg.from,
-                data: msg.data,
+                from: msg.identity.user_id.clone(),
+                data,
                 meta: msg.meta,
                 json: json.into_boxed_str(),
             })),
@@ -615,6 +645,7 @@ impl Handler<Trigger> for RoomActor {
             }
         };
         let event_name = state.name.clone();
+        let counters = state.counters.clone();
         if !evicted.is_empty() {
             self.persistence.evicted.do_send(EvictedBatch {
                 room_id,
@@ -623,14 +654,22 @@ impl Handler<Trigger> for RoomActor {
             });
         }
 
+        let mut delivered = 0;
         for member in self.members.values() {
             if member.subscriptions.contains(&event_name) {
                 member.outbox.do_send(ToConnection::Frame {
                     frame: frame.clone(),
                 });
+                delivered += 1;
             }
         }
-        Ok(seq)
+        counters.triggered.inc();
+        counters.delivered.inc_by(delivered);
+        self.hooks.after_each(&self.shared.id, &event_name, &after);
+        METRICS
+            .fanout_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(Triggered { seq, json: echo })
     }
 }
 
@@ -682,7 +721,9 @@ impl Handler<GetHistory> for RoomActor {
         });
         let event = msg.event;
         let request = msg.range;
+        let started = std::time::Instant::now();
         Box::pin(async move {
+            let source = if load.is_some() { "database" } else { "memory" };
             let mut events = from_memory;
             if let Some(load) = load {
                 let older = load.await.map_err(|_| {
@@ -693,9 +734,13 @@ impl Handler<GetHistory> for RoomActor {
                 })??;
                 events.extend(older);
             }
-            Ok(HistoryPage {
-                json: page_json(&room_id, &event, request, last_seq, range, &events),
-            })
+            let json = page_json(&room_id, &event, request, last_seq, range, &events);
+            METRICS.history_reads.with_label_values(&[source]).inc();
+            METRICS
+                .history_read_seconds
+                .with_label_values(&[source])
+                .observe(started.elapsed().as_secs_f64());
+            Ok(HistoryPage { json })
         })
     }
 }

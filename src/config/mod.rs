@@ -55,15 +55,19 @@ impl fmt::Display for ConfigError {
                     if i > 0 {
                         writeln!(f)?;
                     }
-                    write!(
-                        f,
-                        "{}:{}:{}: {}: {}",
-                        file.display(),
-                        p.line,
-                        p.column,
-                        p.key,
-                        p.message
-                    )?;
+                    if p.line == 0 {
+                        write!(f, "{}: {}: {}", file.display(), p.key, p.message)?;
+                    } else {
+                        write!(
+                            f,
+                            "{}:{}:{}: {}: {}",
+                            file.display(),
+                            p.line,
+                            p.column,
+                            p.key,
+                            p.message
+                        )?;
+                    }
                 }
                 Ok(())
             }
@@ -110,6 +114,14 @@ impl Settings {
                 Ok(port) => self.config.server.port = port,
                 Err(_) => log::warn!("ignoring PORT={port:?}: not a port number"),
             }
+        }
+        if let Ok(keys) = std::env::var("DIALOGUE_API_KEYS") {
+            self.config.api.keys.extend(
+                keys.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned),
+            );
         }
         if let Ok(url) = std::env::var("DATABASE_URL") {
             if !url.is_empty() {
@@ -260,6 +272,22 @@ fn validate(config: &Config) -> Result<EventCatalog, Vec<ConfigProblem>> {
                 "rooms".into(),
                 "a room id must not be empty".into(),
             ));
+        }
+    }
+
+    if let Err((key, message)) = crate::auth::Authenticator::from_config(&config.auth) {
+        problems.push(problem(Location::UNKNOWN, key, message));
+    }
+    for (id, room) in &config.rooms {
+        for event in room.access.trigger.keys() {
+            let carried = room.events.iter().any(|e| e.value == "*" || e.value == *event);
+            if !carried {
+                problems.push(problem(
+                    Location::UNKNOWN,
+                    format!("rooms.{id}.access.trigger.{event}"),
+                    format!("room '{id}' does not carry event '{event}'"),
+                ));
+            }
         }
     }
 

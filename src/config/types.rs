@@ -23,6 +23,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub cors: CorsConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
     /// Event types, by name.
     #[serde(default)]
     pub events: BTreeMap<String, EventConfig>,
@@ -93,11 +95,16 @@ impl Default for DatabaseConfig {
     }
 }
 
-/// How connections are identified.
+/// How connections are identified, and who may manage rooms.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub mode: AuthMode,
+    pub jwt: JwtConfig,
+    /// Who may create rooms at run time; absent = anyone.
+    pub create_rooms: Option<AccessRule>,
+    /// Admins may delete any room created at run time (creators may delete their own).
+    pub admin: Option<AccessRule>,
 }
 
 /// Client authentication mode.
@@ -107,6 +114,54 @@ pub enum AuthMode {
     /// `userId` from the CONNECT payload, else the connection id (as dialogue-ts).
     #[default]
     Open,
+    /// The CONNECT payload's `token` must be a valid JWT; `sub` is the user id.
+    Jwt,
+}
+
+/// JWT verification settings (`auth.mode: jwt`).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret; `DIALOGUE_JWT_SECRET` overrides.
+    pub secret: Option<String>,
+    /// RS256/ES256 public key (PEM); `DIALOGUE_JWT_PUBLIC_KEY` overrides.
+    pub public_key: Option<String>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+}
+
+/// Accepted JWT signature algorithms (`none` never is).
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum JwtAlgorithm {
+    #[default]
+    HS256,
+    RS256,
+    ES256,
+}
+
+/// Who passes: listed users (if `users` is given) carrying the required claim values (if
+/// `claims` is given, e.g. `{role: [admin, staff]}`).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessRule {
+    #[serde(default)]
+    pub users: Option<Vec<String>>,
+    #[serde(default)]
+    pub claims: BTreeMap<String, Vec<Value>>,
+}
+
+/// Access rules of one room.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RoomAccess {
+    /// Who may join (JOIN_DENIED otherwise); absent = anyone.
+    pub join: Option<AccessRule>,
+    /// Who may trigger each event (PERMISSION_DENIED otherwise); unlisted events: any member.
+    pub trigger: BTreeMap<String, AccessRule>,
 }
 
 /// Per-connection limits; 0 turns a rate limit off.
@@ -127,6 +182,14 @@ impl Default for LimitsConfig {
             triggers_per_second: 50,
         }
     }
+}
+
+/// The server HTTP API (`/api/…`).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer keys; `DIALOGUE_API_KEYS` (comma-separated) adds more. None = API off.
+    pub keys: Vec<String>,
 }
 
 /// Cross-origin access for browsers (long-polling and the HTTP API).
@@ -211,6 +274,9 @@ pub struct RoomConfig {
     /// Every connection joins this room when it connects.
     #[serde(default)]
     pub auto_join: bool,
+    /// Who may join and trigger.
+    #[serde(default)]
+    pub access: RoomAccess,
 }
 
 /// `syncHistoryOnJoin: true | N`.

@@ -1,13 +1,16 @@
 //! HTTP routes: the Socket.IO endpoint (`/socket.io/`, WebSocket and long-polling transports,
 //! polling→WebSocket upgrade) and health.
 
+pub mod api;
 pub mod polling;
 pub mod websocket;
 
 use crate::actors::connection::{Connection, Transport};
 use crate::actors::directory::Directory;
 use crate::actors::messages::{CloseSession, TransportError, UpgradeFrame, UpgradeStart};
+use crate::actors::persistence::StoreHealth;
 use crate::config::{CorsConfig, Settings};
+use crate::hooks::Hooks;
 use actix::prelude::*;
 use actix_web::body::BodyStream;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -27,6 +30,10 @@ pub struct AppState {
     pub next_conn: Arc<AtomicU64>,
     /// Polling sessions by sid.
     pub sessions: Sessions,
+    /// Database health, for `/readyz`.
+    pub store: Arc<StoreHealth>,
+    /// Authentication and access decisions.
+    pub hooks: Arc<dyn Hooks>,
 }
 
 /// Registers the routes.
@@ -40,7 +47,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .json(serde_json::json!({ "code": 2, "message": "Bad handshake method" }))
             })),
     )
-    .route("/healthz", web::get().to(healthz));
+    .route("/healthz", web::get().to(healthz))
+    .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(metrics))
+    .configure(api::configure);
 }
 
 /// CORS for browsers, from the configuration.
@@ -121,6 +131,7 @@ fn new_connection(state: &AppState, sid: String, transport: Transport) -> Connec
         sid,
         state.settings.clone(),
         state.directory.clone(),
+        state.hooks.clone(),
         transport,
     )
 }
@@ -269,4 +280,28 @@ async fn socket_io_post(
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready while the database answers and the persistence backlog has room.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let available = state.store.available.load(Ordering::Relaxed);
+    let backlog = state.store.backlog.load(Ordering::Relaxed);
+    let max = state.settings.config.database.max_backlog;
+    let body = serde_json::json!({
+        "ready": available && backlog < max,
+        "database": if available { "available" } else { "unavailable" },
+        "backlog": backlog,
+        "maxBacklog": max,
+    });
+    if available && backlog < max {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::METRICS.render())
 }

@@ -1,0 +1,184 @@
+//! Client identity: open mode (the CONNECT payload's `userId`, as dialogue-ts) or JWT mode
+//! (`token` verified with an HS256 secret or an RS256/ES256 public key; `sub` is the user id),
+//! and the access rules of the configuration evaluated against it.
+
+use crate::config::{AccessRule, AuthConfig, AuthMode, JwtAlgorithm};
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Longest user id accepted.
+pub const MAX_USER_ID: usize = 255;
+
+/// Who a connection is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub user_id: Arc<str>,
+    /// JWT claims (empty object in open mode).
+    pub claims: Value,
+    /// The server API acting (trusted: access rules do not apply).
+    pub trusted: bool,
+}
+
+impl Identity {
+    /// A client identity without claims.
+    pub fn user(user_id: &str) -> Identity {
+        Identity {
+            user_id: user_id.into(),
+            claims: Value::Object(Default::default()),
+            trusted: false,
+        }
+    }
+
+    /// The identity of server-side callers (the HTTP API), recorded as `user_id`.
+    pub fn server(user_id: &str) -> Identity {
+        Identity {
+            trusted: true,
+            ..Identity::user(user_id)
+        }
+    }
+}
+
+/// Verifies CONNECT payloads.
+pub enum Authenticator {
+    Open,
+    Jwt {
+        key: DecodingKey,
+        validation: Validation,
+    },
+}
+
+impl Authenticator {
+    /// Builds the verifier; the error names the offending key.
+    pub fn from_config(auth: &AuthConfig) -> Result<Authenticator, (String, String)> {
+        match auth.mode {
+            AuthMode::Open => Ok(Authenticator::Open),
+            AuthMode::Jwt => {
+                let jwt = &auth.jwt;
+                let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+                let (algorithm, key) = match jwt.algorithm {
+                    JwtAlgorithm::HS256 => {
+                        let secret = env("DIALOGUE_JWT_SECRET").or_else(|| jwt.secret.clone()).ok_or((
+                            "auth.jwt.secret".to_owned(),
+                            "HS256 needs a secret (or DIALOGUE_JWT_SECRET)".to_owned(),
+                        ))?;
+                        (Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes()))
+                    }
+                    JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                        let pem = env("DIALOGUE_JWT_PUBLIC_KEY")
+                            .or_else(|| jwt.public_key.clone())
+                            .ok_or((
+                                "auth.jwt.publicKey".to_owned(),
+                                "RS256/ES256 need a PEM public key (or DIALOGUE_JWT_PUBLIC_KEY)"
+                                    .to_owned(),
+                            ))?;
+                        let bad = |e: jsonwebtoken::errors::Error| {
+                            ("auth.jwt.publicKey".to_owned(), format!("not a usable PEM key: {e}"))
+                        };
+                        if jwt.algorithm == JwtAlgorithm::RS256 {
+                            (Algorithm::RS256, DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(bad)?)
+                        } else {
+                            (Algorithm::ES256, DecodingKey::from_ec_pem(pem.as_bytes()).map_err(bad)?)
+                        }
+                    }
+                };
+                let mut validation = Validation::new(algorithm);
+                validation.set_required_spec_claims(&["exp", "sub"]);
+                validation.leeway = 5;
+                if let Some(issuer) = &jwt.issuer {
+                    validation.set_issuer(&[issuer]);
+                }
+                if let Some(audience) = &jwt.audience {
+                    validation.set_audience(&[audience]);
+                } else {
+                    validation.validate_aud = false;
+                }
+                Ok(Authenticator::Jwt { key, validation })
+            }
+        }
+    }
+
+    /// The identity for a CONNECT payload; `connection_id` is the open-mode fallback user id.
+    /// The error is the CONNECT_ERROR message.
+    pub fn authenticate(&self, auth: Option<&Value>, connection_id: &str) -> Result<Identity, String> {
+        match self {
+            Authenticator::Open => {
+                let user_id = match auth.and_then(|a| a.get("userId")) {
+                    None | Some(Value::Null) => connection_id.to_owned(),
+                    Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_USER_ID => s.clone(),
+                    Some(_) => {
+                        return Err(format!(
+                            "auth.userId must be a string of 1 to {MAX_USER_ID} characters"
+                        ))
+                    }
+                };
+                Ok(Identity::user(&user_id))
+            }
+            Authenticator::Jwt { key, validation } => {
+                let token = match auth.and_then(|a| a.get("token")) {
+                    Some(Value::String(t)) => t,
+                    _ => return Err("authentication required: auth.token must be a JWT".into()),
+                };
+                let data = decode::<Value>(token, key, validation)
+                    .map_err(|e| format!("invalid token: {e}"))?;
+                let user_id = match data.claims.get("sub") {
+                    Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_USER_ID => s.clone(),
+                    _ => return Err("invalid token: `sub` must be a non-empty string".into()),
+                };
+                Ok(Identity {
+                    user_id: user_id.into(),
+                    claims: data.claims,
+                    trusted: false,
+                })
+            }
+        }
+    }
+}
+
+impl AccessRule {
+    /// Whether `who` passes: listed (if `users` is given) and carrying every required claim
+    /// value (if `claims` is given; a claim holding an array passes when any element matches).
+    pub fn allows(&self, who: &Identity) -> bool {
+        if let Some(users) = &self.users {
+            if !users.iter().any(|u| **u == *who.user_id) {
+                return false;
+            }
+        }
+        self.claims.iter().all(|(claim, allowed)| match who.claims.get(claim) {
+            Some(Value::Array(values)) => values.iter().any(|v| allowed.contains(v)),
+            Some(value) => allowed.contains(value),
+            None => false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn open_mode_takes_user_id_or_falls_back() {
+        let a = Authenticator::Open;
+        let id = a.authenticate(Some(&json!({"userId": "alice"})), "c1").unwrap();
+        assert_eq!(&*id.user_id, "alice");
+        assert_eq!(&*a.authenticate(None, "c1").unwrap().user_id, "c1");
+        assert!(a.authenticate(Some(&json!({"userId": 5})), "c1").is_err());
+    }
+
+    #[test]
+    fn rules_match_users_and_claims() {
+        let rule: AccessRule =
+            serde_json::from_value(json!({"claims": {"role": ["admin", "staff"]}})).unwrap();
+        let with = |user: &str, claims| Identity {
+            claims,
+            ..Identity::user(user)
+        };
+        let staff = with("s", json!({"role": "staff"}));
+        let multi = with("m", json!({"role": ["guest", "admin"]}));
+        let guest = with("g", json!({"role": "guest"}));
+        assert!(rule.allows(&staff) && rule.allows(&multi) && !rule.allows(&guest));
+        let users: AccessRule = serde_json::from_value(json!({"users": ["s"]})).unwrap();
+        assert!(users.allows(&staff) && !users.allows(&guest));
+    }
+}

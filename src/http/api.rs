@@ -1,0 +1,324 @@
+//! The server HTTP API (the backend's `dialogue.trigger`): trigger events into rooms, manage
+//! rooms, read history. Every route needs `Authorization: Bearer <key>`; with no key configured
+//! the API is off. Errors are `{code, message}` with the socket error codes.
+
+use super::AppState;
+use crate::actors::messages::{
+    CreateRoom, DeleteRoom, GetHistory, ListRooms, LookupRoom, Trigger, Triggered,
+};
+use crate::actors::room::RoomActor;
+use crate::auth::Identity;
+use crate::error::{DialogueError, ErrorCode};
+use crate::protocol::dialogue::history_range;
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The OpenAPI description of these routes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Registers the `/api` routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/openapi.json", web::get().to(openapi))
+        .service(
+            web::resource("/api/rooms")
+                .route(web::get().to(list_rooms))
+                .route(web::post().to(create_room)),
+        )
+        .route("/api/rooms/{room_id}", web::delete().to(delete_room))
+        .route(
+            "/api/rooms/{room_id}/events/{event}",
+            web::post().to(trigger),
+        )
+        .route(
+            "/api/rooms/{room_id}/history/{event}",
+            web::get().to(history),
+        );
+}
+
+fn status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::RoomNotFound | ErrorCode::EventNotAllowed => StatusCode::NOT_FOUND,
+        ErrorCode::ValidationFailed | ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RoomExists | ErrorCode::RoomFull => StatusCode::CONFLICT,
+        ErrorCode::JoinDenied | ErrorCode::PermissionDenied | ErrorCode::NotInRoom => {
+            StatusCode::FORBIDDEN
+        }
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// An error answer: the socket error code and message as JSON.
+pub fn error(e: &DialogueError) -> HttpResponse {
+    HttpResponse::build(status(e.code)).json(e)
+}
+
+fn plain_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({ "code": code, "message": message }))
+}
+
+/// Checks the bearer key.
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
+    let keys = &state.settings.config.api.keys;
+    if keys.is_empty() {
+        return Err(plain_error(
+            StatusCode::NOT_FOUND,
+            "API_DISABLED",
+            "the server API is off: configure api.keys or DIALOGUE_API_KEYS",
+        ));
+    }
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        None => Err(plain_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing Authorization: Bearer <key>",
+        )),
+        Some(key) if keys.iter().any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) => Ok(()),
+        Some(_) => Err(plain_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "the API key is not valid",
+        )),
+    }
+}
+
+/// Compares without stopping at the first difference (no timing hint about the key).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn room(state: &AppState, room_id: &str) -> Result<Addr<RoomActor>, HttpResponse> {
+    match state
+        .directory
+        .send(LookupRoom {
+            room_id: room_id.to_owned(),
+        })
+        .await
+    {
+        Ok(Some(room)) => Ok(room),
+        _ => Err(error(&DialogueError::room_not_found(room_id))),
+    }
+}
+
+fn gone() -> HttpResponse {
+    plain_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UNAVAILABLE",
+        "the service is shutting down",
+    )
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+/// `POST /api/rooms/{roomId}/events/{event}` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    data: Value,
+    from: Option<String>,
+    meta: Option<Value>,
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T, HttpResponse> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(&DialogueError::invalid(format!(
+            "the body must be {shape}: {e}"
+        )))
+    })
+}
+
+async fn trigger(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    let (room_id, event) = path.into_inner();
+    let max = state.settings.config.limits.max_payload_bytes;
+    if body.len() > max.saturating_add(4096) {
+        return error(&DialogueError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is {} bytes; the limit is {max}", body.len()),
+        ));
+    }
+    let body: TriggerBody = match parse_json(&body, "{data, from?, meta?}") {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let size = body.data.to_string().len() + body.meta.as_ref().map_or(0, |m| m.to_string().len());
+    if size > max {
+        return error(&DialogueError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("event data is {size} bytes; the limit is {max}"),
+        ));
+    }
+    let room = match room(&state, &room_id).await {
+        Ok(room) => room,
+        Err(r) => return r,
+    };
+    let from = body.from.unwrap_or_else(|| "server".to_owned());
+    let msg = Trigger {
+        conn: None,
+        identity: Arc::new(Identity::server(&from)),
+        event,
+        data: body.data,
+        meta: body.meta,
+        echo: true,
+    };
+    match room.send(msg).await {
+        Ok(Ok(Triggered { json: Some(json), .. })) => HttpResponse::Created()
+            .content_type("application/json")
+            .body(json),
+        Ok(Ok(Triggered { seq, json: None })) => {
+            HttpResponse::Created().json(serde_json::json!({ "seq": seq }))
+        }
+        Ok(Err(e)) => error(&e),
+        Err(_) => gone(),
+    }
+}
+
+async fn list_rooms(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    match state.directory.send(ListRooms).await {
+        Ok(rooms) => HttpResponse::Ok().json(rooms),
+        Err(_) => gone(),
+    }
+}
+
+/// `POST /api/rooms` body: a full room, validated like the configuration.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateRoomBody {
+    id: String,
+    name: String,
+    description: Option<String>,
+    max_size: Option<u32>,
+    events: Option<Vec<String>>,
+    default_subscriptions: Option<Vec<String>>,
+    sync_history_on_join: Option<crate::config::SyncHistory>,
+}
+
+async fn create_room(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    let body: CreateRoomBody = match parse_json(
+        &body,
+        "{id, name, description?, maxSize?, events?, defaultSubscriptions?, syncHistoryOnJoin?}",
+    ) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    use crate::config::SyncHistory;
+    let create = CreateRoom {
+        id: body.id,
+        name: body.name,
+        description: body.description,
+        max_size: body.max_size,
+        events: body.events,
+        default_subscriptions: body.default_subscriptions,
+        sync_history_on_join: match body.sync_history_on_join {
+            None | Some(SyncHistory::All(false)) => None,
+            Some(SyncHistory::All(true)) => Some(usize::MAX),
+            Some(SyncHistory::Newest(n)) => Some(n as usize),
+        },
+        identity: Arc::new(Identity::server("server API")),
+    };
+    match state.directory.send(create).await {
+        Ok(Ok(info)) => HttpResponse::Created().json(info),
+        Ok(Err(e)) => error(&e),
+        Err(_) => gone(),
+    }
+}
+
+async fn delete_room(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    let room_id = path.into_inner();
+    let delete = DeleteRoom {
+        room_id: room_id.clone(),
+        identity: Arc::new(Identity::server("server API")),
+    };
+    match state.directory.send(delete).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({ "roomId": room_id })),
+        Ok(Err(e)) => error(&e),
+        Err(_) => gone(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    start: Option<u64>,
+    end: Option<u64>,
+    before: Option<u64>,
+    limit: Option<u64>,
+}
+
+async fn history(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    let query = match web::Query::<HistoryQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => {
+            return error(&DialogueError::invalid(format!(
+                "query: start/end or before/limit, non-negative integers: {e}"
+            )))
+        }
+    };
+    let range = match history_range(query.start, query.end, query.before, query.limit) {
+        Ok(range) => range,
+        Err(e) => return error(&e),
+    };
+    let (room_id, event) = path.into_inner();
+    let room = match room(&state, &room_id).await {
+        Ok(room) => room,
+        Err(r) => return r,
+    };
+    let read = GetHistory {
+        conn: None,
+        event,
+        range,
+    };
+    match room.send(read).await {
+        Ok(Ok(page)) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(page.json),
+        Ok(Err(e)) => error(&e),
+        Err(_) => gone(),
+    }
+}

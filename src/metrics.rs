@@ -1,0 +1,153 @@
+//! Prometheus metrics (the `prometheus` crate), served as text at `/metrics`.
+//!
+//! Per-(room, event) counters are looked up once when a room first sees the event and kept
+//! there, so the trigger and fan-out paths only bump atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+/// Every metric of the service.
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections: IntGauge,
+    pub joins: IntCounterVec,
+    pub triggered: IntCounterVec,
+    pub delivered: IntCounterVec,
+    pub validation_failures: IntCounterVec,
+    pub history_reads: IntCounterVec,
+    pub persist_batches: IntCounter,
+    pub persist_rows: IntCounter,
+    pub persist_failures: IntCounter,
+    pub persist_backlog: IntGauge,
+    pub fanout_seconds: Histogram,
+    pub history_read_seconds: HistogramVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let connections =
+            IntGauge::new("dialogue_connections", "Connected Socket.IO sessions").expect("valid");
+        registry.register(Box::new(connections.clone())).expect("unique");
+        let persist_batches = IntCounter::new(
+            "dialogue_persist_batches_total",
+            "Transactions that wrote evicted history",
+        )
+        .expect("valid");
+        let persist_rows =
+            IntCounter::new("dialogue_persist_rows_total", "History rows written").expect("valid");
+        let persist_failures = IntCounter::new(
+            "dialogue_persist_failures_total",
+            "Failed database writes or connects (retried)",
+        )
+        .expect("valid");
+        let persist_backlog = IntGauge::new(
+            "dialogue_persist_backlog",
+            "Evicted events waiting to be written",
+        )
+        .expect("valid");
+        let fanout_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "dialogue_fanout_seconds",
+                "Time a room spends validating, storing and fanning out one event",
+            )
+            .buckets(vec![
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005,
+                0.01, 0.05,
+            ]),
+        )
+        .expect("valid");
+        let history_read_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "dialogue_history_read_seconds",
+                "Time to answer a history page, by where it was read from",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0,
+            ]),
+            &["source"],
+        )
+        .expect("valid");
+        for m in [&persist_batches, &persist_rows, &persist_failures] {
+            registry.register(Box::new(m.clone())).expect("unique");
+        }
+        registry.register(Box::new(persist_backlog.clone())).expect("unique");
+        registry.register(Box::new(fanout_seconds.clone())).expect("unique");
+        registry
+            .register(Box::new(history_read_seconds.clone()))
+            .expect("unique");
+        Metrics {
+            joins: counter_vec(&registry, "dialogue_joins_total", "Room joins", &["room"]),
+            triggered: counter_vec(
+                &registry,
+                "dialogue_events_triggered_total",
+                "Events accepted, by room and event",
+                &["room", "event"],
+            ),
+            delivered: counter_vec(
+                &registry,
+                "dialogue_events_delivered_total",
+                "Event deliveries to subscribers, by room and event",
+                &["room", "event"],
+            ),
+            validation_failures: counter_vec(
+                &registry,
+                "dialogue_validation_failures_total",
+                "Events refused by their JSON Schema, by room and event",
+                &["room", "event"],
+            ),
+            history_reads: counter_vec(
+                &registry,
+                "dialogue_history_reads_total",
+                "History pages served, by source (memory or database)",
+                &["source"],
+            ),
+            registry,
+            connections,
+            persist_batches,
+            persist_rows,
+            persist_failures,
+            persist_backlog,
+            fanout_seconds,
+            history_read_seconds,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Counters of one (room, event), cached by the room.
+#[derive(Clone)]
+pub struct EventCounters {
+    pub triggered: IntCounter,
+    pub delivered: IntCounter,
+    pub validation_failures: IntCounter,
+}
+
+impl EventCounters {
+    pub fn new(room: &str, event: &str) -> Self {
+        let m = &*METRICS;
+        EventCounters {
+            triggered: m.triggered.with_label_values(&[room, event]),
+            delivered: m.delivered.with_label_values(&[room, event]),
+            validation_failures: m.validation_failures.with_label_values(&[room, event]),
+        }
+    }
+}
