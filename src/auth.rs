@@ -43,8 +43,8 @@ impl Identity {
 pub enum Authenticator {
     Open,
     Jwt {
-        key: DecodingKey,
-        validation: Validation,
+        key: Box<DecodingKey>,
+        validation: Box<Validation>,
     },
 }
 
@@ -58,11 +58,16 @@ impl Authenticator {
                 let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
                 let (algorithm, key) = match jwt.algorithm {
                     JwtAlgorithm::HS256 => {
-                        let secret = env("DIALOGUE_JWT_SECRET").or_else(|| jwt.secret.clone()).ok_or((
-                            "auth.jwt.secret".to_owned(),
-                            "HS256 needs a secret (or DIALOGUE_JWT_SECRET)".to_owned(),
-                        ))?;
-                        (Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes()))
+                        let secret = env("DIALOGUE_JWT_SECRET")
+                            .or_else(|| jwt.secret.clone())
+                            .ok_or((
+                                "auth.jwt.secret".to_owned(),
+                                "HS256 needs a secret (or DIALOGUE_JWT_SECRET)".to_owned(),
+                            ))?;
+                        (
+                            Algorithm::HS256,
+                            DecodingKey::from_secret(secret.as_bytes()),
+                        )
                     }
                     JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
                         let pem = env("DIALOGUE_JWT_PUBLIC_KEY")
@@ -73,12 +78,21 @@ impl Authenticator {
                                     .to_owned(),
                             ))?;
                         let bad = |e: jsonwebtoken::errors::Error| {
-                            ("auth.jwt.publicKey".to_owned(), format!("not a usable PEM key: {e}"))
+                            (
+                                "auth.jwt.publicKey".to_owned(),
+                                format!("not a usable PEM key: {e}"),
+                            )
                         };
                         if jwt.algorithm == JwtAlgorithm::RS256 {
-                            (Algorithm::RS256, DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(bad)?)
+                            (
+                                Algorithm::RS256,
+                                DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(bad)?,
+                            )
                         } else {
-                            (Algorithm::ES256, DecodingKey::from_ec_pem(pem.as_bytes()).map_err(bad)?)
+                            (
+                                Algorithm::ES256,
+                                DecodingKey::from_ec_pem(pem.as_bytes()).map_err(bad)?,
+                            )
                         }
                     }
                 };
@@ -93,14 +107,21 @@ impl Authenticator {
                 } else {
                     validation.validate_aud = false;
                 }
-                Ok(Authenticator::Jwt { key, validation })
+                Ok(Authenticator::Jwt {
+                    key: Box::new(key),
+                    validation: Box::new(validation),
+                })
             }
         }
     }
 
     /// The identity for a CONNECT payload; `connection_id` is the open-mode fallback user id.
     /// The error is the CONNECT_ERROR message.
-    pub fn authenticate(&self, auth: Option<&Value>, connection_id: &str) -> Result<Identity, String> {
+    pub fn authenticate(
+        &self,
+        auth: Option<&Value>,
+        connection_id: &str,
+    ) -> Result<Identity, String> {
         match self {
             Authenticator::Open => {
                 let user_id = match auth.and_then(|a| a.get("userId")) {
@@ -144,11 +165,13 @@ impl AccessRule {
                 return false;
             }
         }
-        self.claims.iter().all(|(claim, allowed)| match who.claims.get(claim) {
-            Some(Value::Array(values)) => values.iter().any(|v| allowed.contains(v)),
-            Some(value) => allowed.contains(value),
-            None => false,
-        })
+        self.claims
+            .iter()
+            .all(|(claim, allowed)| match who.claims.get(claim) {
+                Some(Value::Array(values)) => values.iter().any(|v| allowed.contains(v)),
+                Some(value) => allowed.contains(value),
+                None => false,
+            })
     }
 }
 
@@ -160,7 +183,9 @@ mod tests {
     #[test]
     fn open_mode_takes_user_id_or_falls_back() {
         let a = Authenticator::Open;
-        let id = a.authenticate(Some(&json!({"userId": "alice"})), "c1").unwrap();
+        let id = a
+            .authenticate(Some(&json!({"userId": "alice"})), "c1")
+            .unwrap();
         assert_eq!(&*id.user_id, "alice");
         assert_eq!(&*a.authenticate(None, "c1").unwrap().user_id, "c1");
         assert!(a.authenticate(Some(&json!({"userId": 5})), "c1").is_err());

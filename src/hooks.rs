@@ -73,8 +73,8 @@ impl ConfigHooks {
     /// authenticator once, so this does not fail for a validated configuration).
     pub fn new(settings: &Settings) -> Result<ConfigHooks, String> {
         let auth = &settings.config.auth;
-        let authenticator =
-            Authenticator::from_config(auth).map_err(|(key, message)| format!("{key}: {message}"))?;
+        let authenticator = Authenticator::from_config(auth)
+            .map_err(|(key, message)| format!("{key}: {message}"))?;
         Ok(ConfigHooks {
             authenticator,
             rooms: settings
@@ -120,7 +120,10 @@ impl Hooks for ConfigHooks {
         match rule {
             Some(rule) if !who.trusted && !rule.allows(who) => Err(DialogueError::new(
                 ErrorCode::PermissionDenied,
-                format!("{} may not trigger '{event}' in room '{room_id}'", who.user_id),
+                format!(
+                    "{} may not trigger '{event}' in room '{room_id}'",
+                    who.user_id
+                ),
             )),
             _ => Ok(data),
         }
@@ -143,7 +146,10 @@ impl Hooks for ConfigHooks {
         } else if room.created_by.is_none() {
             Err(DialogueError::new(
                 ErrorCode::PermissionDenied,
-                format!("room '{}' was not created by a client; only an admin may delete it", room.id),
+                format!(
+                    "room '{}' was not created by a client; only an admin may delete it",
+                    room.id
+                ),
             ))
         } else {
             Err(DialogueError::new(

@@ -28,7 +28,9 @@ pub struct Metrics {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
@@ -37,7 +39,9 @@ impl Metrics {
         let registry = Registry::new();
         let connections =
             IntGauge::new("dialogue_connections", "Connected Socket.IO sessions").expect("valid");
-        registry.register(Box::new(connections.clone())).expect("unique");
+        registry
+            .register(Box::new(connections.clone()))
+            .expect("unique");
         let persist_batches = IntCounter::new(
             "dialogue_persist_batches_total",
             "Transactions that wrote evicted history",
@@ -80,8 +84,12 @@ impl Metrics {
         for m in [&persist_batches, &persist_rows, &persist_failures] {
             registry.register(Box::new(m.clone())).expect("unique");
         }
-        registry.register(Box::new(persist_backlog.clone())).expect("unique");
-        registry.register(Box::new(fanout_seconds.clone())).expect("unique");
+        registry
+            .register(Box::new(persist_backlog.clone()))
+            .expect("unique");
+        registry
+            .register(Box::new(fanout_seconds.clone()))
+            .expect("unique");
         registry
             .register(Box::new(history_read_seconds.clone()))
             .expect("unique");

@@ -74,7 +74,10 @@ pub async fn run_with_hooks(
     if settings.config.api.keys.is_empty() {
         log::info!("server API off: no api.keys or DIALOGUE_API_KEYS configured");
     } else {
-        log::info!("server API on at /api ({} keys)", settings.config.api.keys.len());
+        log::info!(
+            "server API on at /api ({} keys)",
+            settings.config.api.keys.len()
+        );
     }
     let addr = listener.local_addr()?;
     let workers = threads(server_cfg.workers);

@@ -10,8 +10,8 @@ use crate::actors::messages::*;
 use crate::actors::room::RoomActor;
 use crate::auth::Identity;
 use crate::config::Settings;
-use crate::hooks::Hooks;
 use crate::error::{DialogueError, ErrorCode};
+use crate::hooks::Hooks;
 use crate::http::polling::{PollingQueue, Sessions, SEPARATOR};
 use crate::http::websocket::{WsInboundError, WsMessage, WsSink};
 use crate::protocol::dialogue::{ack_err, ack_ok, parse_request, to_json, ClientRequest};
@@ -293,7 +293,10 @@ impl Connection {
         if self.identity.is_some() {
             return; // already connected: a repeated CONNECT changes nothing
         }
-        let identity = match self.hooks.authenticate(packet.data.as_ref(), &self.socket_id) {
+        let identity = match self
+            .hooks
+            .authenticate(packet.data.as_ref(), &self.socket_id)
+        {
             Ok(identity) => Arc::new(identity),
             Err(message) => {
                 log::info!("connection {} refused: {message}", self.id);

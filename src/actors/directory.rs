@@ -195,7 +195,9 @@ impl Handler<CreateRoom> for Directory {
             }
             Some(list) if list.iter().any(|e| e == "*") => {
                 if list.len() > 1 {
-                    return Err(DialogueError::invalid("events: \"*\" must be the only entry"));
+                    return Err(DialogueError::invalid(
+                        "events: \"*\" must be the only entry",
+                    ));
                 }
                 None
             }
@@ -247,7 +249,10 @@ impl Handler<DeleteRoom> for Directory {
         let Some(entry) = self.rooms.get(&msg.room_id) else {
             return refuse(DialogueError::room_not_found(&msg.room_id));
         };
-        if let Err(e) = self.hooks.may_delete_room(&msg.identity, &entry.shared.info()) {
+        if let Err(e) = self
+            .hooks
+            .may_delete_room(&msg.identity, &entry.shared.info())
+        {
             return refuse(e);
         }
         let Some(entry) = self.rooms.remove(&msg.room_id) else {

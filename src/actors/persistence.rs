@@ -25,6 +25,8 @@ const MAX_EVENTS_PER_WRITE: usize = 20_000;
 const FAILURES_BEFORE_RESTART: u32 = 6;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often an idle store checks that the database still answers (for `/readyz`).
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// One evicted batch waiting to be written.
 #[derive(Clone)]
@@ -231,6 +233,33 @@ impl Persistence {
         );
     }
 
+    /// Pings the database when no write is running, so readiness follows outages even when
+    /// nothing is being written.
+    fn check_health(&mut self, ctx: &mut Context<Self>) {
+        if !self.in_flight.is_empty() || self.backing_off || self.connecting {
+            return;
+        }
+        let Some(db) = self.db.clone() else { return };
+        ctx.spawn(
+            async move { db.ping().await }
+                .into_actor(self)
+                .map(|result, act, _| {
+                    let was = act.health.available.load(Ordering::Relaxed);
+                    match result {
+                        Ok(()) if !was && act.failures == 0 => {
+                            act.health.available.store(true, Ordering::Relaxed);
+                            log::info!("database answers again");
+                        }
+                        Err(e) if was => {
+                            act.health.available.store(false, Ordering::Relaxed);
+                            log::error!("database unavailable (health check: {e})");
+                        }
+                        _ => {}
+                    }
+                }),
+        );
+    }
+
     fn wake_waiters(&mut self) {
         let upto = self.written_upto;
         let (ready, waiting): (Vec<_>, Vec<_>) =
@@ -259,6 +288,7 @@ impl Actor for Persistence {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1 << 16);
+        ctx.run_interval(HEALTH_CHECK_INTERVAL, |act, ctx| act.check_health(ctx));
         if self.db.is_none() {
             self.connect(ctx);
         } else {

@@ -5,9 +5,9 @@
 use crate::actors::messages::*;
 use crate::auth::Identity;
 use crate::error::{DialogueError, ErrorCode};
-use crate::hooks::Hooks;
 use crate::events::{EventCatalog, EventDef};
 use crate::history::{cursor_to_seqs, offsets_to_seqs, EventHistory, SeqRange};
+use crate::hooks::Hooks;
 use crate::metrics::{EventCounters, METRICS};
 use crate::protocol::dialogue::{to_json, EventMessage, HistoryRange, RoomInfo};
 use crate::protocol::socketio::encode_event;

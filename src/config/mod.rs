@@ -280,7 +280,10 @@ fn validate(config: &Config) -> Result<EventCatalog, Vec<ConfigProblem>> {
     }
     for (id, room) in &config.rooms {
         for event in room.access.trigger.keys() {
-            let carried = room.events.iter().any(|e| e.value == "*" || e.value == *event);
+            let carried = room
+                .events
+                .iter()
+                .any(|e| e.value == "*" || e.value == *event);
             if !carried {
                 problems.push(problem(
                     Location::UNKNOWN,
