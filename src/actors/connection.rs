@@ -440,27 +440,7 @@ impl Connection {
         let directory = self.directory.clone();
         let (request, ack) = match work {
             Work::AutoJoin { room_id, room } => {
-                return Box::pin(async move {
-                    match room
-                        .send(Join {
-                            conn,
-                            identity,
-                            outbox,
-                        })
-                        .await
-                    {
-                        Ok(Ok(())) => Done::Joined {
-                            room_id,
-                            room,
-                            ack: None,
-                        },
-                        Ok(Err(error)) => Done::Failed { error, ack: None },
-                        Err(_) => Done::Failed {
-                            error: DialogueError::room_not_found(&room_id),
-                            ack: None,
-                        },
-                    }
-                })
+                return Box::pin(join(room, room_id, conn, identity, outbox, None));
             }
             Work::Client { request, ack } => (request, ack),
         };
@@ -485,25 +465,7 @@ impl Connection {
                             ack,
                         };
                     };
-                    match room
-                        .send(Join {
-                            conn,
-                            identity,
-                            outbox,
-                        })
-                        .await
-                    {
-                        Ok(Ok(())) => Done::Joined {
-                            room_id: r.room_id,
-                            room,
-                            ack,
-                        },
-                        Ok(Err(error)) => Done::Failed { error, ack },
-                        Err(_) => Done::Failed {
-                            error: gone(&r.room_id),
-                            ack,
-                        },
-                    }
+                    join(room, r.room_id, conn, identity, outbox, ack).await
                 })
             }
             ClientRequest::Leave(r) => {
@@ -719,6 +681,32 @@ impl Connection {
                 act.close(ctx, CloseCode::Away, "ping timeout");
             }
         });
+    }
+}
+
+/// Joins `room` and reports the outcome.
+async fn join(
+    room: Addr<RoomActor>,
+    room_id: String,
+    conn: ConnId,
+    identity: Arc<Identity>,
+    outbox: Recipient<ToConnection>,
+    ack: Option<u64>,
+) -> Done {
+    match room
+        .send(Join {
+            conn,
+            identity,
+            outbox,
+        })
+        .await
+    {
+        Ok(Ok(())) => Done::Joined { room_id, room, ack },
+        Ok(Err(error)) => Done::Failed { error, ack },
+        Err(_) => Done::Failed {
+            error: DialogueError::room_not_found(&room_id),
+            ack,
+        },
     }
 }
 
