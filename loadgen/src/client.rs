@@ -75,12 +75,13 @@ impl Client {
                         let _ = pong.send(Message::text("3"));
                     }
                     Some(b'4') => {
+                        // `text` is `4` (Engine.IO message) + a Socket.IO packet.
                         let data = &text[1..];
-                        if data.starts_with("40") {
+                        if data.starts_with('0') {
                             if let Some(tx) = ready.take() {
                                 let _ = tx.send(());
                             }
-                        } else if let Some(event) = data.strip_prefix("42") {
+                        } else if let Some(event) = data.strip_prefix('2') {
                             if collect_events {
                                 let _ = ev_tx.send(event.to_owned());
                             }
