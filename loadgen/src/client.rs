@@ -142,7 +142,6 @@ impl Client {
     }
 
     /// The next received event (`["name", payload]` JSON text), if events are collected.
-    #[allow(dead_code)] // used by the fan-out scenarios
     pub async fn next_event(&mut self) -> Option<String> {
         self.events.as_mut()?.recv().await
     }

@@ -3,6 +3,7 @@
 //! (machine-readable) and a short human summary on stderr.
 
 mod client;
+mod fanout;
 
 use clap::{Parser, Subcommand};
 use client::Client;
@@ -58,6 +59,31 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         page: u64,
     },
+    /// Fan-out: C subscribers, S senders, N messages (as fast as a window allows, or at a
+    /// fixed rate); deliveries/s, end-to-end latency, lost and duplicated deliveries, and the
+    /// server's CPU time per delivery (from /proc/PID/stat when --server-pid is given).
+    Fanout {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, default_value = "general")]
+        room: String,
+        #[arg(long, default_value = "message")]
+        event: String,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        /// Messages per second in all; 0 = as fast as the window allows.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Unacknowledged triggers in flight per sender (rate 0).
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// Inserts rows straight into the database (seq 1..=rows) to measure deep pages.
     Bulkload {
         #[arg(long)]
@@ -72,7 +98,7 @@ enum Scenario {
 }
 
 /// Percentile of sorted values (nearest rank).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -94,7 +120,7 @@ fn trigger_payload(room: &str, event: &str, i: u64) -> Value {
     json!({ "roomId": room, "event": event, "data": { "text": format!("load message {i}"), "username": "load" } })
 }
 
-async fn joined_client(url: &str, user: &str, room: &str) -> Result<Client, String> {
+pub(crate) async fn joined_client(url: &str, user: &str, room: &str) -> Result<Client, String> {
     let c = Client::connect(url, user, false).await?;
     let r = c
         .request("dialogue:join", &json!({ "roomId": room }))
@@ -339,6 +365,30 @@ async fn main() -> std::process::ExitCode {
             event,
             rows,
         } => bulkload(db_url, room, event, rows).await,
+        Scenario::Fanout {
+            url,
+            room,
+            event,
+            subscribers,
+            senders,
+            messages,
+            rate,
+            window,
+            server_pid,
+        } => {
+            fanout::run(fanout::Options {
+                url,
+                room,
+                event,
+                subscribers,
+                senders,
+                messages,
+                rate,
+                window,
+                server_pid,
+            })
+            .await
+        }
     };
     match result {
         Ok(v) => {
