@@ -74,11 +74,10 @@ test("socket.io-client: events stay contiguous through connect and upgrade", asy
     }
   })();
   await sleep(100);
-  const me = await connectWith("burst-receiver", {});
-  let upgradedAt = null;
-  me.socket.io.engine.on("upgrade", () => (upgradedAt = me.all("dialogue:event").length));
-  assert.equal(me.socket.io.engine.transport.name, "polling");
-  await eventually(() => upgradedAt !== null, 5000, "upgrade");
+  const me = await connectWith("burst-receiver", {}); // default options: polling, then upgrade
+  // (The raw test below places the switch mid-stream deterministically; here the client
+  // decides when to upgrade, often before its first event.)
+  await eventually(() => me.socket.io.engine.transport.name === "websocket", 5000, "upgrade");
   await sleep(300); // more events after the switch
   sending = false;
   await stream;
