@@ -14,28 +14,29 @@
 //!   (room ids → room actors), [`actors::persistence`] (evicted history), and
 //!   [`actors::messages`], every message between them.
 //! - [`history`] — a room's in-memory window per event and the offset/cursor arithmetic.
-//! - [`http`] — routes: the Socket.IO endpoint and its WebSocket transport, health.
+//! - [`http`] — routes: the Socket.IO endpoint with its WebSocket and long-polling
+//!   transports ([`http::websocket`], [`http::polling`]), the server API ([`http::api`]),
+//!   `/healthz`, `/readyz`, `/metrics`.
 //! - [`server`] — wiring it all up on a bound listener; `src/main.rs` is the thin CLI.
 //! - [`error`] — the client-facing error codes.
 //! - [`auth`] / [`hooks`] — identities (open or JWT), access rules, and the [`Hooks`] trait
 //!   embedders implement; [`hooks::ConfigHooks`] is the YAML-driven default.
-//! - [`store`] — sea-orm queries; [`metrics`] — Prometheus metrics.
-//! - `http::api` — the server HTTP API (`/api/...`), with `/healthz`, `/readyz`, `/metrics`.
+//! - [`store`] — sea-orm queries (SQLite and PostgreSQL); [`metrics`] — Prometheus metrics.
 
 pub mod actors;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod history;
+pub mod hooks;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod store;
 
 pub use auth::Identity;
 pub use config::Settings;
 pub use hooks::{ConfigHooks, Hooks};
 pub use server::{run, run_with_hooks};
-pub mod auth;
-pub mod hooks;
-pub mod metrics;
-pub mod store;
