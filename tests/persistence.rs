@@ -64,6 +64,27 @@ fn eventually_count(url: &str, room: &str, expected: u64) {
     }
 }
 
+/// With the database unavailable: triggers until STORAGE_UNAVAILABLE (backlog 50, limit 10);
+/// then `recover` ends the outage and every accepted event must come back, in the database.
+fn outage_then_recovery(server: &TestServer, url: &str, recover: impl FnOnce()) {
+    let results = run_node_tests(
+        "persistence.test.mjs",
+        server,
+        &[("PHASE", "outage-fill"), ("FIRST_SEQ", "1")],
+    );
+    let accepted = results[0]["accepted"].as_u64().unwrap();
+    wait_for_log(server, "database unavailable");
+    recover();
+    let last = accepted.to_string();
+    run_node_tests(
+        "persistence.test.mjs",
+        server,
+        &[("PHASE", "outage-recovered"), ("LAST_SEQ", &last)],
+    );
+    wait_for_log(server, "database available again");
+    eventually_count(url, "hist", accepted + 1 - 10);
+}
+
 fn wait_for_log(server: &TestServer, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !server.log_contains(needle) {
@@ -247,26 +268,13 @@ fn sqlite_locked_database_loses_nothing() {
         .unwrap();
         (db, txn)
     });
-    let results = run_node_tests(
-        "persistence.test.mjs",
-        &server,
-        &[("PHASE", "outage-fill"), ("FIRST_SEQ", "1")],
-    );
-    let accepted = results[0]["accepted"].as_u64().unwrap();
-    wait_for_log(&server, "database unavailable");
-    // Release the lock: the backlog drains and nothing is lost.
-    rt.block_on(async move {
-        locker.1.rollback().await.unwrap();
-        locker.0.close().await.ok();
+    // Releasing the lock ends the outage.
+    outage_then_recovery(&server, &url, || {
+        rt.block_on(async move {
+            locker.1.rollback().await.unwrap();
+            locker.0.close().await.ok();
+        })
     });
-    let last = accepted.to_string();
-    run_node_tests(
-        "persistence.test.mjs",
-        &server,
-        &[("PHASE", "outage-recovered"), ("LAST_SEQ", &last)],
-    );
-    wait_for_log(&server, "database available again");
-    eventually_count(&url, "hist", accepted + 1 - 10);
 }
 
 // ------------------------------------------------------------------ PostgreSQL
@@ -323,20 +331,5 @@ fn postgres_outage_loses_nothing() {
     let url = rt().block_on(pg.create_db("outage"));
     let server = TestServer::start_in(dir.path(), &config(&url, 10, 50, 0), &[]);
     pg.stop_server();
-    let results = run_node_tests(
-        "persistence.test.mjs",
-        &server,
-        &[("PHASE", "outage-fill"), ("FIRST_SEQ", "1")],
-    );
-    let accepted = results[0]["accepted"].as_u64().unwrap();
-    wait_for_log(&server, "database unavailable");
-    pg.start_server();
-    let last = accepted.to_string();
-    run_node_tests(
-        "persistence.test.mjs",
-        &server,
-        &[("PHASE", "outage-recovered"), ("LAST_SEQ", &last)],
-    );
-    wait_for_log(&server, "database available again");
-    eventually_count(&url, "hist", accepted + 1 - 10);
+    outage_then_recovery(&server, &url, || pg.start_server());
 }
