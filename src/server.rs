@@ -89,6 +89,13 @@ pub async fn run_with_hooks(
             .configure(http::configure)
     })
     .workers(workers)
+    // Small frames (events, acks, pings) must leave at once: without TCP_NODELAY, Nagle's
+    // algorithm and the peer's delayed ACK hold them back up to ~40 ms.
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
+    })
     .disable_signals()
     .listen(listener)?
     .run();

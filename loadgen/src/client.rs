@@ -37,7 +37,7 @@ impl Client {
     /// Connects, completes the Socket.IO CONNECT with `{userId}`, and starts the I/O tasks.
     /// With `collect_events`, received events are queued on [`Client::events`].
     pub async fn connect(url: &str, user_id: &str, collect_events: bool) -> Result<Client, String> {
-        let (ws, _) = tokio_tungstenite::connect_async(ws_url(url))
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(ws_url(url), None, true)
             .await
             .map_err(|e| format!("connect {url}: {e}"))?;
         let (mut sink, mut stream) = ws.split();
