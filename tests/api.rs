@@ -108,6 +108,7 @@ fn readyz_follows_the_database() {
         .unwrap()
         .block_on(pg.create_db("ready"));
     let server = TestServer::start(&config("  mode: open", "test-key", &url));
+    server.wait_ready();
     pg.stop_server();
     run_node_tests("api.test.mjs", &server, &[("PHASE", "readyz")]);
     pg.start_server();

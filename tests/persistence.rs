@@ -330,6 +330,8 @@ fn postgres_outage_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let url = rt().block_on(pg.create_db("outage"));
     let server = TestServer::start_in(dir.path(), &config(&url, 10, 50, 0), &[]);
+    // The room restores its window from the database first; the outage begins after that.
+    server.wait_ready();
     pg.stop_server();
     outage_then_recovery(&server, &url, || pg.start_server());
 }

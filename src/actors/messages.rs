@@ -234,6 +234,8 @@ pub struct PersistenceLink {
     pub backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// Above this backlog, history-enabled triggers are refused with STORAGE_UNAVAILABLE.
     pub max_backlog: usize,
+    /// Rooms still restoring their history windows from the store (for `/readyz`).
+    pub restoring: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 // ---------------------------------------------------------------- shutdown

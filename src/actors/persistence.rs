@@ -45,6 +45,8 @@ pub struct StoreHealth {
     pub available: AtomicBool,
     /// Events waiting to be written.
     pub backlog: Arc<AtomicUsize>,
+    /// Rooms still restoring their history windows (they answer nothing until done).
+    pub restoring: Arc<AtomicUsize>,
 }
 
 /// The persistence actor.
@@ -101,6 +103,7 @@ impl Persistence {
             written: addr.clone().recipient(),
             backlog: health.backlog.clone(),
             max_backlog,
+            restoring: health.restoring.clone(),
         };
         (addr, link, health)
     }

@@ -146,6 +146,10 @@ impl RoomActor {
                 }
             }
         }
+        // Counted from construction (before the server listens) until `restore_windows` ends.
+        if events.values().any(|s| s.def.history_limit.is_some()) {
+            persistence.restoring.fetch_add(1, Ordering::Relaxed);
+        }
         RoomActor {
             joins: METRICS.joins.with_label_values(&[&shared.id]),
             shared,
@@ -363,6 +367,7 @@ impl RoomActor {
             futures_util::future::join_all(loads)
                 .into_actor(self)
                 .map(|windows, act, _| {
+                    act.persistence.restoring.fetch_sub(1, Ordering::Relaxed);
                     for (name, window) in windows {
                         let Some(state) = act.events.get_mut(&name) else {
                             continue;

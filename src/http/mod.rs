@@ -282,18 +282,22 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready while the database answers and the persistence backlog has room.
+/// Ready once every room has restored its history, while the database answers and the
+/// persistence backlog has room.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let available = state.store.available.load(Ordering::Relaxed);
     let backlog = state.store.backlog.load(Ordering::Relaxed);
+    let restoring = state.store.restoring.load(Ordering::Relaxed);
     let max = state.settings.config.database.max_backlog;
+    let ready = available && backlog < max && restoring == 0;
     let body = serde_json::json!({
-        "ready": available && backlog < max,
+        "ready": ready,
         "database": if available { "available" } else { "unavailable" },
         "backlog": backlog,
         "maxBacklog": max,
+        "roomsRestoring": restoring,
     });
-    if available && backlog < max {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

@@ -119,6 +119,32 @@ impl TestServer {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Waits (up to 30 s) until `GET /readyz` answers 200: every room has restored its
+    /// history and the database answers.
+    pub fn wait_ready(&self) {
+        use std::io::{Read, Write};
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut answer = String::new();
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = write!(
+                    s,
+                    "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                );
+                let _ = s.read_to_string(&mut answer);
+            }
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never became ready; last answer: {answer:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_contains(&self, needle: &str) -> bool {
         self.log
             .lock()

@@ -200,8 +200,17 @@ phase("readyz: the database is down", async () => {
   const body = await (await fetch(`${URL}/readyz`)).json();
   assert.equal(body.ready, false);
   assert.equal(body.database, "unavailable");
+  assert.equal(body.roomsRestoring, 0);
+  // A room created during the outage restores its stored history once the database is back;
+  // until then readiness counts it.
+  const created = await api("/api/rooms", { method: "POST", body: { id: "late", name: "Late", events: ["message"] } });
+  assert.equal(created.status, 201);
+  await eventually(async () => (await (await fetch(`${URL}/readyz`)).json()).roomsRestoring === 1, 15_000, "roomsRestoring 1");
 });
 
 phase("readyz-back: the database is back", async () => {
   await eventually(async () => (await fetch(`${URL}/readyz`)).status === 200, 20_000, "readyz 200");
+  const body = await (await fetch(`${URL}/readyz`)).json();
+  assert.equal(body.roomsRestoring, 0);
+  assert.equal(body.database, "available");
 });
