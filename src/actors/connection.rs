@@ -7,6 +7,7 @@
 
 use crate::actors::directory::Directory;
 use crate::actors::messages::*;
+use crate::actors::outbox::Outbox;
 use crate::actors::room::RoomActor;
 use crate::auth::Identity;
 use crate::config::Settings;
@@ -175,18 +176,35 @@ impl Connection {
     fn send(&mut self, ctx: &mut Context<Self>, frame: ByteString) {
         let limit = self.settings.config.server.max_outbound_bytes;
         let ok = match &mut self.transport {
-            Transport::WebSocket(sink) => sink.text(frame).is_ok(),
+            Transport::WebSocket(sink) => sink.text(&frame).is_ok(),
             Transport::Polling { queue, .. } => queue.push(frame, limit),
         };
-        if !ok && !self.closing {
-            log::warn!(
-                "connection {} ({}) is not reading: more than {} bytes queued, disconnecting",
-                self.id,
-                self.identity.as_ref().map_or("-", |i| &*i.user_id),
-                self.settings.config.server.max_outbound_bytes
-            );
-            self.close(ctx, CloseCode::Policy, "outbound queue full");
+        if !ok {
+            self.overflowed(ctx);
         }
+    }
+
+    /// The client is too far behind: disconnect it.
+    fn overflowed(&mut self, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        log::warn!(
+            "connection {} ({}) is not reading: more than {} bytes queued, disconnecting",
+            self.id,
+            self.identity.as_ref().map_or("-", |i| &*i.user_id),
+            self.settings.config.server.max_outbound_bytes
+        );
+        self.close(ctx, CloseCode::Policy, "outbound queue full");
+    }
+
+    /// The handle rooms deliver through: the WebSocket queue itself on a WebSocket session.
+    fn outbox(&self, ctx: &Context<Self>) -> Outbox {
+        let direct = match &self.transport {
+            Transport::WebSocket(sink) => Some(sink.queue()),
+            Transport::Polling { .. } => None,
+        };
+        Outbox::new(ctx.address().recipient(), direct)
     }
 
     fn emit(&mut self, ctx: &mut Context<Self>, event: &str, payload_json: &str) {
@@ -321,7 +339,7 @@ impl Connection {
         self.busy = true;
         let opened = self.directory.send(ConnectionOpened {
             conn: self.id,
-            outbox: ctx.address().recipient(),
+            outbox: self.outbox(ctx),
         });
         ctx.spawn(opened.into_actor(self).map(|rooms, act, ctx| {
             let rooms = rooms.unwrap_or_default();
@@ -436,7 +454,7 @@ impl Connection {
             .identity
             .clone()
             .unwrap_or_else(|| Arc::new(Identity::user(&self.socket_id)));
-        let outbox: Recipient<ToConnection> = ctx.address().recipient();
+        let outbox = self.outbox(ctx);
         let directory = self.directory.clone();
         let (request, ack) = match work {
             Work::AutoJoin { room_id, room } => {
@@ -690,7 +708,7 @@ async fn join(
     room_id: String,
     conn: ConnId,
     identity: Arc<Identity>,
-    outbox: Recipient<ToConnection>,
+    outbox: Outbox,
     ack: Option<u64>,
 ) -> Done {
     match room
@@ -805,7 +823,7 @@ impl Connection {
         match msg {
             Ok(WsMessage::Text(text)) if &*text == "2probe" => {
                 if let Some(probe) = probe {
-                    let _ = probe.text(engineio::PONG_PROBE.into());
+                    let _ = probe.text(engineio::PONG_PROBE);
                 }
                 // End the pending GET so the client can pause polling and send `5`.
                 queue.answer_waiting(engineio::NOOP);
@@ -816,7 +834,7 @@ impl Connection {
                 };
                 // Packets still queued for polling go first, over the WebSocket, in order.
                 for frame in queue.take_frames() {
-                    let _ = sink.text(frame);
+                    let _ = sink.text(&frame);
                 }
                 queue.answer_waiting(engineio::NOOP);
                 if let Transport::Polling { sessions, .. } = &self.transport {
@@ -929,6 +947,7 @@ impl Handler<ToConnection> for Connection {
             ToConnection::RoomClosed { room_id } => {
                 self.rooms.remove(&room_id);
             }
+            ToConnection::Overflowed => self.overflowed(ctx),
         }
     }
 }

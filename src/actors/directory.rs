@@ -3,6 +3,7 @@
 //! client so room creation and deletion can be announced to all.
 
 use crate::actors::messages::*;
+use crate::actors::outbox::{Outbox, SharedFrame};
 use crate::actors::room::{RoomActor, RoomShared, MAILBOX_CAPACITY};
 use crate::config::{Settings, SyncHistory};
 use crate::error::{DialogueError, ErrorCode};
@@ -27,7 +28,7 @@ struct RoomEntry {
 pub struct Directory {
     settings: Arc<Settings>,
     rooms: BTreeMap<String, RoomEntry>,
-    connections: HashMap<ConnId, Recipient<ToConnection>>,
+    connections: HashMap<ConnId, Outbox>,
     /// Threads room actors run on, used round-robin.
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
@@ -108,11 +109,9 @@ impl Directory {
     }
 
     fn broadcast(&self, event: &str, payload_json: &str) {
-        let frame = ByteString::from(encode_event(event, payload_json));
+        let frame = SharedFrame::new(ByteString::from(encode_event(event, payload_json)));
         for outbox in self.connections.values() {
-            outbox.do_send(ToConnection::Frame {
-                frame: frame.clone(),
-            });
+            outbox.shared(&frame);
         }
     }
 }

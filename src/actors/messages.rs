@@ -1,8 +1,10 @@
 //! Every message exchanged between actors, in one place, with named fields.
 //!
-//! Rooms and the directory reach connections only through `Recipient<ToConnection>`, so the
-//! dependency arrow points from connections to rooms, never back.
+//! Rooms and the directory reach connections only through an [`Outbox`] (a WebSocket send
+//! queue, or `Recipient<ToConnection>`), so the dependency arrow points from connections to
+//! rooms, never back.
 
+use crate::actors::outbox::Outbox;
 use crate::auth::Identity;
 use crate::error::DialogueError;
 use crate::protocol::dialogue::{HistoryRange, RoomInfo};
@@ -38,6 +40,8 @@ pub enum ToConnection {
     Frame { frame: ByteString },
     /// The room was deleted: forget the membership.
     RoomClosed { room_id: String },
+    /// A room found the WebSocket send queue over its bound: the client is not reading.
+    Overflowed,
 }
 
 // ---------------------------------------------------------------- connection → room
@@ -49,7 +53,7 @@ pub enum ToConnection {
 pub struct Join {
     pub conn: ConnId,
     pub identity: Arc<Identity>,
-    pub outbox: Recipient<ToConnection>,
+    pub outbox: Outbox,
 }
 
 /// Removes a member; the room sends `dialogue:left`.
@@ -135,7 +139,7 @@ pub struct LookupRoom {
 #[rtype(result = "Vec<(String, Addr<crate::actors::room::RoomActor>)>")]
 pub struct ConnectionOpened {
     pub conn: ConnId,
-    pub outbox: Recipient<ToConnection>,
+    pub outbox: Outbox,
 }
 
 /// A connection closed.

@@ -3,6 +3,7 @@
 //! history pages reaching past the window are completed from it.
 
 use crate::actors::messages::*;
+use crate::actors::outbox::{Outbox, SharedFrame};
 use crate::auth::Identity;
 use crate::error::{DialogueError, ErrorCode};
 use crate::events::{EventCatalog, EventDef};
@@ -76,7 +77,7 @@ impl Subscriptions {
 }
 
 struct Member {
-    outbox: Recipient<ToConnection>,
+    outbox: Outbox,
     subscriptions: Subscriptions,
     identity: Arc<Identity>,
 }
@@ -207,10 +208,8 @@ impl RoomActor {
         }
     }
 
-    fn send_to(&self, outbox: &Recipient<ToConnection>, event: &str, payload_json: &str) {
-        outbox.do_send(ToConnection::Frame {
-            frame: ByteString::from(encode_event(event, payload_json)),
-        });
+    fn send_to(&self, outbox: &Outbox, event: &str, payload_json: &str) {
+        outbox.frame(ByteString::from(encode_event(event, payload_json)));
     }
 
     /// How many of each subscribed history event a new member gets on join.
@@ -631,7 +630,7 @@ impl Handler<Trigger> for RoomActor {
             meta: msg.meta.as_ref(),
             seq,
         });
-        let frame = ByteString::from(encode_event("dialogue:event", &json));
+        let frame = SharedFrame::new(ByteString::from(encode_event("dialogue:event", &json)));
         let echo = msg.echo.then(|| json.clone());
         let after = json.clone();
 
@@ -662,9 +661,7 @@ impl Handler<Trigger> for RoomActor {
         let mut delivered = 0;
         for member in self.members.values() {
             if member.subscriptions.contains(&event_name) {
-                member.outbox.do_send(ToConnection::Frame {
-                    frame: frame.clone(),
-                });
+                member.outbox.shared(&frame);
                 delivered += 1;
             }
         }
@@ -802,7 +799,7 @@ impl Handler<CloseRoom> for RoomActor {
             self.persistence.evicted.do_send(batch);
         }
         for member in self.members.values() {
-            member.outbox.do_send(ToConnection::RoomClosed {
+            member.outbox.notify(ToConnection::RoomClosed {
                 room_id: self.shared.id.to_string(),
             });
         }

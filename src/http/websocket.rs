@@ -1,21 +1,19 @@
 //! The WebSocket transport: RFC 6455 framing over the HTTP connection, with the connection
 //! actor on the same worker thread.
 //!
-//! Outbound frames wait in a channel that the response body drains into one buffer, so a burst
-//! of events costs one `send(2)`; the bytes waiting are bounded and a client that stops reading
-//! is disconnected instead of growing them.
+//! Outbound frames are encoded straight into a shared queue ([`WsQueue`]) that the response body
+//! drains whole, so a burst of events costs one wake-up and one `send(2)`; the bytes waiting are
+//! bounded and a client that stops reading is disconnected instead of growing them.
 
-use actix_codec::{Decoder, Encoder};
-use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, Message, ProtocolError};
+use actix_codec::Decoder;
+use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, OpCode, Parser, ProtocolError};
 use actix_web::web::Payload;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_core::Stream;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 /// A complete inbound message, after reassembling fragments.
 #[derive(Debug)]
@@ -170,87 +168,151 @@ impl Stream for WsInbound {
 #[derive(Debug)]
 pub struct SlowClient;
 
-/// A frame on its way to the socket.
-enum Outgoing {
-    Text(ByteString),
-    Pong(Bytes),
-    Close(CloseCode, String),
+/// The bytes waiting to be written to one WebSocket, already framed. Shared by the connection
+/// actor (through [`WsSink`]), by rooms that fan out straight into it (through
+/// [`crate::actors::outbox::Outbox`]) and by the response body that drains it, whichever
+/// threads they run on: a burst of events becomes one buffer, one wake-up and one `send(2)`.
+pub struct WsQueue {
+    state: Mutex<QueueState>,
+    /// Most bytes waiting before the client counts as not reading.
+    limit: usize,
 }
 
-/// The sending half of a WebSocket connection, held by the connection actor. It may live on
-/// another thread than the socket (after an upgrade from polling): frames travel through a
-/// channel and the response body encodes whatever is waiting into one write.
+#[derive(Default)]
+struct QueueState {
+    /// Encoded frames not yet taken by the writer.
+    buf: BytesMut,
+    /// The writer waits for bytes.
+    waker: Option<Waker>,
+    /// No more frames are accepted (closing, over the bound, or the socket is gone).
+    refusing: bool,
+    /// A close frame to send after `buf`, then the body ends.
+    close: Option<CloseReason>,
+    /// The close frame went out, or the socket is gone.
+    ended: bool,
+}
+
+impl WsQueue {
+    fn new(limit: usize) -> Self {
+        WsQueue {
+            state: Mutex::new(QueueState::default()),
+            limit,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A panic while holding this lock cannot leave the buffer half-written in a way that
+        // matters more than losing the connection, so a poisoned lock is used as is.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `len` bytes written by `encode`; the first push over the bound fails (and
+    /// every later one is dropped: the connection is being closed).
+    fn push(&self, len: usize, encode: impl FnOnce(&mut BytesMut)) -> Result<(), SlowClient> {
+        let waker = {
+            let mut s = self.state();
+            if s.refusing {
+                return Ok(());
+            }
+            if s.buf.len() + len > self.limit {
+                s.refusing = true;
+                return Err(SlowClient);
+            }
+            encode(&mut s.buf);
+            s.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues a text message (a complete Engine.IO packet).
+    pub fn text(&self, text: &str) -> Result<(), SlowClient> {
+        self.push(text.len() + 10, |buf| {
+            Parser::write_message(buf, text, OpCode::Text, true, false)
+        })
+    }
+
+    /// Queues a frame encoded by [`encode_text`] (shared by every member of a fan-out).
+    pub fn encoded(&self, frame: &[u8]) -> Result<(), SlowClient> {
+        self.push(frame.len(), |buf| buf.extend_from_slice(frame))
+    }
+
+    fn pong(&self, data: &[u8]) -> Result<(), SlowClient> {
+        self.push(data.len() + 10, |buf| {
+            Parser::write_message(buf, data, OpCode::Pong, true, false)
+        })
+    }
+
+    /// Sends a close frame after what is queued, then ends the response.
+    fn close(&self, code: CloseCode, description: &str) {
+        let waker = {
+            let mut s = self.state();
+            if s.close.is_some() || s.ended {
+                return;
+            }
+            s.refusing = true;
+            s.close = Some(CloseReason {
+                code,
+                description: Some(description.to_owned()),
+            });
+            s.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// A server-to-client text frame (unmasked), encoded once for any number of recipients.
+pub fn encode_text(text: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(text.len() + 10);
+    Parser::write_message(&mut buf, text, OpCode::Text, true, false);
+    buf.freeze()
+}
+
+/// The sending half of a WebSocket connection, held by the connection actor.
 pub struct WsSink {
-    tx: mpsc::UnboundedSender<Outgoing>,
-    /// Bytes sent but not yet taken by the socket writer.
-    queued: Arc<AtomicUsize>,
-    limit: usize,
-    closed: bool,
+    queue: Arc<WsQueue>,
 }
 
 impl WsSink {
-    /// A sink and the response body that drains it.
+    /// A sink and the response body that drains it; `limit` bounds the bytes waiting.
     pub fn new(limit: usize) -> (WsSink, WsOutboxBody) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(WsQueue::new(limit));
         (
             WsSink {
-                tx,
-                queued: queued.clone(),
-                limit,
-                closed: false,
+                queue: queue.clone(),
             },
-            WsOutboxBody {
-                rx,
-                queued,
-                codec: Codec::new(),
-                buf: BytesMut::new(),
-                done: false,
-            },
+            WsOutboxBody { queue, done: false },
         )
     }
 
-    fn push(&mut self, len: usize, msg: Outgoing) -> Result<(), SlowClient> {
-        if self.closed {
-            return Ok(());
-        }
-        let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
-        let _ = self.tx.send(msg);
-        if queued > self.limit {
-            Err(SlowClient)
-        } else {
-            Ok(())
-        }
+    /// The shared queue, for rooms to fan out into directly.
+    pub fn queue(&self) -> Arc<WsQueue> {
+        self.queue.clone()
     }
 
     /// Queues a text frame.
-    pub fn text(&mut self, frame: ByteString) -> Result<(), SlowClient> {
-        self.push(frame.len(), Outgoing::Text(frame))
+    pub fn text(&mut self, frame: &str) -> Result<(), SlowClient> {
+        self.queue.text(frame)
     }
 
     /// Answers a WebSocket ping.
     pub fn pong(&mut self, data: Bytes) -> Result<(), SlowClient> {
-        self.push(data.len(), Outgoing::Pong(data))
+        self.queue.pong(&data)
     }
 
     /// Sends a close frame after what is queued and ends the response.
     pub fn close(&mut self, code: CloseCode, description: &str) {
-        if !self.closed {
-            let _ = self.tx.send(Outgoing::Close(code, description.to_owned()));
-            self.closed = true;
-        }
+        self.queue.close(code, description);
     }
 }
 
-/// Most bytes encoded into one write.
-const WRITE_CHUNK: usize = 256 * 1024;
-
-/// The response body of a WebSocket connection.
+/// The response body of a WebSocket connection: whatever is queued, as one chunk per poll.
 pub struct WsOutboxBody {
-    rx: mpsc::UnboundedReceiver<Outgoing>,
-    queued: Arc<AtomicUsize>,
-    codec: Codec,
-    buf: BytesMut,
+    queue: Arc<WsQueue>,
     done: bool,
 }
 
@@ -262,52 +324,33 @@ impl Stream for WsOutboxBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let mut taken = 0;
-        while this.buf.len() < WRITE_CHUNK {
-            match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(msg)) => {
-                    let msg = match msg {
-                        Outgoing::Text(text) => {
-                            taken += text.len();
-                            Message::Text(text)
-                        }
-                        Outgoing::Pong(data) => {
-                            taken += data.len();
-                            Message::Pong(data)
-                        }
-                        Outgoing::Close(code, description) => {
-                            this.done = true;
-                            Message::Close(Some(CloseReason {
-                                code,
-                                description: Some(description),
-                            }))
-                        }
-                    };
-                    // Encoding into a growable buffer cannot fail.
-                    let _ = this.codec.encode(msg, &mut this.buf);
-                    if this.done {
-                        break;
-                    }
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    break;
-                }
-                Poll::Pending => break,
-            }
+        let mut s = this.queue.state();
+        if let Some(reason) = s.close.take() {
+            Parser::write_close(&mut s.buf, Some(reason), false);
+            s.ended = true;
+            this.done = true;
         }
-        this.queued.fetch_sub(taken, Ordering::Relaxed);
-        if !this.buf.is_empty() {
-            let bytes = this.buf.split().freeze();
-            if this.buf.capacity() > WRITE_CHUNK {
-                this.buf = BytesMut::new();
-            }
-            return Poll::Ready(Some(Ok(bytes)));
+        if !s.buf.is_empty() {
+            return Poll::Ready(Some(Ok(s.buf.split().freeze())));
         }
         if this.done {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
+            return Poll::Ready(None);
         }
+        match &s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for WsOutboxBody {
+    fn drop(&mut self) {
+        // The socket is gone: frames pushed from now on are dropped, and their memory freed.
+        let mut s = self.queue.state();
+        s.refusing = true;
+        s.ended = true;
+        s.buf = BytesMut::new();
+        s.waker = None;
     }
 }
