@@ -119,6 +119,9 @@ pub struct RoomActor {
     persistence: PersistenceLink,
     hooks: Arc<dyn Hooks>,
     joins: prometheus::IntCounter,
+    /// The service is shutting down and the windows were flushed: every new history event
+    /// is also handed to the store at once, so nothing accepted from now on is lost either.
+    write_through: bool,
 }
 
 impl RoomActor {
@@ -159,6 +162,7 @@ impl RoomActor {
             events,
             persistence,
             hooks,
+            write_through: false,
         }
     }
 
@@ -607,6 +611,7 @@ impl Handler<Trigger> for RoomActor {
         let data = self
             .hooks
             .before_each(&msg.identity, &room_id, &msg.event, msg.data)?;
+        let write_through = self.write_through;
         let state = self.event_state(&msg.event)?;
         if let Err(e) = state.def.validate(&data) {
             state.counters.validation_failures.inc();
@@ -635,14 +640,21 @@ impl Handler<Trigger> for RoomActor {
         let after = json.clone();
 
         let evicted = match &mut state.history {
-            Some(history) => history.push(Arc::new(StoredEvent {
-                seq,
-                timestamp,
-                from: msg.identity.user_id.clone(),
-                data,
-                meta: msg.meta,
-                json: json.into_boxed_str(),
-            })),
+            Some(history) => {
+                let stored = Arc::new(StoredEvent {
+                    seq,
+                    timestamp,
+                    from: msg.identity.user_id.clone(),
+                    data,
+                    meta: msg.meta,
+                    json: json.into_boxed_str(),
+                });
+                let mut evicted = history.push(stored.clone());
+                if write_through {
+                    evicted.push(stored);
+                }
+                evicted
+            }
             None => {
                 state.last_seq = seq;
                 Vec::new()
@@ -785,6 +797,7 @@ impl Handler<FlushHistory> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: FlushHistory, _: &mut Context<Self>) {
+        self.write_through = true;
         for batch in self.window_batches(false) {
             self.persistence.evicted.do_send(batch);
         }

@@ -275,6 +275,8 @@ test("oversized payloads: PAYLOAD_TOO_LARGE for data, closed connection for fram
 test("rooms: list, create, announce, delete with permissions", async () => {
   const a = await connect("creator");
   const b = await connect("other");
+  // Both are members of the autoJoin room once b's join is confirmed (a's precedes its request).
+  await b.waitFor("dialogue:joined", (j) => j.roomId === "general");
   const list = await a.request("dialogue:listRooms");
   const general = list.rooms.find((r) => r.id === "general");
   assert.equal(general.name, "General Chat");
