@@ -8,7 +8,7 @@ mod common;
 use common::{run_node_tests, run_python, TestServer};
 
 const CONFIG: &str = r#"
-server: { host: 127.0.0.1, port: 0, workers: 4, pingInterval: 300, pingTimeout: 300, maxPayload: 100000 }
+server: { host: 127.0.0.1, port: 0, workers: 4, pingInterval: 300, pingTimeout: 1000, maxPayload: 100000 }
 limits: { historyRequestsPerMinute: 0, triggersPerSecond: 0 }
 events:
   message:
