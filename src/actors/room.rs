@@ -119,6 +119,10 @@ pub struct RoomActor {
     persistence: PersistenceLink,
     hooks: Arc<dyn Hooks>,
     joins: prometheus::IntCounter,
+    /// Evicted events not yet handed to the store, one batch per event: sent once the
+    /// mailbox is drained (a burst of triggers costs the store one message and one write), or
+    /// before anything reads history.
+    evicted: Vec<EvictedBatch>,
     /// The service is shutting down and the windows were flushed: every new history event
     /// is also handed to the store at once, so nothing accepted from now on is lost either.
     write_through: bool,
@@ -162,7 +166,32 @@ impl RoomActor {
             events,
             persistence,
             hooks,
+            evicted: Vec::new(),
             write_through: false,
+        }
+    }
+
+    /// Keeps `events` evicted from `event`'s window for the next hand-over to the store.
+    fn evict(&mut self, ctx: &mut Context<Self>, event: &Arc<str>, events: Vec<Arc<StoredEvent>>) {
+        if self.evicted.is_empty() {
+            // Spawned futures run after the messages already waiting have been handled.
+            ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, _| act.hand_over_evicted()));
+        }
+        match self.evicted.iter_mut().find(|b| &b.event == event) {
+            Some(batch) => batch.events.extend(events),
+            None => self.evicted.push(EvictedBatch {
+                room_id: self.shared.id.clone(),
+                event: event.clone(),
+                events,
+            }),
+        }
+    }
+
+    /// Hands the evicted events to the store (in order: the store sees them before any read
+    /// this room sends it afterwards).
+    fn hand_over_evicted(&mut self) {
+        for batch in self.evicted.drain(..) {
+            self.persistence.evicted.do_send(batch);
         }
     }
 
@@ -457,6 +486,7 @@ impl Handler<Join> for RoomActor {
     type Result = ResponseFuture<Result<(), DialogueError>>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
+        self.hand_over_evicted();
         if let Some(member) = self.members.get(&msg.conn) {
             // Joining twice is harmless: confirm again, change nothing.
             self.send_to(&member.outbox, "dialogue:joined", &self.joined_json());
@@ -601,7 +631,7 @@ impl Handler<SetSubscription> for RoomActor {
 impl Handler<Trigger> for RoomActor {
     type Result = Result<Triggered, DialogueError>;
 
-    fn handle(&mut self, msg: Trigger, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Trigger, ctx: &mut Context<Self>) -> Self::Result {
         let started = std::time::Instant::now();
         self.check_member(msg.conn)?;
         let room_id = self.shared.id.clone();
@@ -663,11 +693,7 @@ impl Handler<Trigger> for RoomActor {
         let event_name = state.name.clone();
         let counters = state.counters.clone();
         if !evicted.is_empty() {
-            self.persistence.evicted.do_send(EvictedBatch {
-                room_id,
-                event: event_name.clone(),
-                events: evicted,
-            });
+            self.evict(ctx, &event_name, evicted);
         }
 
         let mut delivered = 0;
@@ -691,6 +717,7 @@ impl Handler<GetHistory> for RoomActor {
     type Result = ResponseFuture<Result<HistoryPage, DialogueError>>;
 
     fn handle(&mut self, msg: GetHistory, _: &mut Context<Self>) -> Self::Result {
+        self.hand_over_evicted();
         let page = (|| {
             self.check_member(msg.conn)?;
             if !self.carries(&msg.event) {
@@ -798,6 +825,7 @@ impl Handler<FlushHistory> for RoomActor {
 
     fn handle(&mut self, _: FlushHistory, _: &mut Context<Self>) {
         self.write_through = true;
+        self.hand_over_evicted();
         for batch in self.window_batches(false) {
             self.persistence.evicted.do_send(batch);
         }
@@ -808,6 +836,7 @@ impl Handler<CloseRoom> for RoomActor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: CloseRoom, ctx: &mut Context<Self>) -> Self::Result {
+        self.hand_over_evicted();
         for batch in self.window_batches(true) {
             self.persistence.evicted.do_send(batch);
         }
