@@ -76,17 +76,25 @@ pub async fn insert_batches(
     if rows.is_empty() {
         return Ok(0);
     }
+    let on_conflict = || {
+        OnConflict::columns([Column::RoomId, Column::EventName, Column::Seq])
+            .do_nothing()
+            .to_owned()
+    };
+    if rows.len() <= ROWS_PER_STATEMENT {
+        // One statement is atomic by itself: no BEGIN/COMMIT round trips.
+        return Messages::insert_many(rows)
+            .on_conflict(on_conflict())
+            .exec_without_returning(db)
+            .await;
+    }
     let txn = db.begin().await?;
     let mut inserted = 0;
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
         inserted += Messages::insert_many(chunk)
-            .on_conflict(
-                OnConflict::columns([Column::RoomId, Column::EventName, Column::Seq])
-                    .do_nothing()
-                    .to_owned(),
-            )
+            .on_conflict(on_conflict())
             .exec_without_returning(&txn)
             .await?;
     }

@@ -21,6 +21,11 @@ use tokio::sync::oneshot;
 
 /// Most events written in one transaction.
 const MAX_EVENTS_PER_WRITE: usize = 20_000;
+/// Fewer events than this wait up to [`LINGER`] for company before they are written: at a
+/// low rate every transaction would carry one event, and a transaction costs far more than
+/// a row. They stay readable meanwhile, and a graceful shutdown writes them at once.
+const LINGER_EVENTS: usize = 256;
+const LINGER: Duration = Duration::from_millis(20);
 /// Consecutive failures after which the actor restarts with a new connection.
 const FAILURES_BEFORE_RESTART: u32 = 6;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -68,6 +73,8 @@ pub struct Persistence {
     /// A retry is scheduled; don't start another attempt before it.
     backing_off: bool,
     connecting: bool,
+    /// A write is scheduled for when [`LINGER`] has passed.
+    lingering: bool,
     waiters: Vec<(u64, oneshot::Sender<()>)>,
 }
 
@@ -94,6 +101,7 @@ impl Persistence {
             failing_since: None,
             backing_off: false,
             connecting: false,
+            lingering: false,
             waiters: Vec::new(),
         });
         let link = PersistenceLink {
@@ -112,8 +120,28 @@ impl Persistence {
         self.health.backlog.load(Ordering::Relaxed)
     }
 
-    /// Starts a write of everything waiting, unless one is running or a retry is due later.
+    /// Writes what is waiting: at once when there is plenty or someone waits for it, else
+    /// after [`LINGER`].
     fn write_next(&mut self, ctx: &mut Context<Self>) {
+        if !self.in_flight.is_empty() || self.backing_off || self.pending.is_empty() {
+            return;
+        }
+        let waiting: usize = self.pending.iter().map(|b| b.events.len()).sum();
+        if waiting < LINGER_EVENTS && self.waiters.is_empty() {
+            if !self.lingering {
+                self.lingering = true;
+                ctx.run_later(LINGER, |act, ctx| {
+                    act.lingering = false;
+                    act.write_now(ctx);
+                });
+            }
+            return;
+        }
+        self.write_now(ctx);
+    }
+
+    /// Starts a write of everything waiting, unless one is running or a retry is due later.
+    fn write_now(&mut self, ctx: &mut Context<Self>) {
         if !self.in_flight.is_empty() || self.backing_off || self.pending.is_empty() {
             return;
         }
@@ -398,13 +426,14 @@ impl Handler<LoadWindow> for Persistence {
 impl Handler<WaitWritten> for Persistence {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: WaitWritten, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: WaitWritten, ctx: &mut Context<Self>) -> Self::Result {
         let target = self.next_batch_id - 1;
         if target <= self.written_upto {
             return Box::pin(async {});
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push((target, tx));
+        self.write_next(ctx);
         Box::pin(async move {
             let _ = rx.await;
         })
