@@ -9,12 +9,15 @@ use crate::server::{cpu_seconds, RssSampler};
 use crate::stats::{Histogram, SeenSeqs};
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 /// A subscriber that has received nothing for this long counts the rest as lost.
 const IDLE_END: Duration = Duration::from_secs(5);
+/// How often a waiting subscriber looks whether refused triggers lowered its count.
+const POLL: Duration = Duration::from_millis(100);
 
 pub struct Options {
     /// Name in the JSON line (`fanout`, `latency`).
@@ -89,19 +92,35 @@ struct Received {
     client: Client,
 }
 
-/// Counts one subscriber's deliveries of `expected` events, recording latencies in `hist`.
-async fn receive(mut c: Client, event: &str, expected: u64, hist: &Histogram) -> Received {
+/// Counts one subscriber's deliveries until it has all of its room's accepted events
+/// (`expected[room]`, lowered by the senders as triggers are refused), recording latencies.
+async fn receive(
+    mut c: Client,
+    event: &str,
+    expected: &[AtomicU64],
+    room: usize,
+    hist: &Histogram,
+) -> Received {
     let marker = format!("[\"dialogue:event\",{{\"event\":{}", json!(event));
     let mut seen = SeenSeqs::default();
     let (mut count, mut duplicates) = (0u64, 0u64);
-    while count < expected {
+    let mut idle = Duration::ZERO;
+    while count < expected[room].load(Ordering::Relaxed) {
         let frame = match c.try_next_event() {
             Some(f) => f,
-            None => match tokio::time::timeout(IDLE_END, c.next_event()).await {
+            None => match tokio::time::timeout(POLL, c.next_event()).await {
                 Ok(Some(f)) => f,
-                _ => break, // nothing for IDLE_END: the rest is lost
+                Ok(None) => break, // the connection closed
+                Err(_) => {
+                    idle += POLL;
+                    if idle >= IDLE_END {
+                        break; // the rest is lost
+                    }
+                    continue;
+                }
             },
         };
+        idle = Duration::ZERO;
         if !frame.starts_with(&marker) {
             continue;
         }
@@ -125,53 +144,84 @@ async fn receive(mut c: Client, event: &str, expected: u64, hist: &Histogram) ->
     }
 }
 
-/// Whether an ack says the trigger was accepted.
-fn accepted(ack: Result<Value, oneshot::error::RecvError>) -> bool {
-    ack.is_ok_and(|v| v["ok"] == json!(true))
+/// One sender's trigger outcomes.
+#[derive(Default)]
+struct Sent {
+    /// Triggers refused (or never acknowledged).
+    refused: u64,
+    /// The first refusal's ack, to say why.
+    first_refusal: Option<Value>,
 }
 
-/// One sender's triggers into `room`; returns how many were refused (or never acknowledged).
-async fn send(
-    c: Arc<Client>,
+impl Sent {
+    /// Counts an ack; a refusal lowers the deliveries the room's subscribers expect.
+    /// `ack` is `None` when the connection closed first.
+    fn settle(&mut self, ack: Option<Value>, expected: &AtomicU64) {
+        match ack {
+            Some(v) if v["ok"] == json!(true) => return,
+            Some(v) => {
+                self.first_refusal.get_or_insert(v);
+            }
+            None => {
+                self.first_refusal
+                    .get_or_insert(json!("connection closed before the ack"));
+            }
+        }
+        self.refused += 1;
+        expected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How one sender triggers.
+struct SendPlan {
     room: String,
     event: String,
     count: u64,
+    /// Unacknowledged triggers in flight (without an interval).
     window: usize,
+    /// A fixed pace, from `first_tick`.
     interval: Option<Duration>,
     first_tick: tokio::time::Instant,
-) -> Result<u64, String> {
+}
+
+/// One sender's triggers; `expected` is its room's count of accepted events.
+async fn send(
+    c: Arc<Client>,
+    p: SendPlan,
+    expected: Arc<[AtomicU64]>,
+    room: usize,
+) -> Result<Sent, String> {
     let mut inflight = std::collections::VecDeque::new();
-    let mut refused = 0u64;
-    let mut ticker = interval.map(|every| tokio::time::interval_at(first_tick, every));
-    for i in 0..count {
+    let mut out = Sent::default();
+    let mut ticker = p
+        .interval
+        .map(|every| tokio::time::interval_at(p.first_tick, every));
+    for i in 0..p.count {
         if let Some(t) = ticker.as_mut() {
             t.tick().await;
-            // Let go of the acks that have come.
+            // Settle the acks that have come.
             while let Some(front) = inflight.front_mut() {
                 let front: &mut oneshot::Receiver<Value> = front;
-                match front.try_recv() {
+                let ack = match front.try_recv() {
                     Err(oneshot::error::TryRecvError::Empty) => break,
-                    Ok(v) if v["ok"] == json!(true) => {}
-                    _ => refused += 1,
-                }
+                    Ok(v) => Some(v),
+                    Err(oneshot::error::TryRecvError::Closed) => None,
+                };
+                out.settle(ack, &expected[room]);
                 inflight.pop_front();
             }
-        } else if inflight.len() >= window {
+        } else if inflight.len() >= p.window {
             let rx = inflight.pop_front().expect("the window is not empty");
-            if !accepted(rx.await) {
-                refused += 1;
-            }
+            out.settle(rx.await.ok(), &expected[room]);
         }
-        let payload = json!({ "roomId": room, "event": event, "data": {
+        let payload = json!({ "roomId": p.room, "event": p.event, "data": {
             "text": format!("fanout {i}"), "username": "load", "sentAt": now_us() } });
         inflight.push_back(c.send_request("dialogue:trigger", &payload)?);
     }
     for rx in inflight {
-        if !accepted(rx.await) {
-            refused += 1;
-        }
+        out.settle(rx.await.ok(), &expected[room]);
     }
-    Ok(refused)
+    Ok(out)
 }
 
 pub async fn run(o: Options) -> Result<Value, String> {
@@ -209,11 +259,17 @@ pub async fn run(o: Options) -> Result<Value, String> {
 
     let per_sender = o.messages / o.senders.max(1) as u64;
     let total = per_sender * o.senders as u64;
-    let mut per_room = vec![0u64; o.rooms.len()];
+    // Events each room will carry; senders lower a room's count for each refused trigger.
+    let per_room: Arc<[AtomicU64]> = (0..o.rooms.len()).map(|_| AtomicU64::new(0)).collect();
     for (room, _) in &senders {
-        per_room[*room] += per_sender;
+        per_room[*room].fetch_add(per_sender, Ordering::Relaxed);
     }
-    let expected: u64 = subs.iter().map(|(room, _)| per_room[*room]).sum();
+    let subs_per_room = subs
+        .iter()
+        .fold(vec![0u64; o.rooms.len()], |mut n, (room, _)| {
+            n[*room] += 1;
+            n
+        });
 
     let hist = Arc::new(Histogram::default());
     let rss = o
@@ -221,13 +277,14 @@ pub async fn run(o: Options) -> Result<Value, String> {
         .zip(o.rss_every)
         .map(|(pid, every)| RssSampler::start(pid, every));
     let cpu_before = o.server_pid.and_then(cpu_seconds);
+    let own_cpu_before = cpu_seconds(std::process::id());
     let start = Instant::now();
 
     let receivers: Vec<_> = subs
         .into_iter()
         .map(|(room, c)| {
-            let (event, hist, expected) = (o.event.clone(), hist.clone(), per_room[room]);
-            tokio::spawn(async move { receive(c, &event, expected, &hist).await })
+            let (event, hist, expected) = (o.event.clone(), hist.clone(), per_room.clone());
+            tokio::spawn(async move { receive(c, &event, &expected, room, &hist).await })
         })
         .collect();
 
@@ -243,21 +300,28 @@ pub async fn run(o: Options) -> Result<Value, String> {
                 + interval
                     .unwrap_or_default()
                     .mul_f64(j as f64 / o.senders as f64);
-            tokio::spawn(send(
-                c.clone(),
-                o.rooms[*room].clone(),
-                o.event.clone(),
-                per_sender,
-                o.window,
+            let plan = SendPlan {
+                room: o.rooms[*room].clone(),
+                event: o.event.clone(),
+                count: per_sender,
+                window: o.window,
                 interval,
                 first_tick,
-            ))
+            };
+            tokio::spawn(send(c.clone(), plan, per_room.clone(), *room))
         })
         .collect();
-    let mut refused = 0;
+    let (mut refused, mut first_refusal) = (0, None);
     for t in send_tasks {
-        refused += t.await.map_err(|e| e.to_string())??;
+        let sent = t.await.map_err(|e| e.to_string())??;
+        refused += sent.refused;
+        first_refusal = first_refusal.or(sent.first_refusal);
     }
+    let expected: u64 = per_room
+        .iter()
+        .zip(&subs_per_room)
+        .map(|(events, subs)| events.load(Ordering::Relaxed) * subs)
+        .sum();
     let send_seconds = start.elapsed().as_secs_f64();
     let (mut received, mut duplicates) = (0u64, 0u64);
     let mut clients = Vec::with_capacity(receivers.len());
@@ -270,6 +334,10 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_before
         .zip(o.server_pid.and_then(cpu_seconds))
+        .map(|(a, b)| b - a);
+    // Near 100 % of one core, the load generator may be what limits the figures.
+    let own_cpu = own_cpu_before
+        .zip(cpu_seconds(std::process::id()))
         .map(|(a, b)| b - a);
     let rss = match rss {
         Some(s) => Some(s.finish().await),
@@ -291,6 +359,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
         "messages": total,
         "rate": o.rate,
         "refused": refused,
+        "first_refusal": first_refusal,
         "expected": expected,
         "deliveries": received,
         "lost": expected.saturating_sub(received),
@@ -306,6 +375,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
         "max_ms": ms(100.0),
         "server_cpu_s": cpu,
         "server_cpu_us_per_delivery": cpu.map(|c| c * 1e6 / received.max(1) as f64),
+        "loadgen_cpu_pct": own_cpu.map(|c| (c * 100.0 / elapsed).round()),
     });
     if let Some(samples) = rss.filter(|s| !s.is_empty()) {
         let (first, last) = (samples[0], samples[samples.len() - 1]);
@@ -319,7 +389,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
     eprintln!(
         "{}: {received}/{expected} deliveries ({} lost, {duplicates} duplicated, {refused} refused) in {elapsed:.2}s ({}/s; {} msg/s sent), \
-         p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms max {:.3} ms, server CPU {:.3} µs/delivery",
+         p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms max {:.3} ms, server CPU {:.3} µs/delivery, load generator CPU {} %",
         o.scenario,
         result["lost"],
         result["deliveries_per_s"],
@@ -329,7 +399,11 @@ pub async fn run(o: Options) -> Result<Value, String> {
         f("p999_ms"),
         f("max_ms"),
         f("server_cpu_us_per_delivery"),
+        result["loadgen_cpu_pct"],
     );
+    if !result["first_refusal"].is_null() {
+        eprintln!("{}: first refusal: {}", o.scenario, result["first_refusal"]);
+    }
     if result.get("rss_first_kib").is_some() {
         eprintln!(
             "{}: server RSS first {} KiB, last {} KiB, max {} KiB ({:+.1} %)",
