@@ -8,7 +8,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+
+/// Bytes read from the socket at a time; larger messages still arrive whole.
+const READ_BUFFER: usize = 8 * 1024;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
@@ -37,7 +41,9 @@ impl Client {
     /// Connects, completes the Socket.IO CONNECT with `{userId}`, and starts the I/O tasks.
     /// With `collect_events`, received events are queued on [`Client::events`].
     pub async fn connect(url: &str, user_id: &str, collect_events: bool) -> Result<Client, String> {
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(ws_url(url), None, true)
+        // A small read buffer (the default is 128 KiB): thousands of clients share one process.
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(ws_url(url), Some(config), true)
             .await
             .map_err(|e| format!("connect {url}: {e}"))?;
         let (mut sink, mut stream) = ws.split();
@@ -144,6 +150,11 @@ impl Client {
     /// The next received event (`["name", payload]` JSON text), if events are collected.
     pub async fn next_event(&mut self) -> Option<String> {
         self.events.as_mut()?.recv().await
+    }
+
+    /// An event already received, if any, without waiting.
+    pub fn try_next_event(&mut self) -> Option<String> {
+        self.events.as_mut()?.try_recv().ok()
     }
 
     /// Closes the connection.

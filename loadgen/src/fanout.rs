@@ -1,23 +1,44 @@
-//! The fan-out scenario: subscribers measure end-to-end latency from a send timestamp carried
-//! in each event's data; the server's CPU time comes from /proc/PID/stat.
+//! Fan-out and latency: subscribers and senders spread over one or more rooms; senders trigger
+//! as fast as a window of unacknowledged triggers allows, or at a fixed rate. Subscribers
+//! measure end-to-end latency from a send timestamp carried in each event's data, and count
+//! lost and duplicated deliveries. The server's CPU time comes from /proc/PID/stat, its
+//! memory (optionally sampled through the run) from /proc/PID/status.
 
 use crate::client::Client;
-use crate::{joined_client, percentile};
+use crate::server::{cpu_seconds, RssSampler};
+use crate::stats::{Histogram, SeenSeqs};
+use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
-use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// A subscriber that has received nothing for this long counts the rest as lost.
+const IDLE_END: Duration = Duration::from_secs(5);
+/// How often a waiting subscriber looks whether refused triggers lowered its count.
+const POLL: Duration = Duration::from_millis(100);
 
 pub struct Options {
+    /// Name in the JSON line (`fanout`, `latency`).
+    pub scenario: &'static str,
     pub url: String,
-    pub room: String,
     pub event: String,
+    /// Subscriber `i` joins `rooms[i % len]`, sender `j` joins `rooms[j % len]`.
+    pub rooms: Vec<String>,
     pub subscribers: usize,
     pub senders: usize,
+    /// Messages in all (split evenly over the senders).
     pub messages: u64,
+    /// Messages per second in all; 0 = as fast as the window allows.
     pub rate: u64,
+    /// Unacknowledged triggers in flight per sender (rate 0).
     pub window: usize,
+    /// Connections opened at once while setting up.
+    pub connect_concurrency: usize,
     pub server_pid: Option<u32>,
+    /// Sample the server's RSS this often during the run.
+    pub rss_every: Option<Duration>,
 }
 
 fn now_us() -> u64 {
@@ -25,16 +46,6 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-/// Server CPU seconds (user + system) from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }
 
 /// The unsigned integer after `key` in `text` (a cheap scan instead of parsing every event).
@@ -47,153 +58,361 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
+/// Opens `n` connections named `{user_prefix}{i}`, connection `i` joined to
+/// `rooms[i % rooms.len()]`, `concurrency` at a time. Each result carries the room index.
+pub async fn connect_all(
+    url: &str,
+    user_prefix: &str,
+    rooms: &[String],
+    n: usize,
+    collect_events: bool,
+    concurrency: usize,
+) -> Vec<Result<(usize, Client), String>> {
+    stream::iter(0..n)
+        .map(|i| async move {
+            let room = i % rooms.len();
+            let c = Client::connect(url, &format!("{user_prefix}{i}"), collect_events).await?;
+            let r = c
+                .request("dialogue:join", &json!({ "roomId": rooms[room] }))
+                .await?;
+            if r["ok"] != json!(true) {
+                return Err(format!("join {}: {r}", rooms[room]));
+            }
+            Ok((room, c))
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// What one subscriber saw.
 struct Received {
-    latencies_us: Vec<u64>,
     count: u64,
     duplicates: u64,
+    client: Client,
+}
+
+/// Counts one subscriber's deliveries until it has all of its room's accepted events
+/// (`expected[room]`, lowered by the senders as triggers are refused), recording latencies.
+async fn receive(
+    mut c: Client,
+    event: &str,
+    expected: &[AtomicU64],
+    room: usize,
+    hist: &Histogram,
+) -> Received {
+    let marker = format!("[\"dialogue:event\",{{\"event\":{}", json!(event));
+    let mut seen = SeenSeqs::default();
+    let (mut count, mut duplicates) = (0u64, 0u64);
+    let mut idle = Duration::ZERO;
+    while count < expected[room].load(Ordering::Relaxed) {
+        let frame = match c.try_next_event() {
+            Some(f) => f,
+            None => match tokio::time::timeout(POLL, c.next_event()).await {
+                Ok(Some(f)) => f,
+                Ok(None) => break, // the connection closed
+                Err(_) => {
+                    idle += POLL;
+                    if idle >= IDLE_END {
+                        break; // the rest is lost
+                    }
+                    continue;
+                }
+            },
+        };
+        idle = Duration::ZERO;
+        if !frame.starts_with(&marker) {
+            continue;
+        }
+        let (Some(sent), Some(seq)) = (
+            number_after(&frame, "\"sentAt\":"),
+            number_after(&frame, "\"seq\":"),
+        ) else {
+            continue;
+        };
+        if !seen.insert(seq) {
+            duplicates += 1;
+            continue;
+        }
+        count += 1;
+        hist.record(now_us().saturating_sub(sent));
+    }
+    Received {
+        count,
+        duplicates,
+        client: c,
+    }
+}
+
+/// One sender's trigger outcomes.
+#[derive(Default)]
+struct Sent {
+    /// Triggers refused (or never acknowledged).
+    refused: u64,
+    /// The first refusal's ack, to say why.
+    first_refusal: Option<Value>,
+}
+
+impl Sent {
+    /// Counts an ack; a refusal lowers the deliveries the room's subscribers expect.
+    /// `ack` is `None` when the connection closed first.
+    fn settle(&mut self, ack: Option<Value>, expected: &AtomicU64) {
+        match ack {
+            Some(v) if v["ok"] == json!(true) => return,
+            Some(v) => {
+                self.first_refusal.get_or_insert(v);
+            }
+            None => {
+                self.first_refusal
+                    .get_or_insert(json!("connection closed before the ack"));
+            }
+        }
+        self.refused += 1;
+        expected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How one sender triggers.
+struct SendPlan {
+    room: String,
+    event: String,
+    count: u64,
+    /// Unacknowledged triggers in flight (without an interval).
+    window: usize,
+    /// A fixed pace, from `first_tick`.
+    interval: Option<Duration>,
+    first_tick: tokio::time::Instant,
+}
+
+/// One sender's triggers; `expected` is its room's count of accepted events.
+async fn send(
+    c: Arc<Client>,
+    p: SendPlan,
+    expected: Arc<[AtomicU64]>,
+    room: usize,
+) -> Result<Sent, String> {
+    let mut inflight = std::collections::VecDeque::new();
+    let mut out = Sent::default();
+    let mut ticker = p
+        .interval
+        .map(|every| tokio::time::interval_at(p.first_tick, every));
+    for i in 0..p.count {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+            // Settle the acks that have come.
+            while let Some(front) = inflight.front_mut() {
+                let front: &mut oneshot::Receiver<Value> = front;
+                let ack = match front.try_recv() {
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Ok(v) => Some(v),
+                    Err(oneshot::error::TryRecvError::Closed) => None,
+                };
+                out.settle(ack, &expected[room]);
+                inflight.pop_front();
+            }
+        } else if inflight.len() >= p.window {
+            let rx = inflight.pop_front().expect("the window is not empty");
+            out.settle(rx.await.ok(), &expected[room]);
+        }
+        let payload = json!({ "roomId": p.room, "event": p.event, "data": {
+            "text": format!("fanout {i}"), "username": "load", "sentAt": now_us() } });
+        inflight.push_back(c.send_request("dialogue:trigger", &payload)?);
+    }
+    for rx in inflight {
+        out.settle(rx.await.ok(), &expected[room]);
+    }
+    Ok(out)
 }
 
 pub async fn run(o: Options) -> Result<Value, String> {
-    let mut subs = Vec::new();
-    for i in 0..o.subscribers {
-        let mut c = Client::connect(&o.url, &format!("sub{i}"), true).await?;
-        let r = c
-            .request("dialogue:join", &json!({ "roomId": o.room }))
-            .await?;
-        if r["ok"] != json!(true) {
-            return Err(format!("join: {r}"));
-        }
-        // Drop what arrived before the run (joined, history).
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), c.next_event()).await
-        {
-        }
-        subs.push(c);
+    let connect_started = Instant::now();
+    let mut subs = Vec::with_capacity(o.subscribers);
+    for r in connect_all(
+        &o.url,
+        "sub",
+        &o.rooms,
+        o.subscribers,
+        true,
+        o.connect_concurrency,
+    )
+    .await
+    {
+        let (room, mut c) = r?;
+        while c.try_next_event().is_some() {} // joined confirmations
+        subs.push((room, c));
     }
-    let mut senders = Vec::new();
-    for i in 0..o.senders {
-        senders.push(Arc::new(
-            joined_client(&o.url, &format!("sender{i}"), &o.room).await?,
-        ));
+    let mut senders = Vec::with_capacity(o.senders);
+    for r in connect_all(
+        &o.url,
+        "sender",
+        &o.rooms,
+        o.senders,
+        false,
+        o.connect_concurrency,
+    )
+    .await
+    {
+        let (room, c) = r?;
+        senders.push((room, Arc::new(c)));
     }
-    let per_sender = o.messages / o.senders as u64;
+    let connect_seconds = connect_started.elapsed().as_secs_f64();
+
+    let per_sender = o.messages / o.senders.max(1) as u64;
     let total = per_sender * o.senders as u64;
+    // Events each room will carry; senders lower a room's count for each refused trigger.
+    let per_room: Arc<[AtomicU64]> = (0..o.rooms.len()).map(|_| AtomicU64::new(0)).collect();
+    for (room, _) in &senders {
+        per_room[*room].fetch_add(per_sender, Ordering::Relaxed);
+    }
+    let subs_per_room = subs
+        .iter()
+        .fold(vec![0u64; o.rooms.len()], |mut n, (room, _)| {
+            n[*room] += 1;
+            n
+        });
+
+    let hist = Arc::new(Histogram::default());
+    let rss = o
+        .server_pid
+        .zip(o.rss_every)
+        .map(|(pid, every)| RssSampler::start(pid, every));
     let cpu_before = o.server_pid.and_then(cpu_seconds);
+    let own_cpu_before = cpu_seconds(std::process::id());
     let start = Instant::now();
 
-    let event = o.event.clone();
     let receivers: Vec<_> = subs
         .into_iter()
-        .map(|mut c| {
-            let event = event.clone();
-            tokio::spawn(async move {
-                let mut got = Received {
-                    latencies_us: Vec::with_capacity(total as usize),
-                    count: 0,
-                    duplicates: 0,
-                };
-                let mut seen = HashSet::with_capacity(total as usize);
-                let marker = format!("[\"dialogue:event\",{{\"event\":\"{event}\"");
-                while got.count < total {
-                    let Ok(Some(frame)) =
-                        tokio::time::timeout(Duration::from_secs(5), c.next_event()).await
-                    else {
-                        break; // nothing for 5 s: the rest is lost
-                    };
-                    if !frame.starts_with(&marker) {
-                        continue;
-                    }
-                    let (Some(sent), Some(seq)) = (
-                        number_after(&frame, "\"sentAt\":"),
-                        number_after(&frame, "\"seq\":"),
-                    ) else {
-                        continue;
-                    };
-                    if !seen.insert(seq) {
-                        got.duplicates += 1;
-                        continue;
-                    }
-                    got.count += 1;
-                    got.latencies_us.push(now_us().saturating_sub(sent));
-                }
-                c.close();
-                got
-            })
+        .map(|(room, c)| {
+            let (event, hist, expected) = (o.event.clone(), hist.clone(), per_room.clone());
+            tokio::spawn(async move { receive(c, &event, &expected, room, &hist).await })
         })
         .collect();
 
+    // At a fixed rate each sender ticks every `senders / rate` s; their first ticks are spread
+    // over one interval so the room does not see the senders' triggers in bursts.
     let interval = (o.rate > 0).then(|| Duration::from_secs_f64(o.senders as f64 / o.rate as f64));
+    let t0 = tokio::time::Instant::now();
     let send_tasks: Vec<_> = senders
         .iter()
-        .map(|c| {
-            let c = c.clone();
-            let (room, event, window) = (o.room.clone(), o.event.clone(), o.window);
-            tokio::spawn(async move {
-                let mut inflight = std::collections::VecDeque::new();
-                let mut ticker = interval.map(tokio::time::interval);
-                for i in 0..per_sender {
-                    if let Some(t) = ticker.as_mut() {
-                        t.tick().await;
-                    } else if inflight.len() >= window {
-                        let rx: tokio::sync::oneshot::Receiver<Value> =
-                            inflight.pop_front().expect("non-empty");
-                        let _ = rx.await;
-                    }
-                    let payload = json!({ "roomId": room, "event": event, "data": {
-                        "text": format!("fanout {i}"), "username": "load", "sentAt": now_us() } });
-                    inflight.push_back(c.send_request("dialogue:trigger", &payload)?);
-                }
-                for rx in inflight {
-                    let _ = rx.await;
-                }
-                Ok::<(), String>(())
-            })
+        .enumerate()
+        .map(|(j, (room, c))| {
+            let first_tick = t0
+                + interval
+                    .unwrap_or_default()
+                    .mul_f64(j as f64 / o.senders as f64);
+            let plan = SendPlan {
+                room: o.rooms[*room].clone(),
+                event: o.event.clone(),
+                count: per_sender,
+                window: o.window,
+                interval,
+                first_tick,
+            };
+            tokio::spawn(send(c.clone(), plan, per_room.clone(), *room))
         })
         .collect();
+    let (mut refused, mut first_refusal) = (0, None);
     for t in send_tasks {
-        t.await.map_err(|e| e.to_string())??;
+        let sent = t.await.map_err(|e| e.to_string())??;
+        refused += sent.refused;
+        first_refusal = first_refusal.or(sent.first_refusal);
     }
-    let mut latencies = Vec::new();
+    let expected: u64 = per_room
+        .iter()
+        .zip(&subs_per_room)
+        .map(|(events, subs)| events.load(Ordering::Relaxed) * subs)
+        .sum();
+    let send_seconds = start.elapsed().as_secs_f64();
     let (mut received, mut duplicates) = (0u64, 0u64);
+    let mut clients = Vec::with_capacity(receivers.len());
     for r in receivers {
         let got = r.await.map_err(|e| e.to_string())?;
         received += got.count;
         duplicates += got.duplicates;
-        latencies.extend(got.latencies_us);
+        clients.push(got.client);
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_before
         .zip(o.server_pid.and_then(cpu_seconds))
         .map(|(a, b)| b - a);
-    let mut ms: Vec<f64> = latencies.iter().map(|&us| us as f64 / 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let expected = total * o.subscribers as u64;
-    let result = json!({
-        "scenario": "fanout",
+    // Near 100 % of one core, the load generator may be what limits the figures.
+    let own_cpu = own_cpu_before
+        .zip(cpu_seconds(std::process::id()))
+        .map(|(a, b)| b - a);
+    let rss = match rss {
+        Some(s) => Some(s.finish().await),
+        None => None,
+    };
+    for c in clients {
+        c.close();
+    }
+    for (_, s) in &senders {
+        s.close();
+    }
+
+    let ms = |p: f64| hist.percentile(p).map(|us| us as f64 / 1000.0);
+    let mut result = json!({
+        "scenario": o.scenario,
+        "rooms": o.rooms.len(),
         "subscribers": o.subscribers,
         "senders": o.senders,
         "messages": total,
         "rate": o.rate,
+        "refused": refused,
+        "first_refusal": first_refusal,
+        "expected": expected,
         "deliveries": received,
         "lost": expected.saturating_sub(received),
         "duplicates": duplicates,
+        "connect_seconds": connect_seconds,
+        "send_seconds": send_seconds,
+        "sent_per_s": (total as f64 / send_seconds).round(),
         "seconds": elapsed,
         "deliveries_per_s": (received as f64 / elapsed).round(),
-        "p50_ms": percentile(&ms, 50.0),
-        "p99_ms": percentile(&ms, 99.0),
-        "p999_ms": percentile(&ms, 99.9),
-        "max_ms": percentile(&ms, 100.0),
+        "p50_ms": ms(50.0),
+        "p99_ms": ms(99.0),
+        "p999_ms": ms(99.9),
+        "max_ms": ms(100.0),
         "server_cpu_s": cpu,
         "server_cpu_us_per_delivery": cpu.map(|c| c * 1e6 / received.max(1) as f64),
+        "loadgen_cpu_pct": own_cpu.map(|c| (c * 100.0 / elapsed).round()),
     });
+    if let Some(samples) = rss.filter(|s| !s.is_empty()) {
+        let (first, last) = (samples[0], samples[samples.len() - 1]);
+        let max = samples.iter().copied().max().unwrap_or(0);
+        result["rss_first_kib"] = json!(first);
+        result["rss_last_kib"] = json!(last);
+        result["rss_max_kib"] = json!(max);
+        result["rss_growth_pct"] = json!((last as f64 - first as f64) * 100.0 / first as f64);
+        result["rss_samples"] = json!(samples.len());
+    }
+    let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
     eprintln!(
-        "fanout: {received}/{expected} deliveries in {elapsed:.2}s ({}/s), p50 {:.3} ms p99 {:.3} ms, server CPU {} µs/delivery",
+        "{}: {received}/{expected} deliveries ({} lost, {duplicates} duplicated, {refused} refused) in {elapsed:.2}s ({}/s; {} msg/s sent), \
+         p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms max {:.3} ms, server CPU {:.3} µs/delivery, load generator CPU {} %",
+        o.scenario,
+        result["lost"],
         result["deliveries_per_s"],
-        result["p50_ms"].as_f64().unwrap_or(f64::NAN),
-        result["p99_ms"].as_f64().unwrap_or(f64::NAN),
-        result["server_cpu_us_per_delivery"]
+        result["sent_per_s"],
+        f("p50_ms"),
+        f("p99_ms"),
+        f("p999_ms"),
+        f("max_ms"),
+        f("server_cpu_us_per_delivery"),
+        result["loadgen_cpu_pct"],
     );
-    for s in senders {
-        s.close();
+    if !result["first_refusal"].is_null() {
+        eprintln!("{}: first refusal: {}", o.scenario, result["first_refusal"]);
+    }
+    if result.get("rss_first_kib").is_some() {
+        eprintln!(
+            "{}: server RSS first {} KiB, last {} KiB, max {} KiB ({:+.1} %)",
+            o.scenario,
+            result["rss_first_kib"],
+            result["rss_last_kib"],
+            result["rss_max_kib"],
+            f("rss_growth_pct")
+        );
     }
     Ok(result)
 }

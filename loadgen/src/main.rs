@@ -1,14 +1,25 @@
 //! `dialogue-load`: load generator and benchmark scenarios for any server speaking Socket.IO
 //! v5 over Engine.IO v4 WebSocket and the dialogue events. Each scenario prints one JSON line
 //! (machine-readable) and a short human summary on stderr.
+//!
+//! Layout: [`client`] (one Socket.IO connection), [`fanout`] (fan-out and latency, also the
+//! connection set-up the others share), [`history`] (page latency, full scans), [`idle`],
+//! [`restart`], [`server`] (what is observed of the server process), [`stats`] (histogram,
+//! percentiles); persistence and bulk loading are here.
 
 mod client;
 mod fanout;
+mod history;
+mod idle;
+mod restart;
+mod server;
+mod stats;
 
 use clap::{Parser, Subcommand};
 use client::Client;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{json, Value};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +54,9 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         window: usize,
     },
-    /// Latency of history pages at given depths (offsets and cursor forms).
+    /// Latency of history pages at given depths (offsets and cursor forms); optionally
+    /// triggers events through the server first and scrolls the whole history by cursor,
+    /// checking every seq comes once, newest first, without a gap.
     History {
         #[arg(long, default_value = "http://127.0.0.1:3000")]
         url: String,
@@ -51,13 +64,22 @@ enum Scenario {
         room: String,
         #[arg(long, default_value = "message")]
         event: String,
-        /// Comma-separated depths (positions from the newest event).
+        /// Comma-separated depths (positions from the newest event); "" = none.
         #[arg(long, default_value = "0,100,1000000")]
         depths: String,
         #[arg(long, default_value_t = 200)]
         samples: usize,
         #[arg(long, default_value_t = 20)]
         page: u64,
+        /// Events to trigger through the server before measuring.
+        #[arg(long, default_value_t = 0)]
+        preload: u64,
+        /// Scroll the whole history by cursor pages and check it.
+        #[arg(long)]
+        scan: bool,
+        /// Page size of the scan.
+        #[arg(long, default_value_t = 100)]
+        scan_page: u64,
     },
     /// Fan-out: C subscribers, S senders, N messages (as fast as a window allows, or at a
     /// fixed rate); deliveries/s, end-to-end latency, lost and duplicated deliveries, and the
@@ -65,8 +87,11 @@ enum Scenario {
     Fanout {
         #[arg(long, default_value = "http://127.0.0.1:3000")]
         url: String,
+        /// The room; with --rooms R > 1, the prefix of rooms {room}0 … {room}R-1.
         #[arg(long, default_value = "general")]
         room: String,
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
         #[arg(long, default_value = "message")]
         event: String,
         #[arg(long, default_value_t = 100)]
@@ -81,8 +106,87 @@ enum Scenario {
         /// Unacknowledged triggers in flight per sender (rate 0).
         #[arg(long, default_value_t = 32)]
         window: usize,
+        /// Connections opened at once while setting up.
+        #[arg(long, default_value_t = 64)]
+        connect_concurrency: usize,
         #[arg(long)]
         server_pid: Option<u32>,
+    },
+    /// Latency at a fixed rate for a duration: S senders trigger `rate` messages/s in all
+    /// for `seconds` into R rooms with C subscribers; end-to-end p50/p99/p99.9/max, lost and
+    /// duplicated deliveries, server CPU per delivery, and the server's RSS sampled through
+    /// the run (first/last/max) with --server-pid.
+    Latency {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// The room; with --rooms R > 1, the prefix of rooms {room}0 … {room}R-1.
+        #[arg(long, default_value = "general")]
+        room: String,
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        #[arg(long, default_value = "message")]
+        event: String,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        /// Messages per second in all.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Connections opened at once while setting up.
+        #[arg(long, default_value_t = 64)]
+        connect_concurrency: usize,
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Seconds between RSS samples (0 = none).
+        #[arg(long, default_value_t = 5.0)]
+        rss_every: f64,
+    },
+    /// Idle connections: opens K connections each joined to a room; the server's RSS per
+    /// connection and connections opened (connect + join) per second.
+    Idle {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// The room; with --rooms R > 1, the prefix of rooms {room}0 … {room}R-1.
+        #[arg(long, default_value = "general")]
+        room: String,
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        /// Connections being opened at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long)]
+        server_pid: u32,
+        /// Milliseconds to wait before each memory reading.
+        #[arg(long, default_value_t = 1000)]
+        settle_ms: u64,
+    },
+    /// Restart: N messages into a room with history, SIGTERM to the server, the restart
+    /// command (run with `sh -c`; it starts the server again in the background on the same
+    /// port), /readyz, then a scroll of the whole history: how many of the N survived.
+    Restart {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, default_value = "general")]
+        room: String,
+        #[arg(long, default_value = "message")]
+        event: String,
+        #[arg(long, default_value_t = 150)]
+        messages: u64,
+        /// Unacknowledged triggers in flight.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        #[arg(long)]
+        server_pid: u32,
+        #[arg(long)]
+        restart_cmd: String,
+        /// Seconds allowed for the shutdown, and again for the restart.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Inserts rows straight into the database (seq 1..=rows) to measure deep pages.
     Bulkload {
@@ -97,13 +201,13 @@ enum Scenario {
     },
 }
 
-/// Percentile of sorted values (nearest rank).
-pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+/// `{prefix}0 … {prefix}R-1`, or just `room` when R is 1.
+fn room_names(room: &str, rooms: usize) -> Vec<String> {
+    if rooms <= 1 {
+        vec![room.to_owned()]
+    } else {
+        (0..rooms).map(|i| format!("{room}{i}")).collect()
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 async fn count_rows(db: &sea_orm::DatabaseConnection, room: &str, event: &str) -> u64 {
@@ -129,6 +233,42 @@ pub(crate) async fn joined_client(url: &str, user: &str, room: &str) -> Result<C
         return Err(format!("join {room}: {r}"));
     }
     Ok(c)
+}
+
+/// Triggers `n` events through `c` with up to `window` unacknowledged; returns the `seq`s
+/// acknowledged and how many were refused.
+pub(crate) async fn trigger_many(
+    c: &Client,
+    room: &str,
+    event: &str,
+    n: u64,
+    window: usize,
+    tag: &str,
+) -> Result<(Vec<u64>, u64), String> {
+    let mut acked = Vec::with_capacity(n as usize);
+    let mut refused = 0u64;
+    let mut settle = |ack: Result<Value, tokio::sync::oneshot::error::RecvError>| match ack
+        .ok()
+        .filter(|v| v["ok"] == json!(true))
+    {
+        Some(v) => acked.extend(v["seq"].as_u64()),
+        None => refused += 1,
+    };
+    let mut inflight = VecDeque::new();
+    for i in 0..n {
+        if inflight.len() >= window.max(1) {
+            let rx: tokio::sync::oneshot::Receiver<Value> =
+                inflight.pop_front().expect("the window is not empty");
+            settle(rx.await);
+        }
+        let payload = json!({ "roomId": room, "event": event,
+            "data": { "text": format!("{tag} {i}"), "username": "load" } });
+        inflight.push_back(c.send_request("dialogue:trigger", &payload)?);
+    }
+    for rx in inflight {
+        settle(rx.await);
+    }
+    Ok((acked, refused))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -235,68 +375,6 @@ async fn persist(
     Ok(result)
 }
 
-async fn history(
-    url: String,
-    room: String,
-    event: String,
-    depths: String,
-    samples: usize,
-    page: u64,
-) -> Result<Value, String> {
-    let c = joined_client(&url, "history-reader", &room).await?;
-    let top = c
-        .request(
-            "dialogue:getHistory",
-            &json!({ "roomId": room, "eventName": event, "start": 0, "end": 1 }),
-        )
-        .await?;
-    let last_seq = top["events"][0]["seq"]
-        .as_u64()
-        .ok_or(format!("no events in {room}: {top}"))?;
-    let mut results = Vec::new();
-    for depth in depths
-        .split(',')
-        .filter_map(|d| d.trim().parse::<u64>().ok())
-    {
-        if depth >= last_seq {
-            eprintln!("skipping depth {depth}: only {last_seq} events");
-            continue;
-        }
-        for form in ["offsets", "cursor"] {
-            let request = if form == "offsets" {
-                json!({ "roomId": room, "eventName": event, "start": depth, "end": depth + page })
-            } else {
-                json!({ "roomId": room, "eventName": event, "before": last_seq - depth + 1, "limit": page })
-            };
-            let mut times = Vec::with_capacity(samples);
-            for _ in 0..samples {
-                let t = Instant::now();
-                let r = c.request("dialogue:getHistory", &request).await?;
-                times.push(t.elapsed().as_secs_f64() * 1000.0);
-                let first = r["events"][0]["seq"].as_u64();
-                if first != Some(last_seq - depth) {
-                    return Err(format!(
-                        "depth {depth}: expected seq {} first, got {r}",
-                        last_seq - depth
-                    ));
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            let (p50, p99, max) = (
-                percentile(&times, 50.0),
-                percentile(&times, 99.0),
-                percentile(&times, 100.0),
-            );
-            eprintln!("history depth {depth:>9} {form:>7}: p50 {p50:.3} ms  p99 {p99:.3} ms  max {max:.3} ms");
-            results.push(json!({ "depth": depth, "form": form, "p50_ms": p50, "p99_ms": p99, "max_ms": max }));
-        }
-    }
-    c.close();
-    Ok(
-        json!({ "scenario": "history", "page": page, "samples": samples, "last_seq": last_seq, "results": results }),
-    )
-}
-
 async fn bulkload(db_url: String, room: String, event: String, rows: u64) -> Result<Value, String> {
     let db = dialogue::store::connect(&db_url)
         .await
@@ -340,6 +418,7 @@ async fn bulkload(db_url: String, room: String, event: String, rows: u64) -> Res
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    server::raise_open_files_limit();
     let result = match cli.scenario {
         Scenario::Persist {
             url,
@@ -358,7 +437,23 @@ async fn main() -> std::process::ExitCode {
             depths,
             samples,
             page,
-        } => history(url, room, event, depths, samples, page).await,
+            preload,
+            scan,
+            scan_page,
+        } => {
+            history::run(history::Options {
+                url,
+                room,
+                event,
+                depths,
+                samples,
+                page,
+                preload,
+                scan,
+                scan_page,
+            })
+            .await
+        }
         Scenario::Bulkload {
             db_url,
             room,
@@ -368,24 +463,100 @@ async fn main() -> std::process::ExitCode {
         Scenario::Fanout {
             url,
             room,
+            rooms,
             event,
             subscribers,
             senders,
             messages,
             rate,
             window,
+            connect_concurrency,
             server_pid,
         } => {
             fanout::run(fanout::Options {
+                scenario: "fanout",
                 url,
-                room,
                 event,
+                rooms: room_names(&room, rooms),
                 subscribers,
                 senders,
                 messages,
                 rate,
                 window,
+                connect_concurrency,
                 server_pid,
+                rss_every: None,
+            })
+            .await
+        }
+        Scenario::Latency {
+            url,
+            room,
+            rooms,
+            event,
+            subscribers,
+            senders,
+            rate,
+            seconds,
+            connect_concurrency,
+            server_pid,
+            rss_every,
+        } => {
+            fanout::run(fanout::Options {
+                scenario: "latency",
+                url,
+                event,
+                rooms: room_names(&room, rooms),
+                subscribers,
+                senders,
+                messages: (rate as f64 * seconds).round() as u64,
+                rate: rate.max(1),
+                window: usize::MAX,
+                connect_concurrency,
+                server_pid,
+                rss_every: (rss_every > 0.0).then(|| Duration::from_secs_f64(rss_every)),
+            })
+            .await
+        }
+        Scenario::Idle {
+            url,
+            room,
+            rooms,
+            connections,
+            concurrency,
+            server_pid,
+            settle_ms,
+        } => {
+            idle::run(idle::Options {
+                url,
+                rooms: room_names(&room, rooms),
+                connections,
+                concurrency,
+                server_pid,
+                settle: Duration::from_millis(settle_ms),
+            })
+            .await
+        }
+        Scenario::Restart {
+            url,
+            room,
+            event,
+            messages,
+            window,
+            server_pid,
+            restart_cmd,
+            timeout,
+        } => {
+            restart::run(restart::Options {
+                url,
+                room,
+                event,
+                messages,
+                window,
+                server_pid,
+                restart_cmd,
+                timeout: Duration::from_secs(timeout),
+                page: 100,
             })
             .await
         }

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from the JSON lines of bench/run: one row per figure with its target,
+the median (min–max) of the runs, whether the target is met, and the dialogue-ts on Node
+reference; then the machine, the commit and the settings."""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+
+DEFAULTS = {
+    "RUNS": "3", "SOAK_RUNS": "3", "FANOUT_MESSAGES": "30000", "LATENCY_RATES": "500 5000",
+    "LATENCY_SECONDS": "10", "IDLE_CONNECTIONS": "10000", "IDLE_CONCURRENCY": "64",
+    "MESSAGES": "100000", "DEEP_ROWS": "1000000", "HISTORY_SAMPLES": "500",
+    "SCAN_PRELOAD": "5000", "RESTART_MESSAGES": "150", "SOAK_CONNECTIONS": "10000",
+    "SOAK_ROOMS": "100", "SOAK_RATE": "1000", "SOAK_SECONDS": "300",
+}
+
+
+def page_p99(depth):
+    """The worse p99 of the offsets and cursor forms at `depth` (None: not measured)."""
+    def get(r):
+        ps = [x["p99_ms"] for x in r.get("results", []) if x["depth"] == depth]
+        return max(ps) if ps else None
+    return get
+
+
+def worst_page_p99(r):
+    return max((x["p99_ms"] for x in r.get("results", [])), default=None)
+
+
+def field(name):
+    return lambda r: r.get(name)
+
+
+def scan_ok(r):
+    s = r.get("scan")
+    return None if s is None else (1 if s["ok"] else 0)
+
+
+def figures(settings):
+    """(figure, bench, value, unit, target as (op, number, text), Node reference, judged on);
+    judged on "median", or "all" for correctness figures every run must meet."""
+    f = [
+        ("Server CPU per delivery at saturation, 100 subscribers × 4 senders", "fanout",
+         field("server_cpu_us_per_delivery"), "µs", ("<=", 0.75, "≤ 0.75 µs"), "7.4 µs", "median"),
+        ("Deliveries/s at saturation (same runs)", "fanout",
+         field("deliveries_per_s"), "/s", None, "133,600/s", "median"),
+    ]
+    p99_targets = {500: ("<=", 1, "≤ 1 ms"), 5000: ("<=", 5, "≤ 5 ms")}
+    node = {500: ("0.58 ms", "3.8 ms")}
+    for rate in (int(r) for r in settings["LATENCY_RATES"].split()):
+        at = f"at {rate:,} msg/s × 100 subscribers"
+        f += [
+            (f"Latency p50 {at}", f"latency-{rate}", field("p50_ms"), "ms", None,
+             node.get(rate, ("—", "—"))[0], "median"),
+            (f"Latency p99 {at}", f"latency-{rate}", field("p99_ms"), "ms",
+             p99_targets.get(rate), node.get(rate, ("—", "—"))[1], "median"),
+            (f"Triggers refused by the server {at} (of {rate * float(settings['LATENCY_SECONDS']):,.0f})",
+             f"latency-{rate}", field("refused"), "", None, "—", "median"),
+            (f"Deliveries lost {at} (of accepted triggers)", f"latency-{rate}", field("lost"), "",
+             ("==", 0, "0"), "—", "all"),
+        ]
+    f += [
+        ("Server memory per idle joined connection", "idle",
+         field("kib_per_connection"), "KiB", ("<=", 8, "≤ 8 KB"), "28.6 KB", "median"),
+        ("Connections opened (connect + join) per second", "idle",
+         field("connections_per_s"), "/s", (">=", 10000, "≥ 10,000/s"), "1,500/s", "median"),
+        ("Messages/s triggered through to the database, SQLite", "persist-sqlite",
+         field("persisted_per_s"), "/s", (">=", 100000, "≥ 100,000/s"), "18,600/s", "median"),
+        ("Messages/s triggered through to the database, PostgreSQL", "persist-postgres",
+         field("persisted_per_s"), "/s", (">=", 50000, "≥ 50,000/s"), "—", "median"),
+    ]
+    deepest = int(settings["DEEP_ROWS"]) - 20
+    for backend, name in (("sqlite", "SQLite"), ("postgres", "PostgreSQL")):
+        for depth, ref in ((100, "20 ms"), (10000, "64 ms"), (90000, "74 ms"), (deepest, "—")):
+            f.append((f"20-event page p99 at depth {depth:,}, {name}", f"history-{backend}",
+                      page_p99(depth), "ms", ("<=", 2, "≤ 2 ms"), ref, "median"))
+        f.append((f"20-event page p99, worst depth and form, {name}", f"history-{backend}",
+                  worst_page_p99, "ms", ("<=", 2, "≤ 2 ms"), "74 ms (depth 90,000)", "median"))
+        f.append((f"Cursor scan of {int(settings['SCAN_PRELOAD']):,} events triggered through "
+                  f"the server: every seq once, newest first, no gap (1 = yes), {name}",
+                  f"scan-{backend}", scan_ok, "", ("==", 1, "1"), "—", "all"))
+    soak = (f"Soak ({int(settings['SOAK_CONNECTIONS']):,} connections, "
+            f"{int(settings['SOAK_ROOMS']):,} rooms, {int(settings['SOAK_RATE']):,} msg/s, "
+            f"{int(settings['SOAK_SECONDS']):,} s)")
+    f += [
+        (f"{soak}: deliveries lost", "soak", field("lost"), "", ("==", 0, "0"), "—", "all"),
+        (f"{soak}: triggers refused", "soak", field("refused"), "", None, "—", "median"),
+        (f"{soak}: latency p99", "soak", field("p99_ms"), "ms", ("<=", 20, "≤ 20 ms"), "—",
+         "median"),
+        (f"{soak}: server RSS growth, first to last sample (flat = within 10 %)", "soak",
+         field("rss_growth_pct"), "%", ("<=", 10, "flat (≤ 10 %)"), "—", "median"),
+        (f"{soak}: server RSS, last sample", "soak", field("rss_last_kib"), "KiB", None, "—",
+         "median"),
+        (f"Restart (SIGTERM, start again): messages lost of {int(settings['RESTART_MESSAGES']):,} "
+         "sent", "restart", field("lost"), "", ("==", 0, "0"), "100 of 150", "all"),
+    ]
+    return f
+
+
+def fmt(v, unit):
+    if v is None:
+        return "—"
+    a = abs(v)
+    if float(v).is_integer() and unit in ("", "/s"):
+        s = f"{int(v):,}"
+    elif a >= 100:
+        s = f"{v:,.0f}"
+    elif a >= 10:
+        s = f"{v:.1f}"
+    elif a >= 1:
+        s = f"{v:.2f}"
+    else:
+        s = f"{v:.3f}"
+    return s + {"": "", "/s": "/s"}.get(unit, " " + unit)
+
+
+def meets(v, target):
+    op, n, _ = target
+    return {"<=": v <= n, ">=": v >= n, "==": v == n}[op]
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def machine():
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return (f"{os.cpu_count()} cores (`nproc` {sh('nproc')}), {cpu}; "
+            f"{mem_kib / 1024 / 1024:.1f} GiB RAM; Linux {platform.release()}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--commit", required=True)
+    ap.add_argument("--started", required=True)
+    ap.add_argument("--scenarios", required=True)
+    ap.add_argument("--failures")
+    a = ap.parse_args()
+
+    rows = [json.loads(line) for line in open(a.results) if line.strip()]
+    failures = []
+    if a.failures and os.path.exists(a.failures):
+        failures = [f.strip() for f in open(a.failures) if f.strip()]
+    settings = {k: os.environ.get(k, d) for k, d in DEFAULTS.items()}
+    reduced = {k: v for k, v in settings.items() if v != DEFAULTS[k]}
+
+    def matching(bench):
+        return [r for r in rows if r["bench"] == bench]
+
+    out = ["# Benchmarks", ""]
+    if reduced or a.scenarios.split() != "fanout latency idle persist history scan restart soak".split():
+        out += ["> **Smoke run, not the reference figures**: "
+                + (f"reduced settings ({', '.join(f'{k}={v}' for k, v in sorted(reduced.items()))})"
+                   if reduced else "default settings")
+                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle persist history scan restart soak".split() else "")
+                + ". Run `bench/run` with no overrides for figures to judge the targets by.", ""]
+    out += [
+        f"Measured {a.started} on commit `{a.commit}` by `bench/run`.",
+        "",
+        f"- Machine: {machine()}.",
+        "- Server: release build, `workers: 1`, `roomThreads: 1`, no rate limits, pinned to core 0 "
+        "(`taskset -c 0`); SQLite in WAL mode unless stated. Load generator (`dialogue-load`, "
+        "Rust, tokio-tungstenite) pinned to core 1.",
+        f"- Each figure: median (min–max) of {settings['RUNS']} runs "
+        f"({settings['SOAK_RUNS']} for the soak), each against a fresh database. *met?* compares "
+        "the median with the target, except correctness figures (losses, scan), which every run "
+        "must meet.",
+        "- Node reference: dialogue-ts on Node 20 on this machine kind, with a Node load "
+        "generator (see PERFORMANCE.md).",
+        "",
+        "| figure | target | median (min–max) | met? | dialogue-ts on Node |",
+        "|---|---|---|---|---|",
+    ]
+    for name, bench, get, unit, target, ref, judged in figures(settings):
+        values = [v for v in (get(r) for r in matching(bench)) if v is not None]
+        if not values:
+            out.append(f"| {name} | {target[2] if target else '—'} | not run | — | {ref} |")
+            continue
+        med = statistics.median(values)
+        cell = fmt(med, unit)
+        if len(values) > 1:
+            cell += f" ({fmt(min(values), unit)} – {fmt(max(values), unit)})"
+        else:
+            cell += " (1 run)"
+        if target is None:
+            met = "—"
+        elif judged == "all":
+            met = "yes" if all(meets(v, target) for v in values) else "**no**"
+        else:
+            met = "yes" if meets(med, target) else "**no**"
+        out.append(f"| {name} | {target[2] if target else '—'} | {cell} | {met} | {ref} |")
+
+    out += ["", "## Settings", "", "| setting | value |", "|---|---|"]
+    out += [f"| `{k}` | {v}{'' if v == DEFAULTS[k] else ' (default ' + DEFAULTS[k] + ')'} |"
+            for k, v in settings.items()]
+    out += ["", "## Scenarios", "",
+            "- **fanout**: 100 subscribers and 4 senders in one room; the senders trigger "
+            "`FANOUT_MESSAGES` events as fast as 32 unacknowledged triggers each allow. CPU per "
+            "delivery = server user+system time (/proc/PID/stat) over deliveries counted at the "
+            "subscribers (the senders' own copies are not counted, so the figure is slightly "
+            "pessimistic).",
+            "- **latency**: the same room at a fixed rate (`LATENCY_RATES`, msg/s in all) for "
+            "`LATENCY_SECONDS`; latency is end to end, from a send timestamp in the event's data "
+            "to its arrival at each subscriber.",
+            "- **idle**: `IDLE_CONNECTIONS` connections opened `IDLE_CONCURRENCY` at a time, each "
+            "joined to a room; server RSS (VmRSS) before and after, over the connections.",
+            "- **persist**: 4 clients trigger `MESSAGES` events (64 in flight each) into a room "
+            "whose 100-event window is full, so each evicts one to the database; rows counted in "
+            "the database.",
+            "- **history**: `DEEP_ROWS` rows bulk-loaded straight into the table, then "
+            "`HISTORY_SAMPLES` requests of a 20-event page at each depth, offsets and cursor forms; "
+            "the worse p99 of the two is shown.",
+            "- **scan**: `SCAN_PRELOAD` events triggered through the server, then the whole history "
+            "scrolled by cursor pages of 100 and checked.",
+            "- **restart**: `RESTART_MESSAGES` events, SIGTERM, start again on the same port, wait "
+            "for /readyz, scroll the history: how many acknowledged events are missing.",
+            "- **soak**: `SOAK_CONNECTIONS` connections over `SOAK_ROOMS` rooms (one sender per "
+            "room, the rest subscribers), `SOAK_RATE` msg/s in all for `SOAK_SECONDS`; RSS sampled "
+            "every 5 s from the start of sending.",
+            "", f"Raw results (one JSON line per run): `{a.results}`."]
+    if failures:
+        out += ["", "## Failed runs", ""] + [f"- {f}" for f in failures]
+    with open(a.out, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
