@@ -11,8 +11,10 @@
 //!   ([`protocol::dialogue`]).
 //! - [`actors`] — the actor system: [`actors::connection`] (one per client session),
 //!   [`actors::room`] (one per room: members, fan-out, history), [`actors::directory`]
-//!   (room ids → room actors), [`actors::persistence`] (evicted history), and
-//!   [`actors::messages`], every message between them.
+//!   (room ids → room actors), [`actors::persistence`] (evicted history),
+//!   [`actors::outbox`] (how a room reaches a member: straight into its WebSocket send queue),
+//!   and [`actors::messages`], every message between them. Rooms run on threads of their own
+//!   (`server.roomThreads`), apart from the HTTP workers that own the sockets.
 //! - [`history`] — a room's in-memory window per event and the offset/cursor arithmetic.
 //! - [`http`] — routes: the Socket.IO endpoint with its WebSocket and long-polling
 //!   transports ([`http::websocket`], [`http::polling`]), the server API ([`http::api`]),

@@ -1,8 +1,8 @@
 //! Starting the service: the actors, the HTTP server on an already-bound listener, and
 //! graceful shutdown.
 
-use crate::actors::directory::{Directory, RoomThreads};
-use crate::actors::messages::{FlushAll, RoomThread, WaitWritten};
+use crate::actors::directory::Directory;
+use crate::actors::messages::{FlushAll, WaitWritten};
 use crate::actors::persistence::Persistence;
 use crate::config::Settings;
 use crate::hooks::{ConfigHooks, Hooks};
@@ -45,17 +45,9 @@ pub async fn run_with_hooks(
     })?;
     log::info!("database {} ready (migrations applied)", redact(&db_url));
 
-    let workers = threads(server_cfg.workers);
-    // roomThreads 0: rooms run on the HTTP workers' threads (announced as each starts), so
-    // fan-out to members on the same thread needs no cross-thread wake-up.
-    let room_threads: Vec<Arbiter> = (0..server_cfg.room_threads)
+    let room_threads: Vec<Arbiter> = (0..threads(server_cfg.room_threads))
         .map(|_| Arbiter::new())
         .collect();
-    let placement = if room_threads.is_empty() {
-        RoomThreads::Announced(workers)
-    } else {
-        RoomThreads::Dedicated(room_threads.iter().map(Arbiter::handle).collect())
-    };
     let persistence_thread = Arbiter::new();
     let (persistence_addr, persistence, store_health) = Persistence::start(
         db_url,
@@ -65,7 +57,7 @@ pub async fn run_with_hooks(
     );
     let directory = Directory::new(
         settings.clone(),
-        placement,
+        room_threads.iter().map(Arbiter::handle).collect(),
         persistence.clone(),
         hooks.clone(),
     )
@@ -88,13 +80,9 @@ pub async fn run_with_hooks(
         );
     }
     let addr = listener.local_addr()?;
+    let workers = threads(server_cfg.workers);
     let cors = settings.config.cors.clone();
-    let announce = directory.clone();
     let server = HttpServer::new(move || {
-        // Called once on each worker thread as it starts.
-        if let Some(thread) = actix_rt::Arbiter::try_current() {
-            announce.do_send(RoomThread(thread));
-        }
         App::new()
             .wrap(http::cors(&cors))
             .app_data(web::Data::new(state.clone()))
@@ -112,25 +100,16 @@ pub async fn run_with_hooks(
     .listen(listener)?
     .run();
     let handle = server.handle();
-    let flusher = directory.clone();
     actix_rt::spawn(async move {
         let signal = shutdown_signal().await;
         log::info!("{signal}: closing connections and saving history");
-        // Rooms hand their windows to the store (and write through from then on) while
-        // they still run: on the workers' threads they end with the workers.
-        handle.pause().await;
-        let _ = flusher.send(FlushAll).await;
-        // Stop accepting and drop open connections.
+        // Stop accepting and drop open connections; their rooms keep what they accepted.
         handle.stop(false).await;
     });
     log::info!(
-        "dialogue listening on http://{addr} ({} rooms, {workers} workers, {})",
+        "dialogue listening on http://{addr} ({} rooms, {workers} workers, {} room threads)",
         settings.config.rooms.len(),
-        if room_threads.is_empty() {
-            "rooms on the worker threads".to_owned()
-        } else {
-            format!("{} room threads", room_threads.len())
-        }
+        room_threads.len()
     );
     server.await?;
 

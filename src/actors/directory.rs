@@ -10,7 +10,6 @@ use crate::error::{DialogueError, ErrorCode};
 use crate::hooks::Hooks;
 use crate::protocol::dialogue::{to_json, RoomInfo};
 use crate::protocol::socketio::encode_event;
-use actix::dev::channel::{self, AddressReceiver};
 use actix::prelude::*;
 use bytestring::ByteString;
 use std::collections::{BTreeMap, HashMap};
@@ -19,14 +18,6 @@ use std::sync::Arc;
 
 /// Longest room id accepted at run time (the database column is 255 characters).
 const MAX_ROOM_ID: usize = 255;
-
-/// Where room actors run.
-pub enum RoomThreads {
-    /// On these threads of their own.
-    Dedicated(Vec<ArbiterHandle>),
-    /// On the first `n` threads announced with [`RoomThread`] (the HTTP workers).
-    Announced(usize),
-}
 
 struct RoomEntry {
     addr: Addr<RoomActor>,
@@ -41,31 +32,18 @@ pub struct Directory {
     /// Threads room actors run on, used round-robin.
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
-    /// Rooms wait here (their mailboxes already accept messages) until `expected_threads`
-    /// threads have been announced with [`RoomThread`].
-    pending: Vec<(RoomActor, AddressReceiver<RoomActor>)>,
-    expected_threads: usize,
     persistence: PersistenceLink,
     hooks: Arc<dyn Hooks>,
 }
 
 impl Directory {
-    /// Creates the directory and every configured room. Rooms run on `threads`: given
-    /// arbiters, or the first `n` announced later with [`RoomThread`] (the HTTP workers' own
-    /// threads, so a room and most of its members share one).
+    /// Creates the directory and starts every configured room.
     pub fn new(
         settings: Arc<Settings>,
-        threads: RoomThreads,
+        arbiters: Vec<ArbiterHandle>,
         persistence: PersistenceLink,
         hooks: Arc<dyn Hooks>,
     ) -> Self {
-        let (arbiters, expected_threads) = match threads {
-            RoomThreads::Dedicated(arbiters) => {
-                let n = arbiters.len();
-                (arbiters, n)
-            }
-            RoomThreads::Announced(n) => (Vec::new(), n),
-        };
         let mut dir = Directory {
             hooks,
             settings: settings.clone(),
@@ -73,8 +51,6 @@ impl Directory {
             connections: HashMap::new(),
             arbiters,
             next_arbiter: 0,
-            pending: Vec::new(),
-            expected_threads,
             persistence,
         };
         for (id, room) in &settings.config.rooms {
@@ -114,13 +90,14 @@ impl Directory {
             self.persistence.clone(),
             self.hooks.clone(),
         );
-        let (tx, rx) = channel::channel(MAILBOX_CAPACITY);
-        let addr = Addr::new(tx);
-        if self.arbiters.len() < self.expected_threads.max(1) {
-            self.pending.push((room, rx));
-        } else {
-            self.run_room(room, rx);
-        }
+        let addr = match self
+            .arbiters
+            .get(self.next_arbiter % self.arbiters.len().max(1))
+        {
+            Some(arbiter) => RoomActor::start_in_arbiter(arbiter, |_| room),
+            None => room.start(),
+        };
+        self.next_arbiter += 1;
         self.rooms.insert(
             shared.id.to_string(),
             RoomEntry {
@@ -129,24 +106,6 @@ impl Directory {
             },
         );
         shared
-    }
-
-    /// Runs a room on the next thread in turn (on the directory's own if there is none).
-    fn run_room(&mut self, room: RoomActor, rx: AddressReceiver<RoomActor>) {
-        let start = move || {
-            let ctx = Context::with_receiver(rx);
-            actix_rt::spawn(ctx.into_future(room));
-        };
-        match self
-            .arbiters
-            .get(self.next_arbiter % self.arbiters.len().max(1))
-        {
-            Some(arbiter) => {
-                arbiter.spawn_fn(start);
-            }
-            None => start(),
-        }
-        self.next_arbiter += 1;
     }
 
     fn broadcast(&self, event: &str, payload_json: &str) {
@@ -162,20 +121,6 @@ impl Actor for Directory {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        // Should a worker thread never announce itself, rooms still start, on what there is.
-        ctx.run_later(std::time::Duration::from_secs(5), |act, _| {
-            if !act.pending.is_empty() {
-                log::warn!(
-                    "{} of {} room threads announced; starting the rooms anyway",
-                    act.arbiters.len(),
-                    act.expected_threads
-                );
-                act.expected_threads = act.arbiters.len();
-                for (room, rx) in std::mem::take(&mut act.pending) {
-                    act.run_room(room, rx);
-                }
-            }
-        });
     }
 }
 
@@ -330,19 +275,6 @@ impl Handler<DeleteRoom> for Directory {
                     Ok(())
                 }),
         )
-    }
-}
-
-impl Handler<RoomThread> for Directory {
-    type Result = ();
-
-    fn handle(&mut self, msg: RoomThread, _: &mut Context<Self>) {
-        self.arbiters.push(msg.0);
-        if self.arbiters.len() >= self.expected_threads {
-            for (room, rx) in std::mem::take(&mut self.pending) {
-                self.run_room(room, rx);
-            }
-        }
     }
 }
 

@@ -142,11 +142,6 @@ pub struct ConnectionOpened {
     pub outbox: Outbox,
 }
 
-/// Announces a thread rooms may run on (sent by each HTTP worker as it starts).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RoomThread(pub ArbiterHandle);
-
 /// A connection closed.
 #[derive(Message)]
 #[rtype(result = "()")]

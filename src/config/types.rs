@@ -42,7 +42,7 @@ pub struct ServerConfig {
     pub port: u16,
     /// actix-web worker threads; 0 = one per core.
     pub workers: usize,
-    /// Threads of their own for room actors; 0 = rooms run on the HTTP worker threads.
+    /// Arbiter threads hosting room actors; 0 = one per core.
     pub room_threads: usize,
     /// Engine.IO heartbeat: milliseconds between server pings.
     pub ping_interval: u64,
