@@ -85,19 +85,8 @@ enum Scenario {
     /// fixed rate); deliveries/s, end-to-end latency, lost and duplicated deliveries, and the
     /// server's CPU time per delivery (from /proc/PID/stat when --server-pid is given).
     Fanout {
-        #[arg(long, default_value = "http://127.0.0.1:3000")]
-        url: String,
-        /// The room; with --rooms R > 1, the prefix of rooms {room}0 … {room}R-1.
-        #[arg(long, default_value = "general")]
-        room: String,
-        #[arg(long, default_value_t = 1)]
-        rooms: usize,
-        #[arg(long, default_value = "message")]
-        event: String,
-        #[arg(long, default_value_t = 100)]
-        subscribers: usize,
-        #[arg(long, default_value_t = 4)]
-        senders: usize,
+        #[command(flatten)]
+        setup: Setup,
         #[arg(long, default_value_t = 20_000)]
         messages: u64,
         /// Messages per second in all; 0 = as fast as the window allows.
@@ -106,40 +95,19 @@ enum Scenario {
         /// Unacknowledged triggers in flight per sender (rate 0).
         #[arg(long, default_value_t = 32)]
         window: usize,
-        /// Connections opened at once while setting up.
-        #[arg(long, default_value_t = 64)]
-        connect_concurrency: usize,
-        #[arg(long)]
-        server_pid: Option<u32>,
     },
     /// Latency at a fixed rate for a duration: S senders trigger `rate` messages/s in all
     /// for `seconds` into R rooms with C subscribers; end-to-end p50/p99/p99.9/max, lost and
     /// duplicated deliveries, server CPU per delivery, and the server's RSS sampled through
     /// the run (first/last/max) with --server-pid.
     Latency {
-        #[arg(long, default_value = "http://127.0.0.1:3000")]
-        url: String,
-        /// The room; with --rooms R > 1, the prefix of rooms {room}0 … {room}R-1.
-        #[arg(long, default_value = "general")]
-        room: String,
-        #[arg(long, default_value_t = 1)]
-        rooms: usize,
-        #[arg(long, default_value = "message")]
-        event: String,
-        #[arg(long, default_value_t = 100)]
-        subscribers: usize,
-        #[arg(long, default_value_t = 4)]
-        senders: usize,
+        #[command(flatten)]
+        setup: Setup,
         /// Messages per second in all.
         #[arg(long, default_value_t = 500)]
         rate: u64,
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
-        /// Connections opened at once while setting up.
-        #[arg(long, default_value_t = 64)]
-        connect_concurrency: usize,
-        #[arg(long)]
-        server_pid: Option<u32>,
         /// Seconds between RSS samples (0 = none).
         #[arg(long, default_value_t = 5.0)]
         rss_every: f64,
@@ -199,6 +167,49 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
     },
+}
+
+/// Who connects where: shared by `fanout` and `latency`.
+#[derive(clap::Args)]
+struct Setup {
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    url: String,
+    /// The room; with --rooms R > 1, the prefix of rooms {room}0 … {room}R-1.
+    #[arg(long, default_value = "general")]
+    room: String,
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    #[arg(long, default_value = "message")]
+    event: String,
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 4)]
+    senders: usize,
+    /// Connections opened at once while setting up.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+impl Setup {
+    /// The run's options, before the scenario sets its pace.
+    fn options(self, scenario: &'static str) -> fanout::Options {
+        fanout::Options {
+            scenario,
+            url: self.url,
+            event: self.event,
+            rooms: room_names(&self.room, self.rooms),
+            subscribers: self.subscribers,
+            senders: self.senders,
+            messages: 0,
+            rate: 0,
+            window: usize::MAX,
+            connect_concurrency: self.connect_concurrency,
+            server_pid: self.server_pid,
+            rss_every: None,
+        }
+    }
 }
 
 /// `{prefix}0 … {prefix}R-1`, or just `room` when R is 1.
@@ -461,60 +472,30 @@ async fn main() -> std::process::ExitCode {
             rows,
         } => bulkload(db_url, room, event, rows).await,
         Scenario::Fanout {
-            url,
-            room,
-            rooms,
-            event,
-            subscribers,
-            senders,
+            setup,
             messages,
             rate,
             window,
-            connect_concurrency,
-            server_pid,
         } => {
             fanout::run(fanout::Options {
-                scenario: "fanout",
-                url,
-                event,
-                rooms: room_names(&room, rooms),
-                subscribers,
-                senders,
                 messages,
                 rate,
                 window,
-                connect_concurrency,
-                server_pid,
-                rss_every: None,
+                ..setup.options("fanout")
             })
             .await
         }
         Scenario::Latency {
-            url,
-            room,
-            rooms,
-            event,
-            subscribers,
-            senders,
+            setup,
             rate,
             seconds,
-            connect_concurrency,
-            server_pid,
             rss_every,
         } => {
             fanout::run(fanout::Options {
-                scenario: "latency",
-                url,
-                event,
-                rooms: room_names(&room, rooms),
-                subscribers,
-                senders,
                 messages: (rate as f64 * seconds).round() as u64,
                 rate: rate.max(1),
-                window: usize::MAX,
-                connect_concurrency,
-                server_pid,
                 rss_every: (rss_every > 0.0).then(|| Duration::from_secs_f64(rss_every)),
+                ..setup.options("latency")
             })
             .await
         }
