@@ -354,3 +354,77 @@ impl Drop for WsOutboxBody {
         s.waker = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls the body once, as the HTTP dispatcher would.
+    fn poll(body: &mut WsOutboxBody) -> Poll<Option<Bytes>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(body)
+            .poll_next(&mut cx)
+            .map(|item| item.map(|r| r.expect("body chunk")))
+    }
+
+    #[test]
+    fn frames_pushed_meanwhile_leave_in_one_chunk() {
+        let (mut sink, mut body) = WsSink::new(1 << 20);
+        assert!(poll(&mut body).is_pending());
+        sink.text("42[\"a\"]").unwrap();
+        let shared = encode_text("42[\"b\"]");
+        sink.queue().encoded(&shared).unwrap();
+        let mut expected = BytesMut::new();
+        expected.extend_from_slice(&encode_text("42[\"a\"]"));
+        expected.extend_from_slice(&shared);
+        assert_eq!(poll(&mut body), Poll::Ready(Some(expected.freeze())));
+        assert!(poll(&mut body).is_pending());
+    }
+
+    #[test]
+    fn a_client_over_the_bound_is_reported_once_and_not_buffered_further() {
+        let (mut sink, mut body) = WsSink::new(100);
+        sink.text(&"x".repeat(50)).unwrap();
+        assert!(sink.text(&"y".repeat(60)).is_err(), "over the bound");
+        assert!(
+            sink.text("z").is_ok(),
+            "reported once; later frames dropped"
+        );
+        let Poll::Ready(Some(chunk)) = poll(&mut body) else {
+            panic!("the frame before the bound is still sent");
+        };
+        assert_eq!(chunk, encode_text(&"x".repeat(50)));
+        sink.close(CloseCode::Policy, "outbound queue full");
+        let Poll::Ready(Some(close)) = poll(&mut body) else {
+            panic!("a close frame");
+        };
+        assert_eq!(close[0], 0x88, "FIN + close opcode");
+        assert_eq!(poll(&mut body), Poll::Ready(None));
+    }
+
+    #[test]
+    fn close_follows_what_is_queued_and_ends_the_body() {
+        let (mut sink, mut body) = WsSink::new(1 << 20);
+        sink.text("42[\"last\"]").unwrap();
+        sink.close(CloseCode::Normal, "bye");
+        sink.text("42[\"too late\"]").unwrap();
+        let Poll::Ready(Some(chunk)) = poll(&mut body) else {
+            panic!("data and close");
+        };
+        let data = encode_text("42[\"last\"]");
+        assert_eq!(&chunk[..data.len()], &data[..]);
+        assert_eq!(chunk[data.len()], 0x88);
+        assert_eq!(poll(&mut body), Poll::Ready(None));
+    }
+
+    #[test]
+    fn once_the_socket_is_gone_pushes_are_dropped() {
+        let (mut sink, body) = WsSink::new(1 << 20);
+        let queue = sink.queue();
+        drop(body);
+        for _ in 0..1000 {
+            sink.text("42[\"nobody\"]").unwrap();
+        }
+        assert!(queue.state().buf.is_empty());
+    }
+}
