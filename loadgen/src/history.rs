@@ -9,19 +9,29 @@ use crate::{joined_client, trigger_many};
 use serde_json::{json, Value};
 use std::time::Instant;
 
+#[derive(clap::Args)]
 pub struct Options {
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
     pub url: String,
+    #[arg(long, default_value = "general")]
     pub room: String,
+    #[arg(long, default_value = "message")]
     pub event: String,
-    /// Comma-separated depths (positions from the newest event); empty = no page sampling.
+    /// Comma-separated depths (positions from the newest event); "" = none.
+    #[arg(long, default_value = "0,100,1000000")]
     pub depths: String,
+    #[arg(long, default_value_t = 200)]
     pub samples: usize,
+    #[arg(long, default_value_t = 20)]
     pub page: u64,
-    /// Events to trigger through the server first.
+    /// Events to trigger through the server before measuring.
+    #[arg(long, default_value_t = 0)]
     pub preload: u64,
-    /// Scroll the whole history by cursor and check it.
+    /// Scroll the whole history by cursor pages and check it.
+    #[arg(long)]
     pub scan: bool,
     /// Page size of the scan.
+    #[arg(long, default_value_t = 100)]
     pub scan_page: u64,
 }
 

@@ -57,30 +57,7 @@ enum Scenario {
     /// Latency of history pages at given depths (offsets and cursor forms); optionally
     /// triggers events through the server first and scrolls the whole history by cursor,
     /// checking every seq comes once, newest first, without a gap.
-    History {
-        #[arg(long, default_value = "http://127.0.0.1:3000")]
-        url: String,
-        #[arg(long, default_value = "general")]
-        room: String,
-        #[arg(long, default_value = "message")]
-        event: String,
-        /// Comma-separated depths (positions from the newest event); "" = none.
-        #[arg(long, default_value = "0,100,1000000")]
-        depths: String,
-        #[arg(long, default_value_t = 200)]
-        samples: usize,
-        #[arg(long, default_value_t = 20)]
-        page: u64,
-        /// Events to trigger through the server before measuring.
-        #[arg(long, default_value_t = 0)]
-        preload: u64,
-        /// Scroll the whole history by cursor pages and check it.
-        #[arg(long)]
-        scan: bool,
-        /// Page size of the scan.
-        #[arg(long, default_value_t = 100)]
-        scan_page: u64,
-    },
+    History(history::Options),
     /// Fan-out: C subscribers, S senders, N messages (as fast as a window allows, or at a
     /// fixed rate); deliveries/s, end-to-end latency, lost and duplicated deliveries, and the
     /// server's CPU time per delivery (from /proc/PID/stat when --server-pid is given).
@@ -441,30 +418,7 @@ async fn main() -> std::process::ExitCode {
             messages,
             window,
         } => persist(url, db_url, room, event, limit, clients, messages, window).await,
-        Scenario::History {
-            url,
-            room,
-            event,
-            depths,
-            samples,
-            page,
-            preload,
-            scan,
-            scan_page,
-        } => {
-            history::run(history::Options {
-                url,
-                room,
-                event,
-                depths,
-                samples,
-                page,
-                preload,
-                scan,
-                scan_page,
-            })
-            .await
-        }
+        Scenario::History(options) => history::run(options).await,
         Scenario::Bulkload {
             db_url,
             room,
