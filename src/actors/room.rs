@@ -123,9 +123,6 @@ pub struct RoomActor {
     /// mailbox is drained (a burst of triggers costs the store one message and one write), or
     /// before anything reads history.
     evicted: Vec<EvictedBatch>,
-    /// The service is shutting down and the windows were flushed: every new history event
-    /// is also handed to the store at once, so nothing accepted from now on is lost either.
-    write_through: bool,
 }
 
 impl RoomActor {
@@ -167,7 +164,6 @@ impl RoomActor {
             persistence,
             hooks,
             evicted: Vec::new(),
-            write_through: false,
         }
     }
 
@@ -641,7 +637,6 @@ impl Handler<Trigger> for RoomActor {
         let data = self
             .hooks
             .before_each(&msg.identity, &room_id, &msg.event, msg.data)?;
-        let write_through = self.write_through;
         let state = self.event_state(&msg.event)?;
         if let Err(e) = state.def.validate(&data) {
             state.counters.validation_failures.inc();
@@ -670,21 +665,14 @@ impl Handler<Trigger> for RoomActor {
         let after = json.clone();
 
         let evicted = match &mut state.history {
-            Some(history) => {
-                let stored = Arc::new(StoredEvent {
-                    seq,
-                    timestamp,
-                    from: msg.identity.user_id.clone(),
-                    data,
-                    meta: msg.meta,
-                    json: json.into_boxed_str(),
-                });
-                let mut evicted = history.push(stored.clone());
-                if write_through {
-                    evicted.push(stored);
-                }
-                evicted
-            }
+            Some(history) => history.push(Arc::new(StoredEvent {
+                seq,
+                timestamp,
+                from: msg.identity.user_id.clone(),
+                data,
+                meta: msg.meta,
+                json: json.into_boxed_str(),
+            })),
             None => {
                 state.last_seq = seq;
                 Vec::new()
@@ -824,7 +812,6 @@ impl Handler<FlushHistory> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: FlushHistory, _: &mut Context<Self>) {
-        self.write_through = true;
         self.hand_over_evicted();
         for batch in self.window_batches(false) {
             self.persistence.evicted.do_send(batch);
