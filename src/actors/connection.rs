@@ -2,8 +2,10 @@
 //! holds the user's identity, joined rooms and rate limits, runs the heartbeat, and writes
 //! frames to a bounded outbound queue (a client that stops reading is disconnected).
 //!
-//! Client requests are handled one at a time, in arrival order, so a `join` followed at once
-//! by a `trigger` behaves as the client wrote it.
+//! Client requests are handled in arrival order, so a `join` followed at once by a `trigger`
+//! behaves as the client wrote it. A trigger into a room already joined is pipelined: it goes
+//! to the room's mailbox at once and the room acks it itself (see [`AckTo`]); any other
+//! request waits until the one before it is answered.
 
 use crate::actors::directory::Directory;
 use crate::actors::messages::*;
@@ -23,11 +25,15 @@ use actix_http::ws::CloseCode;
 use bytestring::ByteString;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Requests a client may have waiting before further ones are refused.
 const MAX_QUEUED_REQUESTS: usize = 256;
+
+/// What a pipelined trigger weighs besides its frame: the message and its answer.
+const TRIGGER_OVERHEAD: usize = 256;
 
 /// A token bucket: `rate` per `per`, bursts up to `rate`. A rate of 0 never limits.
 struct RateLimit {
@@ -69,6 +75,8 @@ enum Work {
     Client {
         request: ClientRequest,
         ack: Option<u64>,
+        /// Bytes of the frame it came in.
+        frame_len: usize,
     },
     AutoJoin {
         room_id: String,
@@ -129,7 +137,13 @@ pub struct Connection {
     hooks: Arc<dyn Hooks>,
     rooms: HashMap<String, Addr<RoomActor>>,
     queue: VecDeque<Work>,
+    /// A request other than a pipelined trigger is being handled.
     busy: bool,
+    /// Pipelined triggers not answered yet, weighed as frame bytes + [`TRIGGER_OVERHEAD`].
+    /// Bounded by a quarter of `server.maxOutboundBytes`, so that a client's own burst cannot
+    /// fill its outbound queue when the events come back to it; beyond that, the next
+    /// trigger waits for its answer (and requests queue up to [`MAX_QUEUED_REQUESTS`]).
+    in_flight: Arc<AtomicUsize>,
     /// A ping was sent and its pong has not come back.
     awaiting_pong: bool,
     triggers: RateLimit,
@@ -167,6 +181,7 @@ impl Connection {
             rooms: HashMap::new(),
             queue: VecDeque::new(),
             busy: false,
+            in_flight: Arc::default(),
             awaiting_pong: false,
             skipping_binary: None,
         }
@@ -399,25 +414,72 @@ impl Connection {
             );
             return self.reply_error(ctx, ack, &error);
         }
-        self.queue.push_back(Work::Client { request, ack });
+        self.queue.push_back(Work::Client {
+            request,
+            ack,
+            frame_len,
+        });
         self.process_next(ctx);
     }
 
-    /// Starts the next queued request if none is running.
+    /// Starts queued requests: pipelined triggers at once, then the next other request once
+    /// none is running.
     fn process_next(&mut self, ctx: &mut Context<Self>) {
-        if self.busy {
-            return;
+        while !self.busy {
+            let Some(work) = self.queue.pop_front() else {
+                return;
+            };
+            let Some(work) = self.pipeline(work, ctx) else {
+                continue;
+            };
+            self.busy = true;
+            let fut = self.start(work, ctx);
+            ctx.spawn(fut.into_actor(self).map(|done, act, ctx| {
+                act.finish(ctx, done);
+                act.busy = false;
+                act.process_next(ctx);
+            }));
         }
-        let Some(work) = self.queue.pop_front() else {
-            return;
+    }
+
+    /// Sends a trigger into a joined room without waiting for it (the room acks it), or hands
+    /// the work back when it must be awaited.
+    fn pipeline(&mut self, work: Work, ctx: &mut Context<Self>) -> Option<Work> {
+        let Work::Client {
+            request: ClientRequest::Trigger(t),
+            ack,
+            frame_len,
+        } = work
+        else {
+            return Some(work);
         };
-        self.busy = true;
-        let fut = self.start(work, ctx);
-        ctx.spawn(fut.into_actor(self).map(|done, act, ctx| {
-            act.finish(ctx, done);
-            act.busy = false;
-            act.process_next(ctx);
-        }));
+        let weight = frame_len + TRIGGER_OVERHEAD;
+        let bound = self.settings.config.server.max_outbound_bytes / 4;
+        let room = match self.rooms.get(&t.room_id) {
+            Some(room) if self.in_flight.load(Ordering::Relaxed) + weight <= bound => room,
+            _ => {
+                let request = ClientRequest::Trigger(t);
+                return Some(Work::Client {
+                    request,
+                    ack,
+                    frame_len,
+                });
+            }
+        };
+        let identity = self.identity.clone();
+        let identity = identity.unwrap_or_else(|| Arc::new(Identity::user(&self.socket_id)));
+        let in_flight = self.in_flight.clone();
+        let reply = AckTo::new(ack, self.outbox(ctx), t.room_id, in_flight, weight);
+        room.do_send(Trigger {
+            conn: Some(self.id),
+            identity,
+            event: t.event,
+            data: t.data,
+            meta: t.meta,
+            echo: false,
+            reply: Some(reply),
+        });
+        None
     }
 
     /// The room actor for `room_id` if this connection joined it, else the reason it may not
@@ -460,7 +522,7 @@ impl Connection {
             Work::AutoJoin { room_id, room } => {
                 return Box::pin(join(room, room_id, conn, identity, outbox, None));
             }
-            Work::Client { request, ack } => (request, ack),
+            Work::Client { request, ack, .. } => (request, ack),
         };
         let gone = |room_id: &str| DialogueError::room_not_found(room_id);
         match request {
@@ -523,6 +585,7 @@ impl Connection {
                         data: t.data,
                         meta: t.meta,
                         echo: false,
+                        reply: None,
                     };
                     match room.send(trigger).await {
                         Ok(Ok(Triggered { seq, .. })) => Done::Reply {

@@ -7,10 +7,12 @@
 use crate::actors::outbox::Outbox;
 use crate::auth::Identity;
 use crate::error::DialogueError;
-use crate::protocol::dialogue::{HistoryRange, RoomInfo};
+use crate::protocol::dialogue::{ack_ok, HistoryRange, RoomInfo};
+use crate::protocol::socketio;
 use actix::prelude::*;
 use bytestring::ByteString;
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Process-unique id of a connection.
@@ -93,6 +95,69 @@ pub struct Trigger {
     pub meta: Option<Value>,
     /// Return the stored `EventMessage` JSON (the HTTP API answers with it).
     pub echo: bool,
+    /// The room answers the client itself (a pipelined trigger); `None` = the sender awaits
+    /// the result.
+    pub reply: Option<AckTo>,
+}
+
+/// Where a room answers a client's trigger itself: the ack (and, on failure, the
+/// `dialogue:error` event) goes straight into the member's outbox, so the connection need not
+/// wait for the room between triggers. Dropped unanswered — the room stopped before handling
+/// it — it answers ROOM_NOT_FOUND, so every trigger gets exactly one answer.
+pub struct AckTo {
+    ack: Option<u64>,
+    outbox: Outbox,
+    room_id: String,
+    /// The connection's weight of triggers sent and not yet answered.
+    in_flight: Arc<AtomicUsize>,
+    /// This trigger's share of `in_flight`.
+    weight: usize,
+    answered: bool,
+}
+
+impl AckTo {
+    /// Adds `weight` to `in_flight` until this is answered or dropped.
+    pub fn new(
+        ack: Option<u64>,
+        outbox: Outbox,
+        room_id: String,
+        in_flight: Arc<AtomicUsize>,
+        weight: usize,
+    ) -> Self {
+        in_flight.fetch_add(weight, Ordering::Relaxed);
+        AckTo {
+            ack,
+            outbox,
+            room_id,
+            in_flight,
+            weight,
+            answered: false,
+        }
+    }
+
+    /// Sends the answer: `{ok:true,seq}`, or the error as `dialogue:error` and ack.
+    pub fn answer(mut self, result: &Result<Triggered, DialogueError>) {
+        self.answered = true;
+        match result {
+            Ok(Triggered { seq, .. }) => {
+                if let Some(id) = self.ack {
+                    let ack = ack_ok(&format!("{{\"seq\":{seq}}}"));
+                    self.outbox.frame(socketio::encode_ack(id, &ack).into());
+                }
+            }
+            Err(error) => self.outbox.error(self.ack, error),
+        }
+    }
+}
+
+impl Drop for AckTo {
+    fn drop(&mut self) {
+        if !self.answered {
+            let error = DialogueError::room_not_found(&self.room_id);
+            self.outbox.error(self.ack, &error);
+        }
+        self.in_flight.fetch_sub(self.weight, Ordering::Relaxed);
+    }
 }
 
 /// An accepted event.
@@ -298,4 +363,52 @@ pub struct UpgradeFrame {
 #[rtype(result = "()")]
 pub struct CloseSession {
     pub reason: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::websocket::{encode_text, WsSink};
+    use futures_util::{FutureExt, StreamExt};
+
+    /// Stands in for a connection actor: the outbox needs one for what is not a frame.
+    struct NoActor;
+    impl Actor for NoActor {
+        type Context = Context<Self>;
+    }
+    impl Handler<ToConnection> for NoActor {
+        type Result = ();
+        fn handle(&mut self, _: ToConnection, _: &mut Context<Self>) {}
+    }
+
+    #[actix_rt::test]
+    async fn a_trigger_answers_once_even_when_its_room_drops_it() {
+        let (sink, mut body) = WsSink::new(1 << 20);
+        let outbox = Outbox::new(NoActor.start().recipient(), Some(sink.queue()));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+
+        let answered = AckTo::new(Some(7), outbox.clone(), "r".into(), in_flight.clone(), 300);
+        let dropped = AckTo::new(Some(8), outbox.clone(), "r".into(), in_flight.clone(), 200);
+        assert_eq!(in_flight.load(Ordering::Relaxed), 500);
+        answered.answer(&Ok(Triggered {
+            seq: 41,
+            json: None,
+        }));
+        assert_eq!(in_flight.load(Ordering::Relaxed), 200);
+        drop(dropped);
+        assert_eq!(in_flight.load(Ordering::Relaxed), 0);
+
+        let gone = DialogueError::room_not_found("r");
+        let mut expected = Vec::new();
+        for text in [
+            socketio::encode_ack(7, r#"{"ok":true,"seq":41}"#),
+            socketio::encode_event("dialogue:error", &crate::protocol::dialogue::to_json(&gone)),
+            socketio::encode_ack(8, &crate::protocol::dialogue::ack_err(&gone)),
+        ] {
+            expected.extend_from_slice(&encode_text(&text));
+        }
+        // Everything queued leaves in one chunk.
+        let chunk = body.next().now_or_never().flatten().map(|c| c.unwrap());
+        assert_eq!(chunk.as_deref(), Some(&expected[..]));
+    }
 }

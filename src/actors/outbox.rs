@@ -2,7 +2,10 @@
 //! when it has one (no mailbox hop, no wake-up per frame), else through the connection actor.
 
 use crate::actors::messages::ToConnection;
+use crate::error::DialogueError;
 use crate::http::websocket::{SlowClient, WsQueue};
+use crate::protocol::dialogue::{ack_err, to_json};
+use crate::protocol::socketio;
 use actix::Recipient;
 use bytestring::ByteString;
 use std::sync::Arc;
@@ -54,6 +57,14 @@ impl Outbox {
             None => self.actor.do_send(ToConnection::Frame {
                 frame: frame.text.clone(),
             }),
+        }
+    }
+
+    /// Answers a failed request: the `dialogue:error` event, then the ack if one was asked.
+    pub fn error(&self, ack: Option<u64>, error: &DialogueError) {
+        self.frame(socketio::encode_event("dialogue:error", &to_json(error)).into());
+        if let Some(id) = ack {
+            self.frame(socketio::encode_ack(id, &ack_err(error)).into());
         }
     }
 

@@ -627,7 +627,23 @@ impl Handler<SetSubscription> for RoomActor {
 impl Handler<Trigger> for RoomActor {
     type Result = Result<Triggered, DialogueError>;
 
-    fn handle(&mut self, msg: Trigger, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, mut msg: Trigger, ctx: &mut Context<Self>) -> Self::Result {
+        let reply = msg.reply.take();
+        let result = self.trigger(msg, ctx);
+        if let Some(reply) = reply {
+            reply.answer(&result);
+        }
+        result
+    }
+}
+
+impl RoomActor {
+    /// Validates, numbers, keeps and fans out one event.
+    fn trigger(
+        &mut self,
+        msg: Trigger,
+        ctx: &mut Context<Self>,
+    ) -> Result<Triggered, DialogueError> {
         let started = std::time::Instant::now();
         self.check_member(msg.conn)?;
         let room_id = self.shared.id.clone();

@@ -191,6 +191,7 @@ async fn trigger(
         data: body.data,
         meta: body.meta,
         echo: true,
+        reply: None,
     };
     match room.send(msg).await {
         Ok(Ok(Triggered {

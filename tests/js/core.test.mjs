@@ -306,6 +306,29 @@ test("rooms: list, create, announce, delete with permissions", async () => {
   b.close();
 });
 
+test("triggers sent without waiting: one answer each, in order; none lost when the room goes", async () => {
+  const a = await connect("piper");
+  await a.waitFor("dialogue:joined", (j) => j.roomId === "general");
+  assert.equal((await a.request("dialogue:createRoom", { id: "pipe", name: "Pipe" })).ok, true);
+  assert.equal((await a.request("dialogue:join", { roomId: "pipe" })).ok, true);
+  // 100 triggers, the deletion, 100 more, all sent at once: the first 100 are numbered in
+  // the order sent, the later ones find no room, and every one is answered exactly once.
+  const before = Array.from({ length: 100 }, (_, i) => trigger(a, "pipe", "message", msg(`b${i}`)));
+  const deleted = a.request("dialogue:deleteRoom", { roomId: "pipe" });
+  const after = Array.from({ length: 100 }, (_, i) => trigger(a, "pipe", "message", msg(`a${i}`)));
+  const answers = await Promise.all(before);
+  assert.deepEqual(answers.map((r) => r.seq), Array.from({ length: 100 }, (_, i) => i + 1));
+  assert.equal((await deleted).ok, true);
+  for (const r of await Promise.all(after)) {
+    assert.deepEqual([r.ok, r.code], [false, "ROOM_NOT_FOUND"]);
+  }
+  const events = a.all("dialogue:event").filter((e) => e.roomId === "pipe");
+  assert.deepEqual(events.map((e) => e.data.text), Array.from({ length: 100 }, (_, i) => `b${i}`));
+  const errors = a.all("dialogue:error").filter((e) => e.code === "ROOM_NOT_FOUND");
+  assert.equal(errors.length, 100, "each refused trigger also gets dialogue:error");
+  a.close();
+});
+
 test("a client that stops reading is disconnected; the room carries on", async () => {
   const fast = await connect("fast");
   await fast.request("dialogue:join", { roomId: "flood" });
