@@ -6,6 +6,11 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc: the server allocates and frees many short-lived buffers per event (frames, JSON
+/// values); glibc's allocator spent a quarter of the CPU on them under load (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Real-time event and chat service over Socket.IO")]
 struct Cli {

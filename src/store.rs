@@ -6,17 +6,12 @@ use crate::actors::messages::StoredEvent;
 use crate::protocol::dialogue::{to_json, EventMessage};
 use entity::message::{self, Column, Entity as Messages};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Rows per INSERT statement (SQLite allows 32,766 bound parameters; a row binds 7).
-const ROWS_PER_STATEMENT: usize = 2000;
 
 /// Connects to `url` (SQLite in WAL mode, or PostgreSQL) and applies pending migrations.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
@@ -52,54 +47,68 @@ pub struct BatchRef<'a> {
     pub events: &'a [Arc<StoredEvent>],
 }
 
-/// Writes batches in one transaction with multi-row inserts; rows already stored (same room,
-/// event and seq) are skipped. Returns the number of rows inserted.
+/// Writes batches in one statement; rows already stored (same room, event and seq) are
+/// skipped. Returns the number of rows inserted.
+///
+/// The rows travel as one JSON array parameter that the database unpacks
+/// (`jsonb_array_elements` on PostgreSQL, `json_each` on SQLite): one short statement text,
+/// prepared once per connection, whatever the batch size — where a multi-row `VALUES` list
+/// is a new text for every size, parsed and planned each time with 7 parameters per row.
 pub async fn insert_batches(
     db: &DatabaseConnection,
     batches: &[BatchRef<'_>],
 ) -> Result<u64, DbErr> {
-    let rows: Vec<message::ActiveModel> = batches
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        room_id: &'a str,
+        event_name: &'a str,
+        event_data: &'a serde_json::Value,
+        from_user: &'a str,
+        timestamp: i64,
+        seq: u64,
+        /// Absent (SQL NULL) when there is none; a JSON `null` stays one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        meta: Option<&'a serde_json::Value>,
+    }
+    let rows: Vec<Row<'_>> = batches
         .iter()
         .flat_map(|b| {
-            b.events.iter().map(move |e| message::ActiveModel {
-                id: NotSet,
-                room_id: Set(b.room_id.to_owned()),
-                event_name: Set(b.event.to_owned()),
-                event_data: Set(e.data.clone()),
-                from_user: Set(e.from.to_string()),
-                timestamp: Set(e.timestamp),
-                seq: Set(e.seq as i64),
-                meta: Set(e.meta.clone()),
+            b.events.iter().map(move |e| Row {
+                room_id: b.room_id,
+                event_name: b.event,
+                event_data: &e.data,
+                from_user: &e.from,
+                timestamp: e.timestamp,
+                seq: e.seq,
+                meta: e.meta.as_ref(),
             })
         })
         .collect();
     if rows.is_empty() {
         return Ok(0);
     }
-    let on_conflict = || {
-        OnConflict::columns([Column::RoomId, Column::EventName, Column::Seq])
-            .do_nothing()
-            .to_owned()
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            r#"INSERT INTO messages (room_id, event_name, event_data, from_user, "timestamp", seq, meta)
+SELECT e ->> 'room_id', e ->> 'event_name', e -> 'event_data', e ->> 'from_user',
+  (e ->> 'timestamp')::bigint, (e ->> 'seq')::bigint, e -> 'meta'
+FROM jsonb_array_elements($1::jsonb) AS e
+ON CONFLICT (room_id, event_name, seq) DO NOTHING"#
+        }
+        _ => {
+            r#"INSERT INTO messages (room_id, event_name, event_data, from_user, "timestamp", seq, meta)
+SELECT value ->> 'room_id', value ->> 'event_name', value -> 'event_data',
+  value ->> 'from_user', value ->> 'timestamp', value ->> 'seq', value -> 'meta'
+FROM json_each(?) WHERE true
+ON CONFLICT (room_id, event_name, seq) DO NOTHING"#
+        }
     };
-    if rows.len() <= ROWS_PER_STATEMENT {
-        // One statement is atomic by itself: no BEGIN/COMMIT round trips.
-        return Messages::insert_many(rows)
-            .on_conflict(on_conflict())
-            .exec_without_returning(db)
-            .await;
-    }
-    let txn = db.begin().await?;
-    let mut inserted = 0;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
-        inserted += Messages::insert_many(chunk)
-            .on_conflict(on_conflict())
-            .exec_without_returning(&txn)
-            .await?;
-    }
-    txn.commit().await?;
-    Ok(inserted)
+    let json = to_json(&rows);
+    let result = db
+        .execute_raw(Statement::from_sql_and_values(backend, sql, [json.into()]))
+        .await?;
+    Ok(result.rows_affected())
 }
 
 fn to_event(room_id: &str, row: message::Model) -> Arc<StoredEvent> {

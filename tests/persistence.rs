@@ -175,6 +175,8 @@ fn room_deletion_persists_first(backend: Backend) {
     assert_eq!(rt().block_on(count(&url, "temp")), 30);
 }
 
+/// Re-inserting rows already stored adds only the new ones; what is read back is what was
+/// written.
 fn idempotent_writes(backend: Backend) {
     use dialogue::actors::messages::StoredEvent;
     use dialogue::store::{insert_batches, BatchRef};
@@ -183,14 +185,26 @@ fn idempotent_writes(backend: Backend) {
     let url = backend.url(dir.path(), "idempotent");
     rt().block_on(async {
         let db = dialogue::store::connect(&url).await.unwrap();
+        // Every kind of JSON value as data, with and without meta, survives the round trip.
+        let data = [
+            serde_json::json!({ "n": 1, "text": "quote \" backslash \\ é 😀", "nested": { "a": [1, 2.5, null] } }),
+            serde_json::json!("a bare string"),
+            serde_json::json!(42),
+            serde_json::json!([true, "x", { "k": null }]),
+            serde_json::json!(null),
+        ];
         let events: Vec<Arc<StoredEvent>> = (1..=5)
             .map(|seq| {
                 Arc::new(StoredEvent {
                     seq,
                     timestamp: 1_700_000_000_000 + seq as i64,
-                    from: "u".into(),
-                    data: serde_json::json!({ "n": seq }),
-                    meta: None,
+                    from: format!("user'{seq}").into(),
+                    data: data[seq as usize - 1].clone(),
+                    meta: match seq {
+                        2 | 4 => Some(serde_json::json!({ "clientMsgId": seq })),
+                        3 => Some(serde_json::Value::Null),
+                        _ => None,
+                    },
                     json: "{}".into(),
                 })
             })
@@ -213,6 +227,14 @@ fn idempotent_writes(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(rows, 5);
+        let back = dialogue::store::load_range(&db, "r", "e", 1, 5).await.unwrap();
+        assert_eq!(back.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4, 3, 2, 1]);
+        for (got, want) in back.iter().rev().zip(&events) {
+            assert_eq!(got.data, want.data, "seq {}", want.seq);
+            assert_eq!(got.meta, want.meta, "seq {}", want.seq);
+            assert_eq!(got.from, want.from);
+            assert_eq!(got.timestamp, want.timestamp);
+        }
     });
 }
 
