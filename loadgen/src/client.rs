@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Bytes read from the socket at a time; larger messages still arrive whole.
 const READ_BUFFER: usize = 8 * 1024;
@@ -21,9 +21,19 @@ pub struct Client {
     out: mpsc::UnboundedSender<Message>,
     pending: Pending,
     next_id: AtomicU64,
-    /// Received application events as raw Socket.IO data (`["name", payload]` JSON text),
-    /// when collected.
-    events: Option<mpsc::UnboundedReceiver<String>>,
+    /// Received application events, when collected.
+    events: Option<mpsc::UnboundedReceiver<Event>>,
+}
+
+/// A received Socket.IO event frame, kept as the WebSocket message's own buffer (no copy).
+pub struct Event(Utf8Bytes);
+
+impl Event {
+    /// The Socket.IO data: `["name", payload]` JSON text.
+    pub fn data(&self) -> &str {
+        // The frame is `4` (Engine.IO message) + `2` (Socket.IO EVENT) + the data.
+        &self.0.as_str()[2..]
+    }
 }
 
 /// `http://host:port` → the Engine.IO WebSocket endpoint.
@@ -74,8 +84,8 @@ impl Client {
         tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             while let Some(Ok(msg)) = stream.next().await {
-                let Message::Text(text) = msg else { continue };
-                let text = text.as_str();
+                let Message::Text(frame) = msg else { continue };
+                let text = frame.as_str();
                 match text.as_bytes().first() {
                     Some(b'2') => {
                         let _ = pong.send(Message::text("3"));
@@ -87,9 +97,9 @@ impl Client {
                             if let Some(tx) = ready.take() {
                                 let _ = tx.send(());
                             }
-                        } else if let Some(event) = data.strip_prefix('2') {
+                        } else if data.starts_with('2') {
                             if collect_events {
-                                let _ = ev_tx.send(event.to_owned());
+                                let _ = ev_tx.send(Event(frame));
                             }
                         } else if let Ok(p) = socketio::decode(data) {
                             if p.kind == SioKind::Ack {
@@ -147,13 +157,13 @@ impl Client {
         Ok(rx)
     }
 
-    /// The next received event (`["name", payload]` JSON text), if events are collected.
-    pub async fn next_event(&mut self) -> Option<String> {
+    /// The next received event, if events are collected.
+    pub async fn next_event(&mut self) -> Option<Event> {
         self.events.as_mut()?.recv().await
     }
 
     /// An event already received, if any, without waiting.
-    pub fn try_next_event(&mut self) -> Option<String> {
+    pub fn try_next_event(&mut self) -> Option<Event> {
         self.events.as_mut()?.try_recv().ok()
     }
 
