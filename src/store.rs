@@ -8,7 +8,7 @@ use entity::message::{self, Column, Entity as Messages};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,33 +47,48 @@ pub struct BatchRef<'a> {
     pub events: &'a [Arc<StoredEvent>],
 }
 
-/// Writes batches in one statement; rows already stored (same room, event and seq) are
-/// skipped. Returns the number of rows inserted.
-///
-/// The rows travel as one JSON array parameter that the database unpacks
-/// (`jsonb_array_elements` on PostgreSQL, `json_each` on SQLite): one short statement text,
-/// prepared once per connection, whatever the batch size — where a multi-row `VALUES` list
-/// is a new text for every size, parsed and planned each time with 7 parameters per row.
+/// Rows per SQLite INSERT statement, largest first: a batch is written as the largest that
+/// fit, so only these few statement texts exist, each prepared once per connection (the
+/// driver's statement cache). SQLite allows 32,766 bound parameters; a row binds 7.
+const SQLITE_STATEMENT_SIZES: [usize; 6] = [1024, 256, 64, 16, 4, 1];
+
+const INSERT: &str =
+    r#"INSERT INTO messages (room_id, event_name, event_data, from_user, "timestamp", seq, meta)"#;
+const SKIP_STORED: &str = "ON CONFLICT (room_id, event_name, seq) DO NOTHING";
+
+/// Writes batches; rows already stored (same room, event and seq) are skipped. Returns the
+/// number of rows inserted. Every statement text is fixed, so the database prepares it once
+/// per connection whatever the batch size:
+/// - PostgreSQL: one statement, the rows as one JSON array parameter unpacked by
+///   `jsonb_array_elements`;
+/// - SQLite: multi-row `VALUES` statements of fixed sizes in one transaction (SQLite's JSON
+///   functions cost more than binding the 7 values of a row).
 pub async fn insert_batches(
     db: &DatabaseConnection,
     batches: &[BatchRef<'_>],
 ) -> Result<u64, DbErr> {
-    #[derive(serde::Serialize)]
-    struct Row<'a> {
-        room_id: &'a str,
-        event_name: &'a str,
-        event_data: &'a serde_json::Value,
-        from_user: &'a str,
-        timestamp: i64,
-        seq: u64,
-        /// Absent (SQL NULL) when there is none; a JSON `null` stays one.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        meta: Option<&'a serde_json::Value>,
-    }
-    let rows: Vec<Row<'_>> = batches
+    let events = batches
         .iter()
-        .flat_map(|b| {
-            b.events.iter().map(move |e| Row {
+        .flat_map(|b| b.events.iter().map(move |e| (b, e)));
+    let count = batches.iter().map(|b| b.events.len()).sum::<usize>();
+    if count == 0 {
+        return Ok(0);
+    }
+    if db.get_database_backend() == DbBackend::Postgres {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            room_id: &'a str,
+            event_name: &'a str,
+            event_data: &'a serde_json::Value,
+            from_user: &'a str,
+            timestamp: i64,
+            seq: u64,
+            /// Absent (SQL NULL) when there is none; a JSON `null` stays one.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            meta: Option<&'a serde_json::Value>,
+        }
+        let rows: Vec<Row<'_>> = events
+            .map(|(b, e)| Row {
                 room_id: b.room_id,
                 event_name: b.event,
                 event_data: &e.data,
@@ -82,33 +97,69 @@ pub async fn insert_batches(
                 seq: e.seq,
                 meta: e.meta.as_ref(),
             })
-        })
-        .collect();
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let backend = db.get_database_backend();
-    let sql = match backend {
-        DbBackend::Postgres => {
-            r#"INSERT INTO messages (room_id, event_name, event_data, from_user, "timestamp", seq, meta)
+            .collect();
+        let sql = format!(
+            "{INSERT}
 SELECT e ->> 'room_id', e ->> 'event_name', e -> 'event_data', e ->> 'from_user',
   (e ->> 'timestamp')::bigint, (e ->> 'seq')::bigint, e -> 'meta'
 FROM jsonb_array_elements($1::jsonb) AS e
-ON CONFLICT (room_id, event_name, seq) DO NOTHING"#
+{SKIP_STORED}"
+        );
+        let values = [to_json(&rows).into()];
+        let stmt = Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
+        return Ok(db.execute_raw(stmt).await?.rows_affected());
+    }
+
+    let mut sizes = Vec::new();
+    let mut left = count;
+    for size in SQLITE_STATEMENT_SIZES {
+        while left >= size {
+            sizes.push(size);
+            left -= size;
         }
-        _ => {
-            r#"INSERT INTO messages (room_id, event_name, event_data, from_user, "timestamp", seq, meta)
-SELECT value ->> 'room_id', value ->> 'event_name', value -> 'event_data',
-  value ->> 'from_user', value ->> 'timestamp', value ->> 'seq', value -> 'meta'
-FROM json_each(?) WHERE true
-ON CONFLICT (room_id, event_name, seq) DO NOTHING"#
+    }
+    let mut events = events.map(|(b, e)| {
+        [
+            b.room_id.into(),
+            b.event.into(),
+            to_json(&e.data).into(),
+            e.from.to_string().into(),
+            e.timestamp.into(),
+            (e.seq as i64).into(),
+            e.meta.as_ref().map(to_json).into(),
+        ]
+    });
+    let txn = (sizes.len() > 1).then_some(db.begin().await?);
+    let mut inserted = 0;
+    for size in sizes {
+        let values: Vec<sea_orm::Value> = events.by_ref().take(size).flatten().collect();
+        let stmt = Statement::from_sql_and_values(DbBackend::Sqlite, sqlite_insert(size), values);
+        inserted += match &txn {
+            Some(txn) => txn.execute_raw(stmt).await?,
+            None => db.execute_raw(stmt).await?,
         }
-    };
-    let json = to_json(&rows);
-    let result = db
-        .execute_raw(Statement::from_sql_and_values(backend, sql, [json.into()]))
-        .await?;
-    Ok(result.rows_affected())
+        .rows_affected();
+    }
+    if let Some(txn) = txn {
+        txn.commit().await?;
+    }
+    Ok(inserted)
+}
+
+/// The SQLite INSERT of `rows` rows (one of [`SQLITE_STATEMENT_SIZES`]), built once.
+fn sqlite_insert(rows: usize) -> &'static str {
+    static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        SQLITE_STATEMENT_SIZES
+            .iter()
+            .map(|&n| {
+                let row = "(?, ?, ?, ?, ?, ?, ?)";
+                format!("{INSERT} VALUES {} {SKIP_STORED}", vec![row; n].join(", "))
+            })
+            .collect()
+    });
+    let at = SQLITE_STATEMENT_SIZES.iter().position(|&n| n == rows);
+    &texts[at.expect("rows is one of SQLITE_STATEMENT_SIZES")]
 }
 
 fn to_event(room_id: &str, row: message::Model) -> Arc<StoredEvent> {
