@@ -48,6 +48,8 @@ def figures(settings):
          field("server_cpu_us_per_delivery"), "µs", ("<=", 0.75, "≤ 0.75 µs"), "7.4 µs", "median"),
         ("Deliveries/s at saturation (same runs)", "fanout",
          field("deliveries_per_s"), "/s", None, "133,600/s", "median"),
+        ("Load generator CPU during those runs (one core; near 100 % = it sets the pace)",
+         "fanout", field("loadgen_cpu_pct"), "%", None, "—", "median"),
     ]
     p99_targets = {500: ("<=", 1, "≤ 1 ms"), 5000: ("<=", 5, "≤ 5 ms")}
     node = {500: ("0.58 ms", "3.8 ms")}
@@ -224,8 +226,9 @@ def main():
             "- **idle**: `IDLE_CONNECTIONS` connections opened `IDLE_CONCURRENCY` at a time, each "
             "joined to a room; server RSS (VmRSS) before and after, over the connections.",
             "- **persist**: 4 clients trigger `MESSAGES` events (64 in flight each) into a room "
-            "whose 100-event window is full, so each evicts one to the database; rows counted in "
-            "the database.",
+            "whose 100-event window is full, so each evicts one to the database; rows/s from the "
+            "start until the run's newest seq is stored (watched with max(seq), an index lookup), "
+            "then the rows are counted.",
             "- **history**: `DEEP_ROWS` rows bulk-loaded straight into the table, then "
             "`HISTORY_SAMPLES` requests of a 20-event page at each depth, offsets and cursor forms; "
             "the worse p99 of the two is shown.",
