@@ -2,10 +2,11 @@
 //! holds the user's identity, joined rooms and rate limits, runs the heartbeat, and writes
 //! frames to a bounded outbound queue (a client that stops reading is disconnected).
 //!
-//! Client requests are handled in arrival order, so a `join` followed at once by a `trigger`
+//! Client requests are started in arrival order, so a `join` followed at once by a `trigger`
 //! behaves as the client wrote it. A trigger into a room already joined is pipelined: it goes
-//! to the room's mailbox at once and the room acks it itself (see [`AckTo`]); any other
-//! request waits until the one before it is answered.
+//! to the room's mailbox at once and the room acks it itself (see [`AckTo`]). Any other
+//! request is awaited: the requests after it wait until it is answered. A room's mailbox
+//! keeps the order, so requests into one room are handled in the order sent.
 
 use crate::actors::directory::Directory;
 use crate::actors::messages::*;
@@ -17,7 +18,7 @@ use crate::error::{DialogueError, ErrorCode};
 use crate::hooks::Hooks;
 use crate::http::polling::{PollingQueue, Sessions, SEPARATOR};
 use crate::http::websocket::{WsInboundError, WsMessage, WsSink};
-use crate::protocol::dialogue::{ack_err, ack_ok, parse_request, to_json, ClientRequest};
+use crate::protocol::dialogue::{ack_ok, error_frames, parse_request, to_json, ClientRequest};
 use crate::protocol::engineio::{self, EioPacket};
 use crate::protocol::socketio::{self, SioKind, SioPacket};
 use actix::prelude::*;
@@ -213,6 +214,13 @@ impl Connection {
         self.close(ctx, CloseCode::Policy, "outbound queue full");
     }
 
+    /// Who this connection acts as (before CONNECT completes: its socket id as a user).
+    fn identity(&self) -> Arc<Identity> {
+        self.identity
+            .clone()
+            .unwrap_or_else(|| Arc::new(Identity::user(&self.socket_id)))
+    }
+
     /// The handle rooms deliver through: the WebSocket queue itself on a WebSocket session.
     fn outbox(&self, ctx: &Context<Self>) -> Outbox {
         let direct = match &self.transport {
@@ -228,9 +236,8 @@ impl Connection {
 
     fn reply_error(&mut self, ctx: &mut Context<Self>, ack: Option<u64>, error: &DialogueError) {
         log::debug!("connection {}: {error}", self.id);
-        self.emit(ctx, "dialogue:error", &to_json(error));
-        if let Some(id) = ack {
-            self.send(ctx, socketio::encode_ack(id, &ack_err(error)).into());
+        for frame in error_frames(ack, error) {
+            self.send(ctx, frame.into());
         }
     }
 
@@ -466,8 +473,7 @@ impl Connection {
                 });
             }
         };
-        let identity = self.identity.clone();
-        let identity = identity.unwrap_or_else(|| Arc::new(Identity::user(&self.socket_id)));
+        let identity = self.identity();
         let in_flight = self.in_flight.clone();
         let reply = AckTo::new(ack, self.outbox(ctx), t.room_id, in_flight, weight);
         room.do_send(Trigger {
@@ -512,10 +518,7 @@ impl Connection {
         ctx: &mut Context<Self>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Done>>> {
         let conn = self.id;
-        let identity = self
-            .identity
-            .clone()
-            .unwrap_or_else(|| Arc::new(Identity::user(&self.socket_id)));
+        let identity = self.identity();
         let outbox = self.outbox(ctx);
         let directory = self.directory.clone();
         let (request, ack) = match work {

@@ -4,8 +4,7 @@
 use crate::actors::messages::ToConnection;
 use crate::error::DialogueError;
 use crate::http::websocket::{SlowClient, WsQueue};
-use crate::protocol::dialogue::{ack_err, to_json};
-use crate::protocol::socketio;
+use crate::protocol::dialogue::error_frames;
 use actix::Recipient;
 use bytestring::ByteString;
 use std::sync::Arc;
@@ -62,9 +61,8 @@ impl Outbox {
 
     /// Answers a failed request: the `dialogue:error` event, then the ack if one was asked.
     pub fn error(&self, ack: Option<u64>, error: &DialogueError) {
-        self.frame(socketio::encode_event("dialogue:error", &to_json(error)).into());
-        if let Some(id) = ack {
-            self.frame(socketio::encode_ack(id, &ack_err(error)).into());
+        for frame in error_frames(ack, error) {
+            self.frame(frame.into());
         }
     }
 

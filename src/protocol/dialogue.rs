@@ -233,6 +233,14 @@ pub fn ack_ok(obj_json: &str) -> String {
     }
 }
 
+/// The Socket.IO frames answering a failed request: `dialogue:error`, then the error ack if
+/// the request asked for one.
+pub fn error_frames(ack: Option<u64>, err: &DialogueError) -> impl Iterator<Item = String> {
+    let event = crate::protocol::socketio::encode_event("dialogue:error", &to_json(err));
+    let ack = ack.map(|id| crate::protocol::socketio::encode_ack(id, &ack_err(err)));
+    std::iter::once(event).chain(ack)
+}
+
 /// `{"ok":false,"code":…,"message":…}` for an ack.
 pub fn ack_err(err: &DialogueError) -> String {
     #[derive(Serialize)]
