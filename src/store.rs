@@ -129,7 +129,11 @@ FROM jsonb_array_elements($1::jsonb) AS e
             e.meta.as_ref().map(to_json).into(),
         ]
     });
-    let txn = (sizes.len() > 1).then_some(db.begin().await?);
+    let txn = if sizes.len() > 1 {
+        Some(db.begin().await?)
+    } else {
+        None
+    };
     let mut inserted = 0;
     for size in sizes {
         let values: Vec<sea_orm::Value> = events.by_ref().take(size).flatten().collect();
