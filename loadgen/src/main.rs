@@ -92,13 +92,8 @@ enum Scenario {
     /// Idle connections: opens K connections each joined to a room; the server's RSS per
     /// connection and connections opened (connect + join) per second.
     Idle {
-        #[arg(long, default_value = "http://127.0.0.1:3000")]
-        url: String,
-        /// The room; with --rooms R > 1, the prefix of rooms {room}0 … {room}R-1.
-        #[arg(long, default_value = "general")]
-        room: String,
-        #[arg(long, default_value_t = 1)]
-        rooms: usize,
+        #[command(flatten)]
+        target: Target,
         #[arg(long, default_value_t = 2000)]
         connections: usize,
         /// Connections being opened at once.
@@ -146,9 +141,9 @@ enum Scenario {
     },
 }
 
-/// Who connects where: shared by `fanout` and `latency`.
+/// The server and the rooms connections join: shared by `fanout`, `latency` and `idle`.
 #[derive(clap::Args)]
-struct Setup {
+struct Target {
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     url: String,
     /// The room; with --rooms R > 1, the prefix of rooms {room}0 … {room}R-1.
@@ -156,6 +151,26 @@ struct Setup {
     room: String,
     #[arg(long, default_value_t = 1)]
     rooms: usize,
+}
+
+impl Target {
+    /// `{room}0 … {room}R-1`, or just `room` when R is 1.
+    fn room_names(&self) -> Vec<String> {
+        if self.rooms <= 1 {
+            vec![self.room.clone()]
+        } else {
+            (0..self.rooms)
+                .map(|i| format!("{}{i}", self.room))
+                .collect()
+        }
+    }
+}
+
+/// Who connects where: shared by `fanout` and `latency`.
+#[derive(clap::Args)]
+struct Setup {
+    #[command(flatten)]
+    target: Target,
     #[arg(long, default_value = "message")]
     event: String,
     #[arg(long, default_value_t = 100)]
@@ -174,9 +189,9 @@ impl Setup {
     fn options(self, scenario: &'static str) -> fanout::Options {
         fanout::Options {
             scenario,
-            url: self.url,
+            rooms: self.target.room_names(),
+            url: self.target.url,
             event: self.event,
-            rooms: room_names(&self.room, self.rooms),
             subscribers: self.subscribers,
             senders: self.senders,
             messages: 0,
@@ -186,15 +201,6 @@ impl Setup {
             server_pid: self.server_pid,
             rss_every: None,
         }
-    }
-}
-
-/// `{prefix}0 … {prefix}R-1`, or just `room` when R is 1.
-fn room_names(room: &str, rooms: usize) -> Vec<String> {
-    if rooms <= 1 {
-        vec![room.to_owned()]
-    } else {
-        (0..rooms).map(|i| format!("{room}{i}")).collect()
     }
 }
 
@@ -481,17 +487,15 @@ async fn main() -> std::process::ExitCode {
             .await
         }
         Scenario::Idle {
-            url,
-            room,
-            rooms,
+            target,
             connections,
             concurrency,
             server_pid,
             settle_ms,
         } => {
             idle::run(idle::Options {
-                url,
-                rooms: room_names(&room, rooms),
+                rooms: target.room_names(),
+                url: target.url,
                 connections,
                 concurrency,
                 server_pid,
