@@ -21,6 +21,7 @@ fn event(seq: u64) -> Arc<StoredEvent> {
         from: "alice".into(),
         data,
         meta: None,
+        epoch: 0,
         json: json.into(),
     })
 }

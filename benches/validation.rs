@@ -40,7 +40,10 @@ fn catalog() -> EventCatalog {
         }
     });
     catalog.insert(EventDef::new("order", None, Some(&order), Some(100)).expect("valid schema"));
-    catalog.insert(EventDef::untyped("anything"));
+    catalog.insert(EventDef::untyped(
+        "anything",
+        dialogue::config::Durability::Stored,
+    ));
     catalog
 }
 

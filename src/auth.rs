@@ -7,8 +7,9 @@ use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use std::sync::Arc;
 
-/// Longest user id accepted.
-pub const MAX_USER_ID: usize = 255;
+/// Longest user id accepted, in bytes (see [`crate::protocol::storable`]).
+pub use crate::protocol::storable::MAX_USER_ID;
+use crate::protocol::storable::USER_ID;
 
 /// Who a connection is.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,10 +127,13 @@ impl Authenticator {
             Authenticator::Open => {
                 let user_id = match auth.and_then(|a| a.get("userId")) {
                     None | Some(Value::Null) => connection_id.to_owned(),
-                    Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_USER_ID => s.clone(),
+                    Some(Value::String(s)) => {
+                        USER_ID.check("auth.userId", s).map_err(|e| e.message)?;
+                        s.clone()
+                    }
                     Some(_) => {
                         return Err(format!(
-                            "auth.userId must be a string of 1 to {MAX_USER_ID} characters"
+                            "auth.userId must be a string of 1 to {MAX_USER_ID} bytes"
                         ))
                     }
                 };
@@ -143,7 +147,12 @@ impl Authenticator {
                 let data = decode::<Value>(token, key, validation)
                     .map_err(|e| format!("invalid token: {e}"))?;
                 let user_id = match data.claims.get("sub") {
-                    Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_USER_ID => s.clone(),
+                    Some(Value::String(s)) => {
+                        USER_ID
+                            .check("`sub`", s)
+                            .map_err(|e| format!("invalid token: {}", e.message))?;
+                        s.clone()
+                    }
                     _ => return Err("invalid token: `sub` must be a non-empty string".into()),
                 };
                 Ok(Identity {
@@ -189,6 +198,52 @@ mod tests {
         assert_eq!(&*id.user_id, "alice");
         assert_eq!(&*a.authenticate(None, "c1").unwrap().user_id, "c1");
         assert!(a.authenticate(Some(&json!({"userId": 5})), "c1").is_err());
+    }
+
+    #[test]
+    fn open_mode_refuses_user_ids_the_database_cannot_store() {
+        let a = Authenticator::Open;
+        let long = "u".repeat(MAX_USER_ID + 1);
+        let e = a
+            .authenticate(Some(&json!({ "userId": long })), "c1")
+            .unwrap_err();
+        assert!(e.starts_with("auth.userId is 256 bytes"), "{e}");
+        let e = a
+            .authenticate(Some(&json!({"userId": "al\u{0}ice"})), "c1")
+            .unwrap_err();
+        assert!(e.contains("NUL"), "{e}");
+        assert!(a.authenticate(Some(&json!({"userId": ""})), "c1").is_err());
+        let max = "u".repeat(MAX_USER_ID);
+        assert!(a
+            .authenticate(Some(&json!({ "userId": max })), "c1")
+            .is_ok());
+    }
+
+    #[test]
+    fn jwt_sub_must_be_a_storable_user_id() {
+        let auth: AuthConfig = serde_json::from_value(json!({
+            "mode": "jwt",
+            "jwt": { "algorithm": "HS256", "secret": "s3cret" }
+        }))
+        .unwrap();
+        let a = Authenticator::from_config(&auth).unwrap();
+        let sign = |sub: &str| {
+            let claims = json!({ "sub": sub, "exp": 4_000_000_000u64 });
+            let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+        };
+        let id = a
+            .authenticate(Some(&json!({ "token": sign("bob") })), "c")
+            .unwrap();
+        assert_eq!(&*id.user_id, "bob");
+        let e = a
+            .authenticate(Some(&json!({ "token": sign("b\u{0}b") })), "c")
+            .unwrap_err();
+        assert!(e.starts_with("invalid token: `sub` "), "{e}");
+        let long = "b".repeat(MAX_USER_ID + 1);
+        assert!(a
+            .authenticate(Some(&json!({ "token": sign(&long) })), "c")
+            .is_err());
     }
 
     #[test]

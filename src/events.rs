@@ -1,6 +1,7 @@
 //! The event catalog: every event type of the configuration with its JSON Schema compiled
 //! once at start-up, and the check of a triggered event's `data` against it.
 
+use crate::config::Durability;
 use crate::error::{DialogueError, ErrorCode};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ pub struct EventDef {
     validator: Option<jsonschema::Validator>,
     /// Events kept in memory per room; `None` = history disabled.
     pub history_limit: Option<usize>,
+    /// When a trigger of this event is acknowledged and fanned out.
+    pub durability: Durability,
 }
 
 impl EventDef {
@@ -39,16 +42,18 @@ impl EventDef {
             description,
             validator,
             history_limit,
+            durability: Durability::Stored,
         })
     }
 
     /// An event with no schema and no history (an undeclared event in a `"*"` room).
-    pub fn untyped(name: &str) -> Self {
+    pub fn untyped(name: &str, durability: Durability) -> Self {
         EventDef {
             name: name.to_owned(),
             description: None,
             validator: None,
             history_limit: None,
+            durability,
         }
     }
 
@@ -89,6 +94,8 @@ impl EventDef {
 #[derive(Debug, Default)]
 pub struct EventCatalog {
     defs: HashMap<String, Arc<EventDef>>,
+    /// Durability of events no configuration declares (in `"*"` rooms).
+    pub default_durability: Durability,
 }
 
 impl EventCatalog {

@@ -139,6 +139,7 @@ mod tests {
             from: "u".into(),
             data: Value::Null,
             meta: None,
+            epoch: 0,
             json: "{}".into(),
         })
     }

@@ -7,11 +7,13 @@
 //! - [`config`] — `config.yaml` into typed structs, validated with file/line/key errors.
 //! - [`events`] — the event catalog: JSON Schemas compiled once, data validation.
 //! - [`protocol`] — wire formats: the Engine.IO and Socket.IO packet codecs
-//!   ([`protocol::engineio`], [`protocol::socketio`]) and the dialogue event shapes
-//!   ([`protocol::dialogue`]).
+//!   ([`protocol::engineio`], [`protocol::socketio`]), the dialogue event shapes
+//!   ([`protocol::dialogue`]) and the door checks of ids and JSON the database must be able
+//!   to store ([`protocol::storable`]: id lengths and alphabet, no NUL).
 //! - [`actors`] — the actor system: [`actors::connection`] (one per client session),
-//!   [`actors::room`] (one per room: members, fan-out, history), [`actors::directory`]
-//!   (room ids → room actors), [`actors::persistence`] (evicted history),
+//!   [`actors::room`] (one per room: members, numbering, fan-out, history window),
+//!   [`actors::directory`] (room ids → room actors), [`actors::persistence`] (write-behind
+//!   of every accepted event, group commit, leases),
 //!   [`actors::outbox`] (how a room reaches a member: straight into its WebSocket send queue),
 //!   and [`actors::messages`], every message between them. Rooms run on threads of their own
 //!   (`server.roomThreads`), apart from the HTTP workers that own the sockets.
@@ -23,7 +25,9 @@
 //! - [`error`] — the client-facing error codes.
 //! - [`auth`] / [`hooks`] — identities (open or JWT), access rules, and the [`Hooks`] trait
 //!   embedders implement; [`hooks::ConfigHooks`] is the YAML-driven default.
-//! - [`store`] — sea-orm queries (SQLite and PostgreSQL); [`metrics`] — Prometheus metrics.
+//! - [`store`] — sea-orm queries (SQLite and PostgreSQL): fenced batch writes, room leases,
+//!   the quarantine; [`spill`] — the file that keeps what could not be written at shutdown;
+//!   [`metrics`] — Prometheus metrics.
 
 pub mod actors;
 pub mod auth;
@@ -36,6 +40,7 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod spill;
 pub mod store;
 
 pub use auth::Identity;

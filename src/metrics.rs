@@ -22,6 +22,10 @@ pub struct Metrics {
     pub persist_rows: IntCounter,
     pub persist_failures: IntCounter,
     pub persist_backlog: IntGauge,
+    /// Events the database refused, moved to the quarantine table.
+    pub persist_quarantined: IntCounter,
+    /// Rooms whose writer stopped (their lease was taken over, or a conflict).
+    pub persist_stopped_rooms: IntCounter,
     pub fanout_seconds: Histogram,
     pub history_read_seconds: HistogramVec,
 }
@@ -59,6 +63,16 @@ impl Metrics {
             "Evicted events waiting to be written",
         )
         .expect("valid");
+        let persist_quarantined = IntCounter::new(
+            "dialogue_persist_quarantined_total",
+            "Events the database refused, moved to the quarantine table",
+        )
+        .expect("valid");
+        let persist_stopped_rooms = IntCounter::new(
+            "dialogue_persist_stopped_rooms_total",
+            "Rooms that stopped writing (lease taken over, or a conflicting row)",
+        )
+        .expect("valid");
         let fanout_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "dialogue_fanout_seconds",
@@ -81,7 +95,13 @@ impl Metrics {
             &["source"],
         )
         .expect("valid");
-        for m in [&persist_batches, &persist_rows, &persist_failures] {
+        for m in [
+            &persist_batches,
+            &persist_rows,
+            &persist_failures,
+            &persist_quarantined,
+            &persist_stopped_rooms,
+        ] {
             registry.register(Box::new(m.clone())).expect("unique");
         }
         registry
@@ -125,6 +145,8 @@ impl Metrics {
             persist_rows,
             persist_failures,
             persist_backlog,
+            persist_quarantined,
+            persist_stopped_rooms,
             fanout_seconds,
             history_read_seconds,
         }

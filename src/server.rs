@@ -3,7 +3,7 @@
 
 use crate::actors::directory::Directory;
 use crate::actors::messages::{FlushAll, WaitWritten};
-use crate::actors::persistence::Persistence;
+use crate::actors::persistence::{Persistence, ReleaseAll, Spill};
 use crate::config::Settings;
 use crate::hooks::{ConfigHooks, Hooks};
 use crate::http::{self, AppState};
@@ -44,6 +44,20 @@ pub async fn run_with_hooks(
         std::io::Error::other(format!("cannot open the database {}: {e}", redact(&db_url)))
     })?;
     log::info!("database {} ready (migrations applied)", redact(&db_url));
+    let spill_file = std::path::Path::new(&settings.config.database.spill_file);
+    match crate::spill::replay(&db, spill_file).await {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "replayed {n} events from the spill file {} (left by a shutdown while the database was down)",
+            spill_file.display()
+        ),
+        Err(e) => {
+            return Err(std::io::Error::other(format!(
+                "cannot replay the spill file {}: {e}",
+                spill_file.display()
+            )))
+        }
+    }
 
     let room_threads: Vec<Arbiter> = (0..threads(server_cfg.room_threads))
         .map(|_| Arbiter::new())
@@ -52,7 +66,7 @@ pub async fn run_with_hooks(
     let (persistence_addr, persistence, store_health) = Persistence::start(
         db_url,
         db,
-        settings.config.database.max_backlog,
+        &settings.config.database,
         &persistence_thread.handle(),
     );
     let directory = Directory::new(
@@ -113,29 +127,53 @@ pub async fn run_with_hooks(
     );
     server.await?;
 
-    // Every room hands its in-memory history to the persistence actor, which writes it.
+    // Every room hands over what it accepted and not yet sent; the store writes what is
+    // queued, then gives up the rooms' leases (a clean stop: no epoch change).
     let timeout = Duration::from_millis(settings.config.server.shutdown_timeout);
     let flushed = async {
         let _ = directory.send(FlushAll).await;
         let _ = persistence_addr.send(WaitWritten).await;
     };
-    let saved = tokio::time::timeout(timeout, flushed).await.is_ok();
+    let saved = tokio::time::timeout(timeout, flushed).await.is_ok()
+        || persistence
+            .backlog
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0;
+    let result = if saved {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), persistence_addr.send(ReleaseAll)).await;
+        log::info!("history saved; dialogue stopped");
+        Ok(())
+    } else {
+        // The database cannot take it: keep it in the spill file for the next start.
+        match persistence_addr.send(Spill).await {
+            Ok(Ok(n)) => {
+                log::warn!(
+                    "the database did not take the last {n} events within {}ms; they are in the spill file {} and are written at the next start",
+                    timeout.as_millis(),
+                    spill_file.display()
+                );
+                Ok(())
+            }
+            Ok(Err(e)) => Err(std::io::Error::other(format!(
+                "history not fully written within {}ms and the spill file {} failed: {e}",
+                timeout.as_millis(),
+                spill_file.display()
+            ))),
+            Err(_) => Err(std::io::Error::other(format!(
+                "history not fully written within {}ms: {} events were not saved",
+                timeout.as_millis(),
+                persistence
+                    .backlog
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            ))),
+        }
+    };
     for arbiter in room_threads {
         arbiter.stop();
     }
     persistence_thread.stop();
-    if saved {
-        log::info!("history saved; dialogue stopped");
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "history not fully written within {}ms: {} events were not saved",
-            timeout.as_millis(),
-            persistence
-                .backlog
-                .load(std::sync::atomic::Ordering::Relaxed)
-        )))
-    }
+    result
 }
 
 /// Resolves on SIGINT or SIGTERM, naming it.

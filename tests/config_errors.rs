@@ -114,6 +114,42 @@ fn zero_history_limit() {
 }
 
 #[test]
+fn ids_the_database_cannot_store() {
+    // A NUL in a room id (YAML's "\0" escape) and a room id over 255 bytes.
+    let yaml = GOOD.replace("  general:\n", "  \"gen\\0eral\":\n")
+        + &format!("  {}:\n    events: [message]\n", "r".repeat(256));
+    let (ok, err) = check(&yaml);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "bad.yaml:7:3: rooms.\"gen\\u0000eral\": room id \"gen\\u0000eral\" contains the \
+             control character U+0000 (NUL); a room id may not contain control characters"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "bad.yaml:11:3: rooms.\"{}\"…: room id is 256 bytes",
+            "r".repeat(40)
+        )),
+        "{err}"
+    );
+    // An event name with trailing whitespace.
+    let yaml = GOOD
+        .replace("  message:\n", "  \"message \":\n")
+        .replace("[message]", "[\"message \"]");
+    let (ok, err) = check(&yaml);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "bad.yaml:2:3: events.\"message \": event name \"message \" has leading or trailing \
+             whitespace"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn serve_refuses_a_bad_config_with_nonzero_exit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");

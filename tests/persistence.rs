@@ -29,6 +29,14 @@ rooms:
     )
 }
 
+/// [`config`] with `database.durability: accepted` (acks at once; the backlog bound applies).
+fn config_accepted(url: &str, limit: u32, max_backlog: usize, sync: u32) -> String {
+    config(url, limit, max_backlog, sync).replace(
+        &format!("maxBacklog: {max_backlog} }}"),
+        &format!("maxBacklog: {max_backlog}, durability: accepted }}"),
+    )
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -82,7 +90,77 @@ fn outage_then_recovery(server: &TestServer, url: &str, recover: impl FnOnce()) 
         &[("PHASE", "outage-recovered"), ("LAST_SEQ", &last)],
     );
     wait_for_log(server, "database available again");
-    eventually_count(url, "hist", accepted + 1 - 10);
+    // Write-behind: every accepted event reaches the table, not only those out of the window.
+    eventually_count(url, "hist", accepted + 1);
+}
+
+/// `durability: stored` with the database unavailable: triggers are refused with
+/// STORAGE_UNAVAILABLE once the store knows; those accepted before are acknowledged only when
+/// `recover` has ended the outage, and every acknowledged one is then in the database with
+/// the acknowledged seq, gapless; no refused one is.
+fn stored_outage_then_recovery(server: &TestServer, url: &str, recover: impl FnOnce()) {
+    let mut script = common::spawn_node_script("outage-stored.mjs", &server.url, &[]);
+    let refusal = script.wait_line("REFUSED ", Duration::from_secs(60));
+    assert!(refusal.is_some(), "no refusal: {}", script.transcript());
+    recover();
+    assert_eq!(
+        script.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        script.transcript()
+    );
+    let result = script.results().pop().expect("RESULT line");
+    let acked = result["acked"].as_array().unwrap();
+    let refused = result["refused"].as_array().unwrap();
+    assert!(!refused.is_empty());
+    assert!(
+        refused.iter().all(|r| r["code"] == "STORAGE_UNAVAILABLE"),
+        "{refused:?}"
+    );
+    let rows = rt().block_on(async {
+        let db = dialogue::store::connect(url).await.unwrap();
+        let rows = Messages::find()
+            .filter(Column::RoomId.eq("hist"))
+            .all(&db)
+            .await
+            .unwrap();
+        db.close().await.ok();
+        rows
+    });
+    let stored: std::collections::BTreeMap<i64, String> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.seq,
+                r.event_data["text"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        (1..=stored.len() as i64).collect::<Vec<_>>(),
+        "gapless from 1"
+    );
+    for a in acked {
+        let seq = a["seq"].as_i64().unwrap();
+        assert_eq!(
+            stored.get(&seq).map(String::as_str),
+            a["text"].as_str(),
+            "acked seq {seq}"
+        );
+    }
+    for r in refused {
+        let text = r["text"].as_str().unwrap();
+        assert!(
+            !stored.values().any(|t| t == text),
+            "refused {text} was stored"
+        );
+    }
+    assert_eq!(
+        stored.len(),
+        acked.len(),
+        "only acknowledged events are stored"
+    );
 }
 
 fn wait_for_log(server: &TestServer, needle: &str) {
@@ -126,7 +204,8 @@ fn thousand_messages(backend: Backend) {
     let url = backend.url(dir.path(), "thousand");
     let server = TestServer::start_in(dir.path(), &config(&url, 100, 100_000, 50), &[]);
     run_node_tests("persistence.test.mjs", &server, &[("PHASE", "thousand")]);
-    eventually_count(&url, "hist", 900);
+    // Write-behind: all 1000, the 100 still in the window included.
+    eventually_count(&url, "hist", 1000);
 }
 
 fn concurrent_cursor(backend: Backend) {
@@ -205,6 +284,7 @@ fn idempotent_writes(backend: Backend) {
                         3 => Some(serde_json::Value::Null),
                         _ => None,
                     },
+                    epoch: 0,
                     json: "{}".into(),
                 })
             })
@@ -238,6 +318,74 @@ fn idempotent_writes(backend: Backend) {
     });
 }
 
+/// Fault injection: a trigger in the database refuses rows whose text is POISON. The rest of
+/// the batch is stored, the refused row is in the quarantine table, its seq holds a tombstone,
+/// the writer carries on and `/readyz` stays 200.
+fn refused_row_is_quarantined(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = backend.url(dir.path(), "quarantine");
+    let server = TestServer::start_in(dir.path(), &config(&url, 10, 100_000, 0), &[]);
+    server.wait_ready();
+    let postgres = matches!(backend, Backend::Postgres(_));
+    rt().block_on(async {
+        let db = dialogue::store::connect(&url).await.unwrap();
+        let sql: &[&str] = if postgres {
+            &[
+                "CREATE FUNCTION reject_poison() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.event_data->>'text' = 'POISON' THEN RAISE EXCEPTION 'poison refused by the test'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER reject_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION reject_poison()",
+            ]
+        } else {
+            &["CREATE TRIGGER reject_poison BEFORE INSERT ON messages \
+               WHEN json_extract(NEW.event_data, '$.text') = 'POISON' \
+               BEGIN SELECT RAISE(ABORT, 'poison refused by the test'); END"]
+        };
+        for statement in sql {
+            db.execute_unprepared(statement).await.unwrap();
+        }
+        db.close().await.ok();
+    });
+    run_node_tests(
+        "persistence.test.mjs",
+        &server,
+        &[("PHASE", "poison-batch")],
+    );
+    eventually_count(&url, "hist", 25);
+    let (status, body) = server.readyz();
+    assert_eq!(status, 200, "{body}");
+    let quarantined = rt().block_on(async {
+        let db = dialogue::store::connect(&url).await.unwrap();
+        let rows = db
+            .query_all_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT room_id, event_name, seq, event, error FROM quarantine".to_owned(),
+            ))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| {
+                (
+                    r.try_get::<String>("", "room_id").unwrap(),
+                    r.try_get::<i64>("", "seq").unwrap(),
+                    r.try_get::<String>("", "event").unwrap(),
+                    r.try_get::<String>("", "error").unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    let (room, seq, event, error) = &quarantined[0];
+    assert_eq!((room.as_str(), *seq), ("hist", 10));
+    assert!(event.contains("POISON"), "{event}");
+    assert!(error.contains("poison refused by the test"), "{error}");
+    let (_, metrics) = server.http_get("/metrics");
+    assert!(
+        metrics.contains("dialogue_persist_quarantined_total 1"),
+        "{metrics}"
+    );
+}
+
 // ------------------------------------------------------------------ SQLite
 
 #[test]
@@ -266,6 +414,11 @@ fn sqlite_room_deletion_persists_first() {
 }
 
 #[test]
+fn sqlite_refused_row_is_quarantined() {
+    refused_row_is_quarantined(Backend::Sqlite);
+}
+
+#[test]
 fn sqlite_writes_are_idempotent() {
     idempotent_writes(Backend::Sqlite);
 }
@@ -276,7 +429,7 @@ fn sqlite_writes_are_idempotent() {
 fn sqlite_locked_database_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let url = Backend::Sqlite.url(dir.path(), "outage");
-    let server = TestServer::start_in(dir.path(), &config(&url, 10, 50, 0), &[]);
+    let server = TestServer::start_in(dir.path(), &config_accepted(&url, 10, 50, 0), &[]);
     let rt = rt();
     let locker = rt.block_on(async {
         use sea_orm::TransactionTrait;
@@ -292,6 +445,34 @@ fn sqlite_locked_database_loses_nothing() {
     });
     // Releasing the lock ends the outage.
     outage_then_recovery(&server, &url, || {
+        rt.block_on(async move {
+            locker.1.rollback().await.unwrap();
+            locker.0.close().await.ok();
+        })
+    });
+}
+
+/// The SQLite file locked by another writer under `durability: stored`.
+#[test]
+fn sqlite_locked_database_stored_acks_only_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Backend::Sqlite.url(dir.path(), "outage_stored");
+    let server = TestServer::start_in(dir.path(), &config(&url, 10, 50, 0), &[]);
+    server.wait_ready();
+    let rt = rt();
+    let locker = rt.block_on(async {
+        use sea_orm::TransactionTrait;
+        let db = dialogue::store::connect(&url).await.unwrap();
+        let txn = db.begin().await.unwrap();
+        txn.execute_unprepared(
+            "INSERT INTO messages (room_id, event_name, event_data, from_user, timestamp, seq) \
+             VALUES ('lock', 'lock', '{}', 'test', 0, 1)",
+        )
+        .await
+        .unwrap();
+        (db, txn)
+    });
+    stored_outage_then_recovery(&server, &url, || {
         rt.block_on(async move {
             locker.1.rollback().await.unwrap();
             locker.0.close().await.ok();
@@ -337,6 +518,13 @@ fn postgres_room_deletion_persists_first() {
 }
 
 #[test]
+fn postgres_refused_row_is_quarantined() {
+    if let Some(pg) = postgres() {
+        refused_row_is_quarantined(pg);
+    }
+}
+
+#[test]
 fn postgres_writes_are_idempotent() {
     if let Some(pg) = postgres() {
         idempotent_writes(pg);
@@ -351,9 +539,23 @@ fn postgres_outage_loses_nothing() {
     };
     let dir = tempfile::tempdir().unwrap();
     let url = rt().block_on(pg.create_db("outage"));
-    let server = TestServer::start_in(dir.path(), &config(&url, 10, 50, 0), &[]);
+    let server = TestServer::start_in(dir.path(), &config_accepted(&url, 10, 50, 0), &[]);
     // The room restores its window from the database first; the outage begins after that.
     server.wait_ready();
     pg.stop_server();
     outage_then_recovery(&server, &url, || pg.start_server());
+}
+
+/// PostgreSQL stopped and started again under `durability: stored`.
+#[test]
+fn postgres_outage_stored_acks_only_what_is_stored() {
+    let Some(Backend::Postgres(pg)) = postgres() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = rt().block_on(pg.create_db("outage_stored"));
+    let server = TestServer::start_in(dir.path(), &config(&url, 10, 50, 0), &[]);
+    server.wait_ready();
+    pg.stop_server();
+    stored_outage_then_recovery(&server, &url, || pg.start_server());
 }

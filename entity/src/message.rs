@@ -20,6 +20,9 @@ pub struct Model {
     /// Per (room, event) sequence number, from 1 without gaps.
     pub seq: i64,
     pub meta: Option<Json>,
+    /// The room's epoch when the event was accepted: it grows after an unclean stop, so
+    /// `(epoch, seq)` never names two different events.
+    pub epoch: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

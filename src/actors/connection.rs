@@ -21,6 +21,7 @@ use crate::http::websocket::{WsInboundError, WsMessage, WsSink};
 use crate::protocol::dialogue::{ack_ok, error_frames, parse_request, to_json, ClientRequest};
 use crate::protocol::engineio::{self, EioPacket};
 use crate::protocol::socketio::{self, SioKind, SioPacket};
+use crate::protocol::storable;
 use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use bytestring::ByteString;
@@ -287,7 +288,7 @@ impl Connection {
                 if self.identity.is_none() || packet.nsp != "/" {
                     return self.violation(ctx, "event on a namespace that is not connected");
                 }
-                self.on_event(ctx, packet, frame_len);
+                self.on_event(ctx, packet, data, frame_len);
             }
             SioKind::BinaryEvent | SioKind::BinaryAck => {
                 if self.identity.is_none() {
@@ -337,7 +338,15 @@ impl Connection {
             .hooks
             .authenticate(packet.data.as_ref(), &self.socket_id)
         {
-            Ok(identity) => Arc::new(identity),
+            // Whatever the hooks answered, the user id is stored as `from` of its events.
+            Ok(identity) => match storable::check_user_id(&identity.user_id) {
+                Ok(()) => Arc::new(identity),
+                Err(error) => {
+                    log::info!("connection {} refused: {}", self.id, error.message);
+                    let frame = socketio::encode_connect_error("/", &error.message);
+                    return self.send(ctx, frame.into());
+                }
+            },
             Err(message) => {
                 log::info!("connection {} refused: {message}", self.id);
                 let frame = socketio::encode_connect_error("/", &message);
@@ -373,7 +382,14 @@ impl Connection {
         }));
     }
 
-    fn on_event(&mut self, ctx: &mut Context<Self>, packet: SioPacket, frame_len: usize) {
+    /// An EVENT packet; `raw` is its text (the door checks look for a NUL escape in it).
+    fn on_event(
+        &mut self,
+        ctx: &mut Context<Self>,
+        packet: SioPacket,
+        raw: &str,
+        frame_len: usize,
+    ) {
         let ack = packet.id;
         let Some(Value::Array(args)) = packet.data else {
             return; // decode() guarantees an array whose first item is the name
@@ -387,6 +403,10 @@ impl Connection {
             Ok(request) => request,
             Err(error) => return self.reply_error(ctx, ack, &error),
         };
+        // Nothing the database cannot store goes further (ids, NUL characters).
+        if let Err(error) = request.check_storable(raw) {
+            return self.reply_error(ctx, ack, &error);
+        }
         let limited = match &request {
             ClientRequest::Trigger(_) => !self.triggers.allow(),
             ClientRequest::GetHistory(_) => !self.history_reads.allow(),
@@ -483,7 +503,7 @@ impl Connection {
             data: t.data,
             meta: t.meta,
             echo: false,
-            reply: Some(reply),
+            reply: Reply::Ack(reply),
         });
         None
     }
@@ -581,16 +601,17 @@ impl Connection {
                         Ok(room) => room,
                         Err(error) => return Done::Failed { error, ack },
                     };
-                    let trigger = Trigger {
+                    let (reply, answer) = Reply::channel();
+                    room.do_send(Trigger {
                         conn: Some(conn),
                         identity,
                         event: t.event,
                         data: t.data,
                         meta: t.meta,
                         echo: false,
-                        reply: None,
-                    };
-                    match room.send(trigger).await {
+                        reply,
+                    });
+                    match answer.await {
                         Ok(Ok(Triggered { seq, .. })) => Done::Reply {
                             emit: None,
                             ack,

@@ -76,6 +76,7 @@ impl Directory {
                 auto_join: room.auto_join,
                 created_by: None,
                 size: AtomicUsize::new(0),
+                ready: Default::default(),
             };
             dir.start_room(shared);
         }
@@ -227,6 +228,7 @@ impl Handler<CreateRoom> for Directory {
             auto_join: false,
             created_by: (!msg.identity.trusted).then(|| msg.identity.user_id.clone()),
             size: AtomicUsize::new(0),
+            ready: Default::default(),
         });
         let info = shared.info();
         log::info!("room '{}' created by {}", info.id, msg_creator(&shared));
@@ -282,9 +284,11 @@ impl Handler<FlushAll> for Directory {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: FlushAll, _: &mut Context<Self>) -> Self::Result {
+        // A room still waiting for its lease has accepted nothing: no need to wait for it.
         let flushes: Vec<_> = self
             .rooms
             .values()
+            .filter(|r| r.shared.ready.load(std::sync::atomic::Ordering::Relaxed))
             .map(|r| r.addr.send(FlushHistory))
             .collect();
         Box::pin(async move {

@@ -7,7 +7,7 @@
 use crate::actors::outbox::Outbox;
 use crate::auth::Identity;
 use crate::error::DialogueError;
-use crate::protocol::dialogue::{ack_ok, HistoryRange, RoomInfo};
+use crate::protocol::dialogue::{ack_ok, to_json, EventMessage, HistoryRange, RoomInfo};
 use crate::protocol::socketio;
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -22,6 +22,8 @@ pub type ConnId = u64;
 #[derive(Debug)]
 pub struct StoredEvent {
     pub seq: u64,
+    /// The room's epoch when it was accepted (see [`crate::protocol::dialogue::EventMessage`]).
+    pub epoch: u64,
     /// Milliseconds since the Unix epoch.
     pub timestamp: i64,
     pub from: Arc<str>,
@@ -30,6 +32,57 @@ pub struct StoredEvent {
     /// The serialised `EventMessage`, built once when the event was triggered and reused by
     /// fan-out and every history page.
     pub json: Box<str>,
+}
+
+impl StoredEvent {
+    /// An event of `event` in `room_id`, with its `EventMessage` JSON.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        room_id: &str,
+        event: &str,
+        seq: u64,
+        epoch: u64,
+        timestamp: i64,
+        from: Arc<str>,
+        data: Value,
+        meta: Option<Value>,
+    ) -> StoredEvent {
+        let json = to_json(&EventMessage {
+            event,
+            room_id,
+            data: &data,
+            from: &from,
+            timestamp,
+            meta: meta.as_ref(),
+            seq,
+            epoch,
+        });
+        StoredEvent {
+            seq,
+            epoch,
+            timestamp,
+            from,
+            data,
+            meta,
+            json: json.into_boxed_str(),
+        }
+    }
+
+    /// What stands in for an event the database refused (kept in the quarantine table): same
+    /// seq, epoch, sender and time, `data: null` and `meta: {"quarantined": true}`, so the
+    /// stream stays gapless.
+    pub fn tombstone(&self, room_id: &str, event: &str) -> StoredEvent {
+        StoredEvent::new(
+            room_id,
+            event,
+            self.seq,
+            self.epoch,
+            self.timestamp,
+            self.from.clone(),
+            Value::Null,
+            Some(serde_json::json!({ "quarantined": true })),
+        )
+    }
 }
 
 // ---------------------------------------------------------------- room/directory → connection
@@ -82,9 +135,10 @@ pub struct SetSubscription {
     pub subscribed: bool,
 }
 
-/// Triggers an event into the room: validate, number, fan out, keep in history.
+/// Triggers an event into the room: validate, number, keep in history, fan out. The answer
+/// goes to [`Trigger::reply`] — at once, or (`durability: stored`) once the event committed.
 #[derive(Message)]
-#[rtype(result = "Result<Triggered, DialogueError>")]
+#[rtype(result = "()")]
 pub struct Trigger {
     /// The member triggering it; `None` for server-side triggers (no membership needed).
     pub conn: Option<ConnId>,
@@ -95,9 +149,37 @@ pub struct Trigger {
     pub meta: Option<Value>,
     /// Return the stored `EventMessage` JSON (the HTTP API answers with it).
     pub echo: bool,
-    /// The room answers the client itself (a pipelined trigger); `None` = the sender awaits
-    /// the result.
-    pub reply: Option<AckTo>,
+    /// Where the answer goes.
+    pub reply: Reply,
+}
+
+/// Where a room sends a trigger's answer.
+pub enum Reply {
+    /// Straight to the client (a pipelined trigger).
+    Ack(AckTo),
+    /// To a waiting sender (the HTTP API, an awaited trigger). Dropped unanswered = the room
+    /// stopped.
+    Channel(tokio::sync::oneshot::Sender<Result<Triggered, DialogueError>>),
+}
+
+impl Reply {
+    /// A reply the caller awaits, and the receiver to await it on.
+    pub fn channel() -> (
+        Reply,
+        tokio::sync::oneshot::Receiver<Result<Triggered, DialogueError>>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Reply::Channel(tx), rx)
+    }
+
+    pub fn answer(self, result: Result<Triggered, DialogueError>) {
+        match self {
+            Reply::Ack(ack) => ack.answer(&result),
+            Reply::Channel(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
 }
 
 /// Where a room answers a client's trigger itself: the ack (and, on failure, the
@@ -248,14 +330,50 @@ pub struct DeleteRoom {
 
 // ---------------------------------------------------------------- room → persistence
 
-/// Events pushed out of a room's in-memory window, to be stored as one batch.
+/// New events of one (room, event) stream, oldest first, contiguous `seq`.
+#[derive(Clone)]
+pub struct StreamRows {
+    pub event: Arc<str>,
+    pub events: Vec<Arc<StoredEvent>>,
+}
+
+/// The high-water mark of an event without history: its seq never goes below it again.
+#[derive(Clone)]
+pub struct CounterMark {
+    pub event: Arc<str>,
+    pub high_water: u64,
+}
+
+/// What a room accepted during one mailbox drain, written in one transaction (with whatever
+/// other rooms sent meanwhile: group commit). The store answers every batch with
+/// [`Committed`], in the order the room sent them.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct EvictedBatch {
+pub struct PersistBatch {
     pub room_id: Arc<str>,
+    /// The room instance's lease token: the write is refused (fenced) unless it still owns
+    /// the room in the database.
+    pub owner: Arc<str>,
+    pub reply: Recipient<Committed>,
+    pub streams: Vec<StreamRows>,
+    pub counters: Vec<CounterMark>,
+    /// Clients wait for this commit (`stored` events): write it without lingering.
+    pub urgent: bool,
+}
+
+/// The store's answer to a room's oldest unanswered [`PersistBatch`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    pub outcome: Result<Vec<Quarantined>, String>,
+}
+
+/// An event the database refused: it is in the quarantine table and a tombstone holds its seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
     pub event: Arc<str>,
-    /// Oldest first, contiguous `seq`.
-    pub events: Vec<Arc<StoredEvent>>,
+    pub seq: u64,
+    pub error: String,
 }
 
 /// Reads stored events `lo..=hi` of one (room, event), newest first: those still waiting to
@@ -269,22 +387,43 @@ pub struct LoadRange {
     pub hi: u64,
 }
 
-/// Restores a room's window after a restart: the newest `limit` stored events of one
-/// (room, event), newest first, and the highest `seq` stored.
-#[derive(Message)]
-#[rtype(result = "Result<StoredWindow, DialogueError>")]
-pub struct LoadWindow {
+/// Takes ownership of a room in the database (its lease) and loads what the room starts
+/// from. Refused while another room instance — in this process or another — holds a live
+/// lease on it.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<RoomRestore, String>")]
+pub struct ClaimRoom {
     pub room_id: Arc<str>,
-    pub event: Arc<str>,
-    pub limit: u64,
+    pub owner: Arc<str>,
+    /// History-enabled events with their window sizes.
+    pub windows: Vec<(Arc<str>, u64)>,
 }
 
-/// The answer to [`LoadWindow`].
+/// The answer to [`ClaimRoom`].
+#[derive(Debug, Default)]
+pub struct RoomRestore {
+    /// Grows by one each time the room is taken over after an unclean stop.
+    pub epoch: u64,
+    /// Per history-enabled event: the newest stored events (newest first) and the last seq.
+    pub windows: Vec<(Arc<str>, StoredWindow)>,
+    /// High-water marks of the room's events without history.
+    pub counters: std::collections::HashMap<String, u64>,
+}
+
+/// One event's stored window.
 #[derive(Debug, Default)]
 pub struct StoredWindow {
     /// Newest first.
     pub events: Vec<Arc<StoredEvent>>,
     pub last_seq: u64,
+}
+
+/// Gives up a room's lease once everything it sent is written (the room was deleted).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseRoom {
+    pub room_id: Arc<str>,
+    pub owner: Arc<str>,
 }
 
 /// Answers once every batch received before it is in the database.
@@ -295,21 +434,26 @@ pub struct WaitWritten;
 /// The persistence actor as rooms see it.
 #[derive(Clone)]
 pub struct PersistenceLink {
-    pub evicted: Recipient<EvictedBatch>,
+    pub batches: Recipient<PersistBatch>,
     pub load: Recipient<LoadRange>,
-    pub window: Recipient<LoadWindow>,
-    pub written: Recipient<WaitWritten>,
+    pub claim: Recipient<ClaimRoom>,
+    pub release: Recipient<ReleaseRoom>,
     /// Events accepted but not yet written (shared with the persistence actor).
     pub backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// Above this backlog, history-enabled triggers are refused with STORAGE_UNAVAILABLE.
     pub max_backlog: usize,
-    /// Rooms still restoring their history windows from the store (for `/readyz`).
+    /// Rooms still claiming and restoring their state from the store (for `/readyz`).
     pub restoring: Arc<std::sync::atomic::AtomicUsize>,
+    /// Rooms whose writer stopped (fenced by another owner, or a conflict): `/readyz` fails.
+    pub stopped: Arc<std::sync::atomic::AtomicUsize>,
+    /// The database took the last write: `stored` triggers are refused while it does not.
+    pub available: Arc<std::sync::atomic::AtomicBool>,
 }
 
 // ---------------------------------------------------------------- shutdown
 
-/// Sends the room's whole in-memory history to the persistence actor (graceful shutdown).
+/// Hands everything the room accepted to the persistence actor, with exact counters
+/// (graceful shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FlushHistory;

@@ -1,19 +1,26 @@
 //! The persistence actor (supervised): owns the database connection, writes the batches rooms
-//! evict, and answers history reads that reach past a room's in-memory window.
+//! send as they accept events (write-behind), keeps the rooms' leases, and answers history
+//! reads that reach past a room's in-memory window.
 //!
 //! Batches wait in memory until written and are served to readers meanwhile. Writes coalesce
-//! whatever is waiting into one transaction. A failed write is retried with backoff; after
-//! repeated failures the actor stops and its `Supervisor` restarts it with a fresh connection,
-//! keeping every waiting batch. Rooms refuse new history-enabled triggers only once the
-//! backlog reaches its bound.
+//! whatever is waiting into one transaction (group commit); every batch is answered with
+//! [`Committed`] once it is in. Each write checks the lease of every room in it: a room taken
+//! over by another owner is refused for good (fencing). A transient failure is retried with
+//! backoff; after repeated failures the actor stops and its `Supervisor` restarts it with a
+//! fresh connection, keeping every waiting batch. A write the database refuses for any other
+//! reason is halved until the rows at fault are found: those go to the quarantine table and
+//! the rest is written. Rooms refuse new history-enabled triggers only once the backlog
+//! reaches its bound.
 
 use crate::actors::messages::*;
 use crate::error::{DialogueError, ErrorCode};
 use crate::metrics::METRICS;
-use crate::store::{self, BatchRef};
+use crate::spill;
+use crate::store::{self, BatchRef, WriteError, WriteJob};
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,9 +28,11 @@ use tokio::sync::oneshot;
 
 /// Most events written in one transaction.
 const MAX_EVENTS_PER_WRITE: usize = 20_000;
-/// Fewer events than this wait up to [`LINGER`] for company before they are written: at a
-/// low rate every transaction would carry one event, and a transaction costs far more than
-/// a row. They stay readable meanwhile, and a graceful shutdown writes them at once.
+/// Fewer `accepted` events than this wait up to [`LINGER`] for company before they are
+/// written: at a low rate every transaction would carry one event, and a transaction costs
+/// far more than a row. They stay readable meanwhile, and a graceful shutdown writes them at
+/// once. Batches that clients wait for (`stored`) never linger: while one write runs, the
+/// next ones gather (group commit).
 const LINGER_EVENTS: usize = 256;
 const LINGER: Duration = Duration::from_millis(20);
 /// Consecutive failures after which the actor restarts with a new connection.
@@ -33,31 +42,66 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often an idle store checks that the database still answers (for `/readyz`).
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// One evicted batch waiting to be written.
+/// One room's batch waiting to be written.
 #[derive(Clone)]
 struct Batch {
     /// Position in arrival order; batches are written in this order.
     id: u64,
     room_id: Arc<str>,
-    event: Arc<str>,
-    events: Vec<Arc<StoredEvent>>,
+    owner: Arc<str>,
+    reply: Recipient<Committed>,
+    streams: Vec<StreamRows>,
+    counters: Vec<CounterMark>,
+    rows: usize,
+    /// Clients wait for its commit.
+    urgent: bool,
 }
+
+impl Batch {
+    fn job(&self) -> WriteJob<'_> {
+        WriteJob {
+            room_id: &self.room_id,
+            owner: Some(&self.owner),
+            streams: self
+                .streams
+                .iter()
+                .map(|s| BatchRef {
+                    room_id: &self.room_id,
+                    event: &s.event,
+                    events: &s.events,
+                })
+                .collect(),
+            counters: &self.counters,
+        }
+    }
+}
+
+/// What became of one batch: committed (with the rows quarantined, if any), or refused for
+/// good (the reason).
+type Outcome = Result<Vec<Quarantined>, String>;
 
 /// Health of the store, shared with readiness checks.
 #[derive(Debug, Default)]
 pub struct StoreHealth {
     /// The last write or connection attempt succeeded.
-    pub available: AtomicBool,
+    pub available: Arc<AtomicBool>,
     /// Events waiting to be written.
     pub backlog: Arc<AtomicUsize>,
-    /// Rooms still restoring their history windows (they answer nothing until done).
+    /// Rooms still claiming and restoring their state (they answer nothing until done).
     pub restoring: Arc<AtomicUsize>,
+    /// Rooms whose writer stopped for good (fenced, or a conflict).
+    pub stopped: Arc<AtomicUsize>,
 }
 
 /// The persistence actor.
 pub struct Persistence {
     url: String,
     db: Option<DatabaseConnection>,
+    /// This process's name in room leases.
+    node: Arc<str>,
+    lease_timeout: Duration,
+    /// Where [`Spill`] writes what could not be stored at shutdown.
+    spill_file: PathBuf,
     /// Waiting batches, oldest first (`in_flight` ones excluded).
     pending: VecDeque<Batch>,
     /// Batches being written right now, oldest first.
@@ -83,15 +127,22 @@ impl Persistence {
     pub fn start(
         url: String,
         db: DatabaseConnection,
-        max_backlog: usize,
+        config: &crate::config::DatabaseConfig,
         arbiter: &ArbiterHandle,
     ) -> (Addr<Persistence>, PersistenceLink, Arc<StoreHealth>) {
         let health = Arc::new(StoreHealth::default());
         health.available.store(true, Ordering::Relaxed);
         let actor_health = health.clone();
+        let node: Arc<str> = store::node_name().into();
+        let lease_timeout = Duration::from_millis(config.lease_timeout.max(100));
+        let spill_file = PathBuf::from(&config.spill_file);
+        log::info!("this process is {node} in room leases");
         let addr = Supervisor::start_in_arbiter(arbiter, move |_| Persistence {
             url,
             db: Some(db),
+            node,
+            lease_timeout,
+            spill_file,
             pending: VecDeque::new(),
             in_flight: Vec::new(),
             next_batch_id: 1,
@@ -105,13 +156,15 @@ impl Persistence {
             waiters: Vec::new(),
         });
         let link = PersistenceLink {
-            evicted: addr.clone().recipient(),
+            batches: addr.clone().recipient(),
             load: addr.clone().recipient(),
-            window: addr.clone().recipient(),
-            written: addr.clone().recipient(),
+            claim: addr.clone().recipient(),
+            release: addr.clone().recipient(),
             backlog: health.backlog.clone(),
-            max_backlog,
+            max_backlog: config.max_backlog,
             restoring: health.restoring.clone(),
+            stopped: health.stopped.clone(),
+            available: health.available.clone(),
         };
         (addr, link, health)
     }
@@ -126,8 +179,9 @@ impl Persistence {
         if !self.in_flight.is_empty() || self.backing_off || self.pending.is_empty() {
             return;
         }
-        let waiting: usize = self.pending.iter().map(|b| b.events.len()).sum();
-        if waiting < LINGER_EVENTS && self.waiters.is_empty() {
+        let waiting: usize = self.pending.iter().map(|b| b.rows.max(1)).sum();
+        let urgent = self.pending.iter().any(|b| b.urgent);
+        if waiting < LINGER_EVENTS && self.waiters.is_empty() && !urgent {
             if !self.lingering {
                 self.lingering = true;
                 ctx.run_later(LINGER, |act, ctx| {
@@ -151,54 +205,63 @@ impl Persistence {
         };
         let mut events = 0;
         while let Some(batch) = self.pending.front() {
-            if events > 0 && events + batch.events.len() > MAX_EVENTS_PER_WRITE {
+            if events > 0 && events + batch.rows > MAX_EVENTS_PER_WRITE {
                 break;
             }
-            events += batch.events.len();
+            events += batch.rows;
             if let Some(batch) = self.pending.pop_front() {
                 self.in_flight.push(batch);
             }
         }
         // The batches are shared with the write future; readers keep seeing them meanwhile.
         let jobs = self.in_flight.clone();
-        let write = async move {
-            let refs: Vec<BatchRef<'_>> = jobs
-                .iter()
-                .map(|b| BatchRef {
-                    room_id: &b.room_id,
-                    event: &b.event,
-                    events: &b.events,
-                })
-                .collect();
-            store::insert_batches(&db, &refs).await
-        };
-        ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
-            match result {
-                Ok(inserted) => {
-                    let done: usize = act.in_flight.iter().map(|b| b.events.len()).sum();
-                    if let Some(last) = act.in_flight.last() {
-                        act.written_upto = last.id;
+        let lease_until = now_ms() + self.lease_timeout.as_millis() as i64;
+        let write = async move { write_all(&db, &jobs, lease_until).await };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |(outcomes, error), act, ctx| {
+                    let mut done_rows = 0;
+                    let mut inserted = 0;
+                    let mut left = Vec::new();
+                    for (batch, outcome) in act.in_flight.drain(..).zip(outcomes) {
+                        match outcome {
+                            Some(outcome) => {
+                                done_rows += batch.rows;
+                                if outcome.is_ok() {
+                                    inserted += batch.rows;
+                                }
+                                batch.reply.do_send(Committed { outcome });
+                            }
+                            None => left.push(batch),
+                        }
                     }
-                    act.in_flight.clear();
-                    act.health.backlog.fetch_sub(done, Ordering::Relaxed);
-                    METRICS.persist_batches.inc();
-                    METRICS.persist_rows.inc_by(inserted);
-                    METRICS.persist_backlog.set(act.backlog() as i64);
-                    log::debug!("persisted {inserted} of {done} evicted events");
-                    act.succeeded();
-                    act.wake_waiters();
-                }
-                Err(e) => {
-                    // Put the batches back in front, in order, and retry later.
-                    for batch in act.in_flight.drain(..).rev() {
+                    // What was not written goes back in front, in order.
+                    for batch in left.into_iter().rev() {
                         act.pending.push_front(batch);
                     }
-                    act.failed(ctx, &format!("writing history failed: {e}"));
-                    return;
-                }
-            }
-            act.write_next(ctx);
-        }));
+                    act.written_upto = act
+                        .pending
+                        .front()
+                        .map_or(act.next_batch_id - 1, |b| b.id - 1);
+                    act.health.backlog.fetch_sub(done_rows, Ordering::Relaxed);
+                    METRICS.persist_backlog.set(act.backlog() as i64);
+                    if done_rows > 0 || error.is_none() {
+                        METRICS.persist_batches.inc();
+                        METRICS.persist_rows.inc_by(inserted as u64);
+                        log::trace!("persisted {inserted} events");
+                    }
+                    act.wake_waiters();
+                    match error {
+                        None => act.succeeded(),
+                        Some(e) => {
+                            act.failed(ctx, &format!("writing history failed: {e}"));
+                            return;
+                        }
+                    }
+                    act.write_next(ctx);
+                }),
+        );
     }
 
     fn succeeded(&mut self) {
@@ -306,12 +369,222 @@ impl Persistence {
         self.in_flight
             .iter()
             .chain(self.pending.iter())
-            .filter(|b| &*b.room_id == room_id && &*b.event == event)
-            .flat_map(|b| b.events.iter())
+            .filter(|b| &*b.room_id == room_id)
+            .flat_map(|b| b.streams.iter())
+            .filter(|s| &*s.event == event)
+            .flat_map(|s| s.events.iter())
             .filter(|e| e.seq >= lo && e.seq <= hi)
             .cloned()
             .collect()
     }
+
+    /// Keeps this process's room leases alive.
+    fn renew_leases(&mut self, ctx: &mut Context<Self>) {
+        let Some(db) = self.db.clone() else { return };
+        let node = self.node.clone();
+        let until = now_ms() + self.lease_timeout.as_millis() as i64;
+        ctx.spawn(
+            async move { store::renew_leases(&db, &node, until).await }
+                .into_actor(self)
+                .map(|result, _, _| {
+                    if let Err(e) = result {
+                        log::debug!("renewing room leases failed: {e}");
+                    }
+                }),
+        );
+    }
+
+    /// A receiver that resolves once every batch received so far is written.
+    fn written(&mut self, ctx: &mut Context<Self>) -> Option<oneshot::Receiver<()>> {
+        let target = self.next_batch_id - 1;
+        if target <= self.written_upto {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push((target, tx));
+        self.write_next(ctx);
+        Some(rx)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes batches, oldest first, in one transaction when it can. A room whose lease is gone
+/// is left out (its batches are refused for good); a write the database refuses for a reason
+/// other than a transient one is retried a batch at a time ([`write_one`]). Returns each
+/// batch's outcome (`None` = not written, to retry) and the transient error that stopped the
+/// write, if one did.
+async fn write_all(
+    db: &DatabaseConnection,
+    jobs: &[Batch],
+    lease_until: i64,
+) -> (Vec<Option<Outcome>>, Option<String>) {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; jobs.len()];
+    let mut open: Vec<usize> = (0..jobs.len()).collect();
+    loop {
+        if open.is_empty() {
+            return (outcomes, None);
+        }
+        let refs: Vec<WriteJob<'_>> = open.iter().map(|&i| jobs[i].job()).collect();
+        match store::write_jobs(db, &refs, lease_until).await {
+            Ok(_) => {
+                for i in open {
+                    outcomes[i] = Some(Ok(Vec::new()));
+                }
+                return (outcomes, None);
+            }
+            Err(WriteError::Fenced { room_id }) => {
+                let reason = WriteError::Fenced {
+                    room_id: room_id.clone(),
+                }
+                .to_string();
+                for &i in &open {
+                    if *jobs[i].room_id == *room_id {
+                        outcomes[i] = Some(Err(reason.clone()));
+                    }
+                }
+                open.retain(|&i| *jobs[i].room_id != *room_id);
+            }
+            Err(WriteError::Db(e)) if store::is_transient(&e) => {
+                return (outcomes, Some(e.to_string()));
+            }
+            Err(_) => break,
+        }
+    }
+    for i in open {
+        match write_one(db, &jobs[i], lease_until).await {
+            Ok(outcome) => outcomes[i] = Some(outcome),
+            Err(transient) => return (outcomes, Some(transient)),
+        }
+    }
+    (outcomes, None)
+}
+
+/// Writes one batch; when the database refuses it, halves it until the rows at fault are
+/// found, writes the others, and quarantines those (a tombstone keeps their seq). `Err` is a
+/// transient error (retry the batch later).
+async fn write_one(
+    db: &DatabaseConnection,
+    batch: &Batch,
+    lease_until: i64,
+) -> Result<Outcome, String> {
+    let refused = match store::write_jobs(db, &[batch.job()], lease_until).await {
+        Ok(_) => return Ok(Ok(Vec::new())),
+        Err(e @ WriteError::Fenced { .. }) => return Ok(Err(e.to_string())),
+        Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
+        Err(e) => e,
+    };
+    log::warn!(
+        "room '{}': the database refused a batch ({refused}); finding the rows at fault",
+        batch.room_id
+    );
+    let rows: Vec<(&Arc<str>, &Arc<StoredEvent>)> = batch
+        .streams
+        .iter()
+        .flat_map(|s| s.events.iter().map(move |e| (&s.event, e)))
+        .collect();
+    let mut quarantined = Vec::new();
+    let mut stopped = None;
+    let mut ranges = vec![(0, rows.len())];
+    while let Some((lo, hi)) = ranges.pop() {
+        if lo >= hi {
+            continue;
+        }
+        let slice = &rows[lo..hi];
+        // Rows of one event are contiguous in `rows`: regroup the slice by event.
+        let mut streams: Vec<BatchRef<'_>> = Vec::new();
+        let mut start = 0;
+        while start < slice.len() {
+            let event = slice[start].0;
+            let mut end = start;
+            while end < slice.len() && slice[end].0 == event {
+                end += 1;
+            }
+            let first = rows_index(batch, event, slice[start].1.seq);
+            if let Some((stream, at)) = first {
+                streams.push(BatchRef {
+                    room_id: &batch.room_id,
+                    event,
+                    events: &stream.events[at..at + (end - start)],
+                });
+            }
+            start = end;
+        }
+        let job = WriteJob {
+            room_id: &batch.room_id,
+            owner: Some(&batch.owner),
+            streams,
+            counters: &[],
+        };
+        match store::write_jobs(db, &[job], lease_until).await {
+            Ok(_) => {}
+            Err(e @ WriteError::Fenced { .. }) => return Ok(Err(e.to_string())),
+            Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
+            Err(e) if hi - lo == 1 => {
+                let (event, stored) = rows[lo];
+                let error = e.to_string();
+                log::error!(
+                    "room '{}': event '{event}' seq {} refused by the database and quarantined: {error}",
+                    batch.room_id,
+                    stored.seq
+                );
+                METRICS.persist_quarantined.inc();
+                match store::quarantine(db, &batch.room_id, event, stored, &error).await {
+                    Ok(()) => {}
+                    Err(qe) if store::is_transient(&qe) => return Err(qe.to_string()),
+                    Err(qe) => {
+                        return Ok(Err(format!(
+                            "seq {} of '{event}' could not be stored nor quarantined: {qe}",
+                            stored.seq
+                        )))
+                    }
+                }
+                quarantined.push(Quarantined {
+                    event: event.clone(),
+                    seq: stored.seq,
+                    error: error.clone(),
+                });
+                // Another event holds that seq: the room must not go on writing.
+                if matches!(e, WriteError::Conflict { .. }) && stopped.is_none() {
+                    stopped = Some(error);
+                }
+            }
+            Err(_) => {
+                let mid = lo + (hi - lo) / 2;
+                ranges.push((mid, hi));
+                ranges.push((lo, mid));
+            }
+        }
+    }
+    if !batch.counters.is_empty() {
+        let job = WriteJob {
+            room_id: &batch.room_id,
+            owner: Some(&batch.owner),
+            streams: Vec::new(),
+            counters: &batch.counters,
+        };
+        match store::write_jobs(db, &[job], lease_until).await {
+            Ok(_) => {}
+            Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+    }
+    Ok(match stopped {
+        Some(reason) => Err(reason),
+        None => Ok(quarantined),
+    })
+}
+
+/// The stream of `event` in `batch` and the index of `seq` in it.
+fn rows_index<'a>(batch: &'a Batch, event: &Arc<str>, seq: u64) -> Option<(&'a StreamRows, usize)> {
+    let stream = batch.streams.iter().find(|s| &s.event == event)?;
+    let first = stream.events.first()?.seq;
+    Some((stream, seq.checked_sub(first)? as usize))
 }
 
 impl Actor for Persistence {
@@ -320,6 +593,7 @@ impl Actor for Persistence {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1 << 16);
         ctx.run_interval(HEALTH_CHECK_INTERVAL, |act, ctx| act.check_health(ctx));
+        ctx.run_interval(self.lease_timeout / 3, |act, ctx| act.renew_leases(ctx));
         if self.db.is_none() {
             self.connect(ctx);
         } else {
@@ -341,24 +615,24 @@ impl Supervised for Persistence {
     }
 }
 
-impl Handler<EvictedBatch> for Persistence {
+impl Handler<PersistBatch> for Persistence {
     type Result = ();
 
-    fn handle(&mut self, msg: EvictedBatch, ctx: &mut Context<Self>) {
-        if msg.events.is_empty() {
-            return;
-        }
-        self.health
-            .backlog
-            .fetch_add(msg.events.len(), Ordering::Relaxed);
+    fn handle(&mut self, msg: PersistBatch, ctx: &mut Context<Self>) {
+        let rows: usize = msg.streams.iter().map(|s| s.events.len()).sum();
+        self.health.backlog.fetch_add(rows, Ordering::Relaxed);
         METRICS.persist_backlog.set(self.backlog() as i64);
         let id = self.next_batch_id;
         self.next_batch_id += 1;
         self.pending.push_back(Batch {
             id,
             room_id: msg.room_id,
-            event: msg.event,
-            events: msg.events,
+            owner: msg.owner,
+            reply: msg.reply,
+            streams: msg.streams,
+            counters: msg.counters,
+            rows,
+            urgent: msg.urgent,
         });
         self.write_next(ctx);
     }
@@ -396,30 +670,63 @@ impl Handler<LoadRange> for Persistence {
     }
 }
 
-impl Handler<LoadWindow> for Persistence {
-    type Result = ResponseFuture<Result<StoredWindow, DialogueError>>;
+impl Handler<ClaimRoom> for Persistence {
+    type Result = ResponseFuture<Result<RoomRestore, String>>;
 
-    fn handle(&mut self, msg: LoadWindow, _: &mut Context<Self>) -> Self::Result {
-        let unwritten = self.unwritten(&msg.room_id, &msg.event, 1, u64::MAX);
+    fn handle(&mut self, msg: ClaimRoom, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
+        let node = self.node.clone();
+        let ttl = self.lease_timeout.as_millis() as i64;
         Box::pin(async move {
-            let db = db.ok_or_else(|| unavailable("no database connection"))?;
-            let stored = store::load_latest(&db, &msg.room_id, &msg.event, msg.limit)
+            let db = db.ok_or("no database connection")?;
+            let now = now_ms();
+            let epoch = store::claim_room(&db, &msg.room_id, &msg.owner, &node, now, now + ttl)
                 .await
-                .map_err(unavailable)?;
-            let mut by_seq: BTreeMap<u64, Arc<StoredEvent>> =
-                stored.into_iter().map(|e| (e.seq, e)).collect();
-            for e in unwritten {
-                by_seq.insert(e.seq, e);
+                .map_err(|e| format!("the database is unavailable: {e}"))??;
+            let mut windows = Vec::new();
+            for (event, limit) in msg.windows {
+                let events = store::load_latest(&db, &msg.room_id, &event, limit)
+                    .await
+                    .map_err(|e| format!("cannot read '{event}' history: {e}"))?;
+                let last_seq = events.first().map_or(0, |e| e.seq);
+                windows.push((event, StoredWindow { events, last_seq }));
             }
-            let last_seq = by_seq.keys().next_back().copied().unwrap_or(0);
-            let events = by_seq
-                .into_values()
-                .rev()
-                .take(msg.limit as usize)
-                .collect();
-            Ok(StoredWindow { events, last_seq })
+            let counters = store::load_counters(&db, &msg.room_id)
+                .await
+                .map_err(|e| format!("cannot read counters: {e}"))?;
+            Ok(RoomRestore {
+                epoch,
+                windows,
+                counters,
+            })
         })
+    }
+}
+
+impl Handler<ReleaseRoom> for Persistence {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: ReleaseRoom, ctx: &mut Context<Self>) -> Self::Result {
+        let written = self.written(ctx);
+        Box::pin(
+            async move {
+                if let Some(rx) = written {
+                    let _ = rx.await;
+                }
+            }
+            .into_actor(self)
+            .then(move |_, act, _| {
+                let db = act.db.clone();
+                async move {
+                    if let Some(db) = db {
+                        if let Err(e) = store::release_room(&db, &msg.room_id, &msg.owner).await {
+                            log::warn!("room '{}': releasing its lease failed: {e}", msg.room_id);
+                        }
+                    }
+                }
+                .into_actor(act)
+            }),
+        )
     }
 }
 
@@ -427,15 +734,59 @@ impl Handler<WaitWritten> for Persistence {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: WaitWritten, ctx: &mut Context<Self>) -> Self::Result {
-        let target = self.next_batch_id - 1;
-        if target <= self.written_upto {
-            return Box::pin(async {});
-        }
-        let (tx, rx) = oneshot::channel();
-        self.waiters.push((target, tx));
-        self.write_next(ctx);
+        let written = self.written(ctx);
         Box::pin(async move {
-            let _ = rx.await;
+            if let Some(rx) = written {
+                let _ = rx.await;
+            }
         })
+    }
+}
+
+/// Gives up every room lease of this process (a clean shutdown, after the last write).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseAll;
+
+impl Handler<ReleaseAll> for Persistence {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: ReleaseAll, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        let node = self.node.clone();
+        Box::pin(async move {
+            if let Some(db) = db {
+                match store::release_node(&db, &node).await {
+                    Ok(n) => log::debug!("released {n} room leases"),
+                    Err(e) => log::warn!("releasing room leases failed: {e}"),
+                }
+            }
+        })
+    }
+}
+
+/// Writes every batch still waiting to the spill file (the database could not take them at
+/// shutdown); answers how many events it holds.
+#[derive(Message)]
+#[rtype(result = "std::io::Result<usize>")]
+pub struct Spill;
+
+impl Handler<Spill> for Persistence {
+    type Result = std::io::Result<usize>;
+
+    fn handle(&mut self, _: Spill, _: &mut Context<Self>) -> Self::Result {
+        let batches: Vec<&Batch> = self.in_flight.iter().chain(self.pending.iter()).collect();
+        let mut records = Vec::new();
+        for b in &batches {
+            for s in &b.streams {
+                records.push(spill::Record::events(&b.room_id, &s.event, &s.events));
+            }
+            for c in &b.counters {
+                records.push(spill::Record::counter(&b.room_id, &c.event, c.high_water));
+            }
+        }
+        let events = batches.iter().map(|b| b.rows).sum();
+        spill::append(&self.spill_file, &records)?;
+        Ok(events)
     }
 }

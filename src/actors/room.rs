@@ -1,20 +1,28 @@
-//! The room actor: members and their subscriptions, validation, fan-out, and a history
-//! window per history-enabled event. Evicted events go to the persistence actor as batches;
-//! history pages reaching past the window are completed from it.
+//! The room actor: members and their subscriptions, validation, numbering, fan-out, and a
+//! history window per history-enabled event.
+//!
+//! Write-behind: what a mailbox drain accepted goes to the persistence actor as one batch
+//! (one transaction, shared with other rooms' batches). A `stored` event is acknowledged and
+//! fanned out only when the store answers that its batch committed; an `accepted` one at
+//! once. The window is a cache of the newest events (for `stored` streams, committed ones
+//! only); eviction drops events the store already has. History pages reaching past the window
+//! are completed from the store. A room owns its id in the database (a lease): it starts only
+//! once it holds it, and every write checks it.
 
 use crate::actors::messages::*;
 use crate::actors::outbox::{Outbox, SharedFrame};
 use crate::auth::Identity;
+use crate::config::Durability;
 use crate::error::{DialogueError, ErrorCode};
 use crate::events::{EventCatalog, EventDef};
 use crate::history::{cursor_to_seqs, offsets_to_seqs, EventHistory, SeqRange};
 use crate::hooks::Hooks;
 use crate::metrics::{EventCounters, METRICS};
-use crate::protocol::dialogue::{to_json, EventMessage, HistoryRange, RoomInfo};
+use crate::protocol::dialogue::{to_json, HistoryRange, RoomInfo};
 use crate::protocol::socketio::encode_event;
 use actix::prelude::*;
 use bytestring::ByteString;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -24,6 +32,9 @@ pub const MAILBOX_CAPACITY: usize = 1 << 16;
 const MAX_WILDCARD_EVENTS: usize = 1000;
 /// Longest event name accepted (the database column is 100 characters).
 const MAX_EVENT_NAME: usize = 100;
+/// Seqs an `accepted` event without history reserves ahead in the database: after a crash its
+/// numbering resumes above the reservation, so a seq a client saw is not handed out again.
+const COUNTER_BLOCK: u64 = 1000;
 
 /// What a room is, fixed at creation. Shared with the directory for listings.
 #[derive(Debug)]
@@ -43,6 +54,8 @@ pub struct RoomShared {
     pub created_by: Option<Arc<str>>,
     /// Current member count, kept by the room actor.
     pub size: AtomicUsize,
+    /// The room holds its lease and has restored its state (until then it answers nothing).
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl RoomShared {
@@ -86,27 +99,74 @@ struct Member {
 struct EventState {
     def: Arc<EventDef>,
     name: Arc<str>,
-    /// Counter for events without history (their `seq` still grows by one per event).
-    last_seq: u64,
+    /// The last seq handed out (committed or not).
+    last_assigned: u64,
+    /// Events without history: the high-water mark the database holds (or is being sent).
+    reserved: u64,
+    /// The newest events: committed ones for `stored` streams, accepted ones for `accepted`.
     history: Option<EventHistory>,
     counters: EventCounters,
 }
 
 impl EventState {
-    fn new(room_id: &str, def: Arc<EventDef>) -> Self {
+    fn new(room_id: &str, def: Arc<EventDef>, high_water: u64) -> Self {
         EventState {
             name: def.name.as_str().into(),
             history: def.history_limit.map(EventHistory::new),
             counters: EventCounters::new(room_id, &def.name),
             def,
-            last_seq: 0,
+            last_assigned: high_water,
+            reserved: high_water,
         }
     }
 
-    fn last_seq(&self) -> u64 {
-        self.history
-            .as_ref()
-            .map_or(self.last_seq, EventHistory::last_seq)
+    fn stored(&self) -> bool {
+        self.def.durability == Durability::Stored
+    }
+}
+
+/// A `stored` event accepted and waiting for the commit of its batch.
+struct Pending {
+    event: Arc<str>,
+    stored: Arc<StoredEvent>,
+    frame: SharedFrame,
+    reply: Reply,
+    /// Answer with the `EventMessage` JSON (the HTTP API).
+    echo: bool,
+    accepted_at: std::time::Instant,
+}
+
+/// What the current mailbox drain accepted, for one [`PersistBatch`].
+#[derive(Default)]
+struct Unsent {
+    streams: Vec<StreamRows>,
+    counters: Vec<CounterMark>,
+    pending: Vec<Pending>,
+}
+
+impl Unsent {
+    fn is_empty(&self) -> bool {
+        self.streams.is_empty() && self.counters.is_empty()
+    }
+
+    fn row(&mut self, event: &Arc<str>, stored: Arc<StoredEvent>) {
+        match self.streams.iter_mut().find(|s| &s.event == event) {
+            Some(stream) => stream.events.push(stored),
+            None => self.streams.push(StreamRows {
+                event: event.clone(),
+                events: vec![stored],
+            }),
+        }
+    }
+
+    fn mark(&mut self, event: &Arc<str>, high_water: u64) {
+        match self.counters.iter_mut().find(|c| &c.event == event) {
+            Some(mark) => mark.high_water = high_water,
+            None => self.counters.push(CounterMark {
+                event: event.clone(),
+                high_water,
+            }),
+        }
     }
 }
 
@@ -119,10 +179,29 @@ pub struct RoomActor {
     persistence: PersistenceLink,
     hooks: Arc<dyn Hooks>,
     joins: prometheus::IntCounter,
-    /// Evicted events not yet handed to the store, one batch per event: sent once the
-    /// mailbox is drained (a burst of triggers costs the store one message and one write), or
-    /// before anything reads history.
-    evicted: Vec<EvictedBatch>,
+    /// This room instance's lease token in the database.
+    owner: Arc<str>,
+    /// The room's epoch, from the lease (grows after an unclean stop).
+    epoch: u64,
+    /// High-water marks of events without history not created yet (`"*"` rooms).
+    restored_counters: HashMap<String, u64>,
+    /// Accepted this drain, not yet handed to the store: sent once the mailbox is drained (a
+    /// burst of triggers costs the store one message and one write), or before anything
+    /// reads history.
+    unsent: Unsent,
+    /// A hand-over is scheduled for the end of this drain.
+    hand_over_scheduled: bool,
+    /// Batches handed to the store and not answered yet, oldest first, each with its `stored`
+    /// events waiting for the commit.
+    awaiting: VecDeque<Vec<Pending>>,
+    /// This room's own address, for the store's answers.
+    me: Option<Recipient<Committed>>,
+    /// Set when the room may no longer write (another owner, a conflict): every trigger is
+    /// refused with this reason.
+    stopped: Option<String>,
+    /// The room is being deleted: answered once everything is written and the lease released.
+    closing: Option<tokio::sync::oneshot::Sender<()>>,
+    closed: bool,
 }
 
 impl RoomActor {
@@ -137,7 +216,7 @@ impl RoomActor {
             Some(list) => {
                 for name in list {
                     if let Some(def) = catalog.get(name) {
-                        events.insert(name.clone(), EventState::new(&shared.id, def.clone()));
+                        events.insert(name.clone(), EventState::new(&shared.id, def.clone(), 0));
                     }
                 }
             }
@@ -146,15 +225,13 @@ impl RoomActor {
             None => {
                 for name in catalog.names() {
                     if let Some(def) = catalog.get(name).filter(|d| d.history_limit.is_some()) {
-                        events.insert(name.to_owned(), EventState::new(&shared.id, def.clone()));
+                        events.insert(name.to_owned(), EventState::new(&shared.id, def.clone(), 0));
                     }
                 }
             }
         }
-        // Counted from construction (before the server listens) until `restore_windows` ends.
-        if events.values().any(|s| s.def.history_limit.is_some()) {
-            persistence.restoring.fetch_add(1, Ordering::Relaxed);
-        }
+        // Counted from construction (before the server listens) until `claim` ends.
+        persistence.restoring.fetch_add(1, Ordering::Relaxed);
         RoomActor {
             joins: METRICS.joins.with_label_values(&[&shared.id]),
             shared,
@@ -163,32 +240,102 @@ impl RoomActor {
             events,
             persistence,
             hooks,
-            evicted: Vec::new(),
+            owner: uuid::Uuid::new_v4().simple().to_string().into(),
+            epoch: 0,
+            restored_counters: HashMap::new(),
+            unsent: Unsent::default(),
+            hand_over_scheduled: false,
+            awaiting: VecDeque::new(),
+            me: None,
+            stopped: None,
+            closing: None,
+            closed: false,
         }
     }
 
-    /// Keeps `events` evicted from `event`'s window for the next hand-over to the store.
-    fn evict(&mut self, ctx: &mut Context<Self>, event: &Arc<str>, events: Vec<Arc<StoredEvent>>) {
-        if self.evicted.is_empty() {
+    /// Schedules the hand-over of what this drain accepted for when the mailbox is drained.
+    fn schedule_hand_over(&mut self, ctx: &mut Context<Self>) {
+        if !self.hand_over_scheduled {
+            self.hand_over_scheduled = true;
             // Spawned futures run after the messages already waiting have been handled.
-            ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, _| act.hand_over_evicted()));
-        }
-        match self.evicted.iter_mut().find(|b| &b.event == event) {
-            Some(batch) => batch.events.extend(events),
-            None => self.evicted.push(EvictedBatch {
-                room_id: self.shared.id.clone(),
-                event: event.clone(),
-                events,
-            }),
+            ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, _| act.hand_over()));
         }
     }
 
-    /// Hands the evicted events to the store (in order: the store sees them before any read
-    /// this room sends it afterwards).
-    fn hand_over_evicted(&mut self) {
-        for batch in self.evicted.drain(..) {
-            self.persistence.evicted.do_send(batch);
+    /// Hands what was accepted to the store as one batch (in order: the store sees it before
+    /// any read this room sends it afterwards).
+    fn hand_over(&mut self) {
+        self.hand_over_scheduled = false;
+        if self.unsent.is_empty() {
+            return;
         }
+        let Some(me) = self.me.clone() else { return };
+        let unsent = std::mem::take(&mut self.unsent);
+        self.persistence.batches.do_send(PersistBatch {
+            room_id: self.shared.id.clone(),
+            owner: self.owner.clone(),
+            reply: me,
+            streams: unsent.streams,
+            counters: unsent.counters,
+            urgent: !unsent.pending.is_empty(),
+        });
+        self.awaiting.push_back(unsent.pending);
+    }
+
+    /// Delivers an event to the subscribed members.
+    fn publish(&self, event: &str, frame: &SharedFrame, stored: &StoredEvent) {
+        let Some(state) = self.events.get(event) else {
+            return;
+        };
+        let mut delivered = 0;
+        for member in self.members.values() {
+            if member.subscriptions.contains(event) {
+                member.outbox.shared(frame);
+                delivered += 1;
+            }
+        }
+        state.counters.triggered.inc();
+        state.counters.delivered.inc_by(delivered);
+        self.hooks.after_each(&self.shared.id, event, &stored.json);
+    }
+
+    /// Stops writing for good (another owner took the room, or a conflict): logged, counted
+    /// for `/readyz`, and every later trigger is refused.
+    fn stop_writing(&mut self, reason: String) {
+        if self.stopped.is_none() {
+            log::error!(
+                "room '{}' stopped writing: {reason}; its triggers are refused until restart",
+                self.shared.id
+            );
+            METRICS.persist_stopped_rooms.inc();
+            self.persistence.stopped.fetch_add(1, Ordering::Relaxed);
+            self.stopped = Some(reason);
+        }
+    }
+
+    /// Finishes a deletion once everything is written: releases the lease, answers, stops.
+    fn maybe_finish_close(&mut self, ctx: &mut Context<Self>) {
+        if self.closing.is_none() || !self.awaiting.is_empty() || !self.unsent.is_empty() {
+            return;
+        }
+        let closer = self.closing.take();
+        for member in self.members.values() {
+            member.outbox.notify(ToConnection::RoomClosed {
+                room_id: self.shared.id.to_string(),
+            });
+        }
+        self.members.clear();
+        self.set_size();
+        let release = self.persistence.release.send(ReleaseRoom {
+            room_id: self.shared.id.clone(),
+            owner: self.owner.clone(),
+        });
+        ctx.wait(release.into_actor(self).map(move |_, _, ctx| {
+            if let Some(closer) = closer {
+                let _ = closer.send(());
+            }
+            ctx.stop();
+        }));
     }
 
     fn room_id(&self) -> &str {
@@ -213,9 +360,10 @@ impl RoomActor {
             }
             let def = match self.catalog.get(event) {
                 Some(def) => def.clone(),
-                None => Arc::new(EventDef::untyped(event)),
+                None => Arc::new(EventDef::untyped(event, self.catalog.default_durability)),
             };
-            let state = EventState::new(&self.shared.id, def);
+            let high_water = self.restored_counters.get(event).copied().unwrap_or(0);
+            let state = EventState::new(&self.shared.id, def, high_water);
             self.events.insert(event.to_owned(), state);
         }
         self.events.get_mut(event).ok_or_else(not_allowed)
@@ -349,73 +497,62 @@ impl RoomActor {
         }))
     }
 
-    /// Every in-memory event, per event, as batches for the persistence actor.
-    fn window_batches(&mut self, take: bool) -> Vec<EvictedBatch> {
-        let room_id = self.shared.id.clone();
-        self.events
-            .values_mut()
-            .filter_map(|state| {
-                let history = state.history.as_mut()?;
-                let events = if take {
-                    history.take_all()
-                } else {
-                    history.snapshot()
-                };
-                (!events.is_empty()).then(|| EvictedBatch {
-                    room_id: room_id.clone(),
-                    event: state.name.clone(),
-                    events,
-                })
-            })
-            .collect()
+    /// Claims the room in the database and restores each history window and counter before
+    /// any message is handled (retrying while the database is unreachable or another owner
+    /// holds the room).
+    fn claim(&mut self, ctx: &mut Context<Self>) {
+        let request = ClaimRoom {
+            room_id: self.shared.id.clone(),
+            owner: self.owner.clone(),
+            windows: self
+                .events
+                .values()
+                .filter_map(|state| Some((state.name.clone(), state.def.history_limit? as u64)))
+                .collect(),
+        };
+        let link = self.persistence.claim.clone();
+        ctx.wait(
+            claim_room(link, request)
+                .into_actor(self)
+                .map(|restore, act, _| act.restored(restore)),
+        );
     }
 
-    /// Restores each history window and counter from the store before any message is
-    /// handled (retrying while the database is unreachable).
-    fn restore_windows(&mut self, ctx: &mut Context<Self>) {
-        let loads: Vec<_> = self
-            .events
-            .iter()
-            .filter_map(|(name, state)| {
-                let limit = state.def.history_limit? as u64;
-                let link = self.persistence.window.clone();
-                let request = LoadWindow {
-                    room_id: self.shared.id.clone(),
-                    event: state.name.clone(),
-                    limit,
-                };
-                let name = name.clone();
-                Some(async move { (name, load_window(link, request).await) })
-            })
-            .collect();
-        if loads.is_empty() {
-            return;
+    fn restored(&mut self, restore: RoomRestore) {
+        self.persistence.restoring.fetch_sub(1, Ordering::Relaxed);
+        self.shared.ready.store(true, Ordering::Relaxed);
+        self.epoch = restore.epoch;
+        for (name, window) in restore.windows {
+            let Some(state) = self.events.get_mut(&*name) else {
+                continue;
+            };
+            let Some(limit) = state.def.history_limit else {
+                continue;
+            };
+            let mut events = window.events;
+            events.reverse();
+            state.history = Some(EventHistory::restore(limit, events, window.last_seq));
+            state.last_assigned = window.last_seq;
+            if window.last_seq > 0 {
+                log::debug!(
+                    "room '{}' event '{name}' continues at seq {}",
+                    self.shared.id,
+                    window.last_seq + 1
+                );
+            }
         }
-        ctx.wait(
-            futures_util::future::join_all(loads)
-                .into_actor(self)
-                .map(|windows, act, _| {
-                    act.persistence.restoring.fetch_sub(1, Ordering::Relaxed);
-                    for (name, window) in windows {
-                        let Some(state) = act.events.get_mut(&name) else {
-                            continue;
-                        };
-                        let Some(limit) = state.def.history_limit else {
-                            continue;
-                        };
-                        let mut events = window.events;
-                        events.reverse();
-                        state.history = Some(EventHistory::restore(limit, events, window.last_seq));
-                        if window.last_seq > 0 {
-                            log::debug!(
-                                "room '{}' event '{name}' continues at seq {}",
-                                act.shared.id,
-                                window.last_seq + 1
-                            );
-                        }
-                    }
-                }),
-        );
+        for (name, high_water) in &restore.counters {
+            if let Some(state) = self.events.get_mut(name) {
+                if state.history.is_none() {
+                    state.last_assigned = *high_water;
+                    state.reserved = *high_water;
+                }
+            }
+        }
+        self.restored_counters = restore.counters;
+        if self.epoch > 0 {
+            log::debug!("room '{}' is at epoch {}", self.shared.id, self.epoch);
+        }
     }
 
     fn set_size(&self) {
@@ -434,30 +571,27 @@ fn push_joined<'a>(out: &mut String, items: impl Iterator<Item = &'a str>) {
     }
 }
 
-/// Asks the store for a window, retrying with backoff until it answers.
-async fn load_window(link: Recipient<LoadWindow>, request: LoadWindow) -> StoredWindow {
-    let mut delay = std::time::Duration::from_millis(100);
+/// Asks the store for the room, retrying with backoff until it is ours.
+async fn claim_room(link: Recipient<ClaimRoom>, request: ClaimRoom) -> RoomRestore {
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut said = None;
     loop {
-        let attempt = LoadWindow {
-            room_id: request.room_id.clone(),
-            event: request.event.clone(),
-            limit: request.limit,
+        let why = match link.send(request.clone()).await {
+            Ok(Ok(restore)) => {
+                if said.is_some() {
+                    log::info!("room '{}' is ours now", request.room_id);
+                }
+                return restore;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => "the history store is not running".to_owned(),
         };
-        match link.send(attempt).await {
-            Ok(Ok(window)) => return window,
-            Ok(Err(e)) => log::warn!(
-                "room '{}': cannot restore '{}' history yet: {}",
-                request.room_id,
-                request.event,
-                e.message
-            ),
-            Err(_) => log::warn!(
-                "room '{}': the history store is not running",
-                request.room_id
-            ),
+        if said.as_ref() != Some(&why) {
+            log::warn!("room '{}' cannot start yet: {why}", request.room_id);
+            said = Some(why);
         }
         actix_rt::time::sleep(delay).await;
-        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        delay = (delay * 2).min(std::time::Duration::from_secs(1));
     }
 }
 
@@ -473,7 +607,8 @@ impl Actor for RoomActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        self.restore_windows(ctx);
+        self.me = Some(ctx.address().recipient());
+        self.claim(ctx);
         log::debug!("room '{}' started", self.shared.id);
     }
 }
@@ -482,7 +617,11 @@ impl Handler<Join> for RoomActor {
     type Result = ResponseFuture<Result<(), DialogueError>>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
-        self.hand_over_evicted();
+        self.hand_over();
+        if self.closed {
+            let gone = DialogueError::room_not_found(&self.shared.id);
+            return Box::pin(async move { Err(gone) });
+        }
         if let Some(member) = self.members.get(&msg.conn) {
             // Joining twice is harmless: confirm again, change nothing.
             self.send_to(&member.outbox, "dialogue:joined", &self.joined_json());
@@ -625,95 +764,215 @@ impl Handler<SetSubscription> for RoomActor {
 }
 
 impl Handler<Trigger> for RoomActor {
-    type Result = Result<Triggered, DialogueError>;
+    type Result = ();
 
-    fn handle(&mut self, mut msg: Trigger, ctx: &mut Context<Self>) -> Self::Result {
-        let reply = msg.reply.take();
-        let result = self.trigger(msg, ctx);
-        if let Some(reply) = reply {
-            reply.answer(&result);
+    fn handle(&mut self, msg: Trigger, ctx: &mut Context<Self>) {
+        if let Err(e) = self.accept(msg, ctx) {
+            // `accept` hands the reply back with the refusal.
+            let (error, reply) = *e;
+            reply.answer(Err(error));
         }
-        result
     }
 }
 
+impl Handler<Committed> for RoomActor {
+    type Result = ();
+
+    /// The store's answer to the oldest batch handed over: its `stored` events become
+    /// visible — window, fan-out, ack — in the order they were accepted.
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        let Some(pending) = self.awaiting.pop_front() else {
+            return;
+        };
+        match msg.outcome {
+            Ok(quarantined) => {
+                for p in pending {
+                    let refused = quarantined
+                        .iter()
+                        .find(|q| q.event == p.event && q.seq == p.stored.seq);
+                    let (stored, frame, result) = match refused {
+                        None => {
+                            let json = p.echo.then(|| p.stored.json.to_string());
+                            let seq = p.stored.seq;
+                            (p.stored, p.frame, Ok(Triggered { seq, json }))
+                        }
+                        Some(q) => {
+                            let tombstone = Arc::new(p.stored.tombstone(&self.shared.id, &p.event));
+                            let frame = SharedFrame::new(ByteString::from(encode_event(
+                                "dialogue:event",
+                                &tombstone.json,
+                            )));
+                            let error = DialogueError::new(
+                                ErrorCode::StorageUnavailable,
+                                format!(
+                                    "the database refused this event (seq {} is quarantined): {}",
+                                    q.seq, q.error
+                                ),
+                            );
+                            (tombstone, frame, Err(error))
+                        }
+                    };
+                    if let Some(history) = self
+                        .events
+                        .get_mut(&*p.event)
+                        .and_then(|s| s.history.as_mut())
+                    {
+                        history.push(stored.clone());
+                    }
+                    self.publish(&p.event, &frame, &stored);
+                    p.reply.answer(result);
+                    METRICS
+                        .fanout_seconds
+                        .observe(p.accepted_at.elapsed().as_secs_f64());
+                }
+            }
+            Err(reason) => {
+                self.stop_writing(reason.clone());
+                for p in pending {
+                    p.reply.answer(Err(DialogueError::new(
+                        ErrorCode::StorageUnavailable,
+                        format!("the event was not stored: {reason}"),
+                    )));
+                }
+            }
+        }
+        self.maybe_finish_close(ctx);
+    }
+}
+
+/// A refused trigger: the error, and the reply to answer it on.
+type Refusal = Box<(DialogueError, Reply)>;
+
 impl RoomActor {
-    /// Validates, numbers, keeps and fans out one event.
-    fn trigger(
-        &mut self,
-        msg: Trigger,
-        ctx: &mut Context<Self>,
-    ) -> Result<Triggered, DialogueError> {
+    /// Validates and numbers one event, hands it to the store, and — `accepted` — keeps and
+    /// fans it out and answers at once, or — `stored` — queues it for its commit.
+    fn accept(&mut self, msg: Trigger, ctx: &mut Context<Self>) -> Result<(), Refusal> {
         let started = std::time::Instant::now();
-        self.check_member(msg.conn)?;
+        let Trigger {
+            conn,
+            identity,
+            event,
+            data,
+            meta,
+            echo,
+            reply,
+        } = msg;
+        let refuse = |error: DialogueError, reply: Reply| Err(Box::new((error, reply)));
+        if self.closed {
+            return refuse(DialogueError::room_not_found(&self.shared.id), reply);
+        }
+        if let Some(reason) = &self.stopped {
+            let error = DialogueError::new(
+                ErrorCode::StorageUnavailable,
+                format!("room '{}' cannot store events: {reason}", self.shared.id),
+            );
+            return refuse(error, reply);
+        }
+        if let Err(e) = self.check_member(conn) {
+            return refuse(e, reply);
+        }
         let room_id = self.shared.id.clone();
         let backlog_full =
             self.persistence.backlog.load(Ordering::Relaxed) >= self.persistence.max_backlog;
-        self.event_state(&msg.event)?;
-        let data = self
-            .hooks
-            .before_each(&msg.identity, &room_id, &msg.event, msg.data)?;
-        let state = self.event_state(&msg.event)?;
+        let available = self.persistence.available.load(Ordering::Relaxed);
+        if let Err(e) = self.event_state(&event) {
+            return refuse(e, reply);
+        }
+        let data = match self.hooks.before_each(&identity, &room_id, &event, data) {
+            Ok(data) => data,
+            Err(e) => return refuse(e, reply),
+        };
+        let epoch = self.epoch;
+        let state = match self.event_state(&event) {
+            Ok(state) => state,
+            Err(e) => return refuse(e, reply),
+        };
         if let Err(e) = state.def.validate(&data) {
             state.counters.validation_failures.inc();
-            return Err(e);
+            return refuse(e, reply);
         }
-        if backlog_full && state.history.is_some() {
-            return Err(DialogueError::new(
+        let stored_mode = state.stored();
+        if stored_mode && !available {
+            let error = DialogueError::new(
+                ErrorCode::StorageUnavailable,
+                "the database is unavailable and this event is acknowledged only once stored; try again later",
+            );
+            return refuse(error, reply);
+        }
+        if backlog_full && (state.history.is_some() || stored_mode) {
+            let error = DialogueError::new(
                 ErrorCode::StorageUnavailable,
                 "the database is unavailable and the history backlog is full; try again later",
-            ));
+            );
+            return refuse(error, reply);
         }
 
-        let seq = state.last_seq() + 1;
-        let timestamp = now_ms();
-        let json = to_json(&EventMessage {
-            event: &msg.event,
-            room_id: &room_id,
-            data: &data,
-            from: &msg.identity.user_id,
-            timestamp,
-            meta: msg.meta.as_ref(),
-            seq,
-        });
-        let frame = SharedFrame::new(ByteString::from(encode_event("dialogue:event", &json)));
-        let echo = msg.echo.then(|| json.clone());
-        let after = json.clone();
-
-        let evicted = match &mut state.history {
-            Some(history) => history.push(Arc::new(StoredEvent {
-                seq,
-                timestamp,
-                from: msg.identity.user_id.clone(),
-                data,
-                meta: msg.meta,
-                json: json.into_boxed_str(),
-            })),
-            None => {
-                state.last_seq = seq;
-                Vec::new()
-            }
-        };
+        let seq = state.last_assigned + 1;
+        state.last_assigned = seq;
         let event_name = state.name.clone();
-        let counters = state.counters.clone();
-        if !evicted.is_empty() {
-            self.evict(ctx, &event_name, evicted);
+        let stored = Arc::new(StoredEvent::new(
+            &room_id,
+            &event,
+            seq,
+            epoch,
+            now_ms(),
+            identity.user_id.clone(),
+            data,
+            meta,
+        ));
+        let frame = SharedFrame::new(ByteString::from(encode_event(
+            "dialogue:event",
+            &stored.json,
+        )));
+        let has_history = state.history.is_some();
+        // Without history only the counter is stored: exactly (`stored`), or reserved ahead in
+        // blocks (`accepted`).
+        let mark = if has_history {
+            None
+        } else if stored_mode {
+            Some(seq)
+        } else if seq + COUNTER_BLOCK / 2 > state.reserved {
+            state.reserved = seq + COUNTER_BLOCK;
+            Some(state.reserved)
+        } else {
+            None
+        };
+        if has_history {
+            self.unsent.row(&event_name, stored.clone());
+        }
+        if let Some(high_water) = mark {
+            self.unsent.mark(&event_name, high_water);
+        }
+        if !self.unsent.is_empty() {
+            self.schedule_hand_over(ctx);
         }
 
-        let mut delivered = 0;
-        for member in self.members.values() {
-            if member.subscriptions.contains(&event_name) {
-                member.outbox.shared(&frame);
-                delivered += 1;
-            }
+        if stored_mode {
+            self.unsent.pending.push(Pending {
+                event: event_name,
+                stored,
+                frame,
+                reply,
+                echo,
+                accepted_at: started,
+            });
+            return Ok(());
         }
-        counters.triggered.inc();
-        counters.delivered.inc_by(delivered);
-        self.hooks.after_each(&self.shared.id, &event_name, &after);
+        if let Some(history) = self
+            .events
+            .get_mut(&*event_name)
+            .and_then(|s| s.history.as_mut())
+        {
+            // What falls out of the window is in the store's hands already.
+            history.push(stored.clone());
+        }
+        self.publish(&event_name, &frame, &stored);
+        let json = echo.then(|| stored.json.to_string());
+        reply.answer(Ok(Triggered { seq, json }));
         METRICS
             .fanout_seconds
             .observe(started.elapsed().as_secs_f64());
-        Ok(Triggered { seq, json: echo })
+        Ok(())
     }
 }
 
@@ -721,7 +980,7 @@ impl Handler<GetHistory> for RoomActor {
     type Result = ResponseFuture<Result<HistoryPage, DialogueError>>;
 
     fn handle(&mut self, msg: GetHistory, _: &mut Context<Self>) -> Self::Result {
-        self.hand_over_evicted();
+        self.hand_over();
         let page = (|| {
             self.check_member(msg.conn)?;
             if !self.carries(&msg.event) {
@@ -828,31 +1087,32 @@ impl Handler<FlushHistory> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: FlushHistory, _: &mut Context<Self>) {
-        self.hand_over_evicted();
-        for batch in self.window_batches(false) {
-            self.persistence.evicted.do_send(batch);
+        // Counters reserved ahead go back to their exact value: a clean stop leaves no gap.
+        for state in self.events.values_mut() {
+            if state.history.is_none() && state.reserved > state.last_assigned {
+                state.reserved = state.last_assigned;
+                self.unsent.mark(&state.name, state.last_assigned);
+            }
         }
+        self.hand_over();
     }
 }
 
 impl Handler<CloseRoom> for RoomActor {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: CloseRoom, ctx: &mut Context<Self>) -> Self::Result {
-        self.hand_over_evicted();
-        for batch in self.window_batches(true) {
-            self.persistence.evicted.do_send(batch);
-        }
-        for member in self.members.values() {
-            member.outbox.notify(ToConnection::RoomClosed {
-                room_id: self.shared.id.to_string(),
-            });
-        }
-        self.members.clear();
-        self.set_size();
-        // Answer (and stop) once the history is in the database.
-        let written = self.persistence.written.send(WaitWritten);
-        ctx.wait(written.into_actor(self).map(|_, _, ctx| ctx.stop()));
-        Box::pin(actix::fut::ready(()))
+        self.hand_over();
+        self.closed = true;
+        // Members are let go, the lease released, the deletion answered and the actor stopped
+        // once everything accepted is in the database (and `stored` events fanned out to the
+        // members that were there when they were accepted): a room created again with this
+        // id starts after that.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.closing = Some(tx);
+        self.maybe_finish_close(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }

@@ -6,6 +6,7 @@ mod types;
 pub use types::*;
 
 use crate::events::{EventCatalog, EventDef};
+use crate::protocol::storable;
 use serde_saphyr::{Location, Spanned};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -100,7 +101,7 @@ impl Settings {
         } else {
             serde_saphyr::from_str(text).map_err(|e| invalid(vec![parse_problem(&e, text)]))?
         };
-        let events = validate(&config).map_err(invalid)?;
+        let events = validate(&config, text).map_err(invalid)?;
         Ok(Settings {
             config,
             events: Arc::new(events),
@@ -198,10 +199,13 @@ fn problem(at: Location, key: String, message: String) -> ConfigProblem {
     }
 }
 
-/// Checks what the types cannot express and compiles the event schemas.
-fn validate(config: &Config) -> Result<EventCatalog, Vec<ConfigProblem>> {
+/// Checks what the types cannot express and compiles the event schemas; `text` is the YAML
+/// the configuration was parsed from (for the positions of map keys).
+fn validate(config: &Config, text: &str) -> Result<EventCatalog, Vec<ConfigProblem>> {
     let mut problems = Vec::new();
+    check_ids(config, text, &mut problems);
     let mut catalog = EventCatalog::default();
+    catalog.default_durability = config.database.durability;
 
     for (name, event) in &config.events {
         let mut limit = None;
@@ -224,7 +228,14 @@ fn validate(config: &Config) -> Result<EventCatalog, Vec<ConfigProblem>> {
             schema.map(|s| &s.value),
             limit,
         ) {
-            Ok(def) => catalog.insert(def),
+            Ok(mut def) => {
+                def.durability = event
+                    .history
+                    .as_ref()
+                    .and_then(|h| h.durability)
+                    .unwrap_or(config.database.durability);
+                catalog.insert(def)
+            }
             Err(message) => problems.push(problem(
                 schema.map(|s| s.referenced).unwrap_or(Location::UNKNOWN),
                 format!("events.{name}.schema"),
@@ -264,13 +275,6 @@ fn validate(config: &Config) -> Result<EventCatalog, Vec<ConfigProblem>> {
                 Location::UNKNOWN,
                 format!("rooms.{id}.maxSize"),
                 "must be at least 1".into(),
-            ));
-        }
-        if id.is_empty() {
-            problems.push(problem(
-                Location::UNKNOWN,
-                "rooms".into(),
-                "a room id must not be empty".into(),
             ));
         }
     }
@@ -315,6 +319,90 @@ fn validate(config: &Config) -> Result<EventCatalog, Vec<ConfigProblem>> {
     } else {
         Err(problems)
     }
+}
+
+/// Room ids and event names the database could not store (see [`storable`]). They are map
+/// keys, which the typed configuration holds without a position, so the positions come from
+/// a second parse of the keys alone, made only when one is refused.
+fn check_ids(config: &Config, text: &str, problems: &mut Vec<ConfigProblem>) {
+    let events = config
+        .events
+        .keys()
+        .map(|name| ("events", name, storable::EVENT_NAME));
+    let rooms = config
+        .rooms
+        .keys()
+        .map(|id| ("rooms", id, storable::ROOM_ID));
+    let found: Vec<_> = events
+        .chain(rooms)
+        .filter_map(|(section, name, rule)| {
+            rule.problem(name).map(|why| (section, name, rule, why))
+        })
+        .collect();
+    if found.is_empty() {
+        return;
+    }
+    let spans: KeySpans = serde_saphyr::from_str(text).unwrap_or_default();
+    for (section, name, rule, why) in found {
+        let keys = match section {
+            "events" => &spans.events,
+            _ => &spans.rooms,
+        };
+        let at = keys
+            .iter()
+            .find(|k| k.value == *name)
+            .map_or(Location::UNKNOWN, |k| k.referenced);
+        // "a room id" → "room id …"
+        let what = rule
+            .what
+            .split_once(' ')
+            .map_or(rule.what, |(_, what)| what);
+        problems.push(problem(
+            at,
+            format!("{section}.{}", storable::shown(name)),
+            format!("{what} {why}"),
+        ));
+    }
+}
+
+/// The keys of `events` and `rooms` with their positions.
+#[derive(Default, serde::Deserialize)]
+struct KeySpans {
+    #[serde(default, deserialize_with = "spanned_keys")]
+    events: Vec<Spanned<String>>,
+    #[serde(default, deserialize_with = "spanned_keys")]
+    rooms: Vec<Spanned<String>>,
+}
+
+fn spanned_keys<'de, D>(d: D) -> Result<Vec<Spanned<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<Spanned<String>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a mapping")
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_map<A>(self, mut map: A) -> Result<Self::Value, A::Error>
+        where
+            A: serde::de::MapAccess<'de>,
+        {
+            let mut keys = Vec::new();
+            while let Some(key) = map.next_key::<Spanned<String>>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                keys.push(key);
+            }
+            Ok(keys)
+        }
+    }
+    d.deserialize_any(Keys)
 }
 
 fn undefined_event(event: &Spanned<String>, key: String, config: &Config) -> ConfigProblem {
@@ -420,6 +508,41 @@ rooms:
             keys.contains(&("rooms.general.defaultSubscriptions[0]", 11)),
             "{keys:?}"
         );
+    }
+
+    #[test]
+    fn ids_the_database_cannot_store_name_line_and_key() {
+        let yaml = GOOD
+            .replace("  general:\n", "  \"gen\\0eral\":\n")
+            .replace("  message:\n", "  \" message\":\n")
+            .replace("[message]", "[\" message\"]")
+            + &format!("  {}:\n    events: []\n", "r".repeat(256));
+        let p = problems(&yaml);
+        let find = |key: &str| {
+            p.iter()
+                .find(|p| p.key.starts_with(key))
+                .unwrap_or_else(|| panic!("no {key} in {p:?}"))
+        };
+        let room = find("rooms.\"gen\\u0000eral\"");
+        assert_eq!(room.line, 8, "{p:?}");
+        assert!(
+            room.message
+                .starts_with("room id \"gen\\u0000eral\" contains the control character U+0000"),
+            "{p:?}"
+        );
+        let event = find("events.\" message\"");
+        assert_eq!(event.line, 2, "{p:?}");
+        assert!(
+            event.message.contains("leading or trailing whitespace"),
+            "{p:?}"
+        );
+        let long = find("rooms.\"rrrr");
+        assert_eq!(long.line, 12, "{p:?}");
+        assert!(long.message.contains("is 256 bytes"), "{p:?}");
+        let empty = problems(&GOOD.replace("  general:\n", "  \"\":\n"));
+        assert_eq!(empty[0].key, "rooms.\"\"", "{empty:?}");
+        assert_eq!(empty[0].line, 8, "{empty:?}");
+        assert!(empty[0].message.contains("must not be empty"), "{empty:?}");
     }
 
     #[test]

@@ -81,9 +81,28 @@ impl Default for ServerConfig {
 pub struct DatabaseConfig {
     /// sea-orm URL; `DATABASE_URL` overrides it.
     pub url: String,
-    /// Evicted events kept in memory while the database is unavailable; when full, new
-    /// history-enabled triggers get STORAGE_UNAVAILABLE.
+    /// Accepted events kept in memory until written (e.g. while the database is
+    /// unavailable); when full, new history-enabled triggers get STORAGE_UNAVAILABLE.
     pub max_backlog: usize,
+    /// When a trigger is acknowledged and fanned out, unless an event overrides it.
+    pub durability: Durability,
+    /// Milliseconds a room's ownership lease lasts without renewal: another process may take
+    /// a room over only once its owner's lease has run out (or the owner is known dead).
+    pub lease_timeout: u64,
+    /// Where events still queued at shutdown go when the database cannot take them; replayed
+    /// at the next start before serving.
+    pub spill_file: String,
+}
+
+/// When an event is acknowledged and shown to subscribers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After the transaction holding it has committed: a crash takes back nothing a client saw.
+    #[default]
+    Stored,
+    /// At once; a crash may lose the last uncommitted batch (the epoch tells clients).
+    Accepted,
 }
 
 impl Default for DatabaseConfig {
@@ -91,6 +110,9 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "sqlite://dialogue.db?mode=rwc".into(),
             max_backlog: 100_000,
+            durability: Durability::Stored,
+            lease_timeout: 10_000,
+            spill_file: "dialogue-spill.jsonl".into(),
         }
     }
 }
@@ -235,6 +257,9 @@ pub struct HistoryConfig {
     #[serde(default = "default_history_limit")]
     #[schemars(with = "u32")]
     pub limit: Spanned<u32>,
+    /// Overrides `database.durability` for this event type.
+    #[serde(default)]
+    pub durability: Option<Durability>,
 }
 
 fn yes() -> bool {

@@ -7,12 +7,13 @@
 
 use super::AppState;
 use crate::actors::messages::{
-    CreateRoom, DeleteRoom, GetHistory, ListRooms, LookupRoom, Trigger, Triggered,
+    CreateRoom, DeleteRoom, GetHistory, ListRooms, LookupRoom, Reply, Trigger, Triggered,
 };
 use crate::actors::room::RoomActor;
 use crate::auth::Identity;
 use crate::error::{DialogueError, ErrorCode};
 use crate::protocol::dialogue::history_range;
+use crate::protocol::storable;
 use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -143,6 +144,41 @@ struct TriggerBody {
     meta: Option<Value>,
 }
 
+/// The door checks of a route (see [`storable`]): the database can store what passes.
+fn check_path(room_id: &str, event: &str) -> Result<(), DialogueError> {
+    storable::check_room_id(room_id)?;
+    storable::check_event_name(event)
+}
+
+fn check_trigger(room_id: &str, event: &str, body: &TriggerBody) -> Result<(), DialogueError> {
+    check_path(room_id, event)?;
+    if let Some(from) = &body.from {
+        storable::USER_ID.check("from", from)?;
+    }
+    storable::check_json("data", &body.data)?;
+    match &body.meta {
+        Some(meta) => storable::check_json("meta", meta),
+        None => Ok(()),
+    }
+}
+
+fn check_create_room(body: &CreateRoomBody) -> Result<(), DialogueError> {
+    storable::ROOM_ID.check("id", &body.id)?;
+    storable::check_text("name", &body.name)?;
+    if let Some(description) = &body.description {
+        storable::check_text("description", description)?;
+    }
+    for (field, list) in [
+        ("events", &body.events),
+        ("defaultSubscriptions", &body.default_subscriptions),
+    ] {
+        for name in list.iter().flatten().filter(|name| *name != "*") {
+            storable::EVENT_NAME.check(field, name)?;
+        }
+    }
+    Ok(())
+}
+
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T, HttpResponse> {
     serde_json::from_slice(body).map_err(|e| {
         error(&DialogueError::invalid(format!(
@@ -172,6 +208,10 @@ async fn trigger(
         Ok(b) => b,
         Err(r) => return r,
     };
+    // Nothing the database cannot store goes further (ids, `from`, NUL characters).
+    if let Err(e) = check_trigger(&room_id, &event, &body) {
+        return error(&e);
+    }
     let size = body.data.to_string().len() + body.meta.as_ref().map_or(0, |m| m.to_string().len());
     if size > max {
         return error(&DialogueError::new(
@@ -184,6 +224,7 @@ async fn trigger(
         Err(r) => return r,
     };
     let from = body.from.unwrap_or_else(|| "server".to_owned());
+    let (reply, answer) = Reply::channel();
     let msg = Trigger {
         conn: None,
         identity: Arc::new(Identity::server(&from)),
@@ -191,9 +232,11 @@ async fn trigger(
         data: body.data,
         meta: body.meta,
         echo: true,
-        reply: None,
+        reply,
     };
-    match room.send(msg).await {
+    room.do_send(msg);
+    // Answered once the event is accepted (`accepted`) or committed (`stored`).
+    match answer.await {
         Ok(Ok(Triggered {
             json: Some(json), ..
         })) => HttpResponse::Created()
@@ -245,6 +288,9 @@ async fn create_room(
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Err(e) = check_create_room(&body) {
+        return error(&e);
+    }
     use crate::config::SyncHistory;
     let create = CreateRoom {
         id: body.id,
@@ -276,6 +322,9 @@ async fn delete_room(
         return r;
     }
     let room_id = path.into_inner();
+    if let Err(e) = storable::check_room_id(&room_id) {
+        return error(&e);
+    }
     let delete = DeleteRoom {
         room_id: room_id.clone(),
         identity: Arc::new(Identity::server("server API")),
@@ -317,6 +366,9 @@ async fn history(
         Err(e) => return error(&e),
     };
     let (room_id, event) = path.into_inner();
+    if let Err(e) = check_path(&room_id, &event) {
+        return error(&e);
+    }
     let room = match room(&state, &room_id).await {
         Ok(room) => room,
         Err(r) => return r,

@@ -282,20 +282,22 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready once every room has restored its history, while the database answers and the
-/// persistence backlog has room.
+/// Ready once every room has claimed its lease and restored its history, while the database
+/// answers, the persistence backlog has room and no room's writer has stopped.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let available = state.store.available.load(Ordering::Relaxed);
     let backlog = state.store.backlog.load(Ordering::Relaxed);
     let restoring = state.store.restoring.load(Ordering::Relaxed);
+    let stopped = state.store.stopped.load(Ordering::Relaxed);
     let max = state.settings.config.database.max_backlog;
-    let ready = available && backlog < max && restoring == 0;
+    let ready = available && backlog < max && restoring == 0 && stopped == 0;
     let body = serde_json::json!({
         "ready": ready,
         "database": if available { "available" } else { "unavailable" },
         "backlog": backlog,
         "maxBacklog": max,
         "roomsRestoring": restoring,
+        "roomsStopped": stopped,
     });
     if ready {
         HttpResponse::Ok().json(body)

@@ -2,6 +2,7 @@
 //! untrusted JSON into typed structs) and the server's message shapes.
 
 use crate::error::DialogueError;
+use crate::protocol::storable;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -101,6 +102,50 @@ fn payload<T: for<'de> Deserialize<'de>>(
     T::deserialize(arg).map_err(|e| DialogueError::invalid(format!("{name} expects {shape}: {e}")))
 }
 
+impl ClientRequest {
+    /// Refuses at the door what the database could not store (see [`storable`]): room ids and
+    /// event names outside their alphabet and length, and a NUL character in a trigger's
+    /// `data`/`meta` or in a new room's name or description. `raw` is the text of the frame
+    /// the request came in: `data` and `meta` are walked only when it spells a NUL
+    /// (`\u0000`), so the usual trigger costs one substring search of its frame.
+    pub fn check_storable(&self, raw: &str) -> Result<(), DialogueError> {
+        match self {
+            ClientRequest::Join(r)
+            | ClientRequest::Leave(r)
+            | ClientRequest::SubscribeAll(r)
+            | ClientRequest::DeleteRoom(r) => storable::check_room_id(&r.room_id),
+            ClientRequest::Subscribe(e) | ClientRequest::Unsubscribe(e) => {
+                storable::check_room_id(&e.room_id)?;
+                storable::EVENT_NAME.check("eventName", &e.event_name)
+            }
+            ClientRequest::Trigger(t) => {
+                storable::check_room_id(&t.room_id)?;
+                storable::check_event_name(&t.event)?;
+                if storable::may_hold_nul(raw) {
+                    storable::check_json("data", &t.data)?;
+                    if let Some(meta) = &t.meta {
+                        storable::check_json("meta", meta)?;
+                    }
+                }
+                Ok(())
+            }
+            ClientRequest::GetHistory(h) => {
+                storable::check_room_id(&h.room_id)?;
+                storable::EVENT_NAME.check("eventName", &h.event_name)
+            }
+            ClientRequest::ListRooms => Ok(()),
+            ClientRequest::CreateRoom(c) => {
+                storable::ROOM_ID.check("id", &c.id)?;
+                storable::check_text("name", &c.name)?;
+                match &c.description {
+                    Some(description) => storable::check_text("description", description),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// Parses the event `name` with its first argument.
 pub fn parse_request(name: &str, arg: Option<&Value>) -> Result<ClientRequest, DialogueError> {
     const ROOM: &str = "{roomId: string}";
@@ -198,6 +243,14 @@ pub struct EventMessage<'a> {
     pub meta: Option<&'a Value>,
     /// Per (room, event) sequence number, from 1, without gaps.
     pub seq: u64,
+    /// The room's epoch: it grows after an unclean stop, so `(epoch, seq)` never names two
+    /// different events. Omitted while 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A room as `dialogue:rooms` and `dialogue:roomCreated` describe it.
@@ -279,6 +332,89 @@ mod tests {
             parse_request("dialogue:listRooms", None),
             Ok(ClientRequest::ListRooms)
         ));
+    }
+
+    #[test]
+    fn refuses_what_the_database_cannot_store() {
+        let check = |name: &str, raw: &str| {
+            let value: Value = serde_json::from_str(raw).unwrap();
+            parse_request(name, Some(&value))
+                .unwrap()
+                .check_storable(raw)
+        };
+        let trigger = "dialogue:trigger";
+        assert!(check(
+            trigger,
+            r#"{"roomId":"r","event":"e","data":{"t":"\\u0000"}}"#
+        )
+        .is_ok());
+        let e = check(
+            trigger,
+            r#"{"roomId":"r","event":"e","data":{"t":"a\u0000"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(
+            e.message.starts_with("data/t contains a NUL"),
+            "{}",
+            e.message
+        );
+        let e = check(
+            trigger,
+            r#"{"roomId":"r","event":"e","data":1,"meta":{"\u0000":1}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.starts_with("meta: the object key"),
+            "{}",
+            e.message
+        );
+        let e = check(trigger, r#"{"roomId":"r\u0000","event":"e","data":1}"#).unwrap_err();
+        assert!(e.message.starts_with("roomId "), "{}", e.message);
+        let e = check(trigger, r#"{"roomId":"r","event":" e","data":1}"#).unwrap_err();
+        assert!(e.message.starts_with("event "), "{}", e.message);
+        // Without the escape in the frame, the values are not walked.
+        let data = json!({"t": "a\u{0}"});
+        let r = parse_request(
+            trigger,
+            Some(&json!({"roomId": "r", "event": "e", "data": data})),
+        );
+        assert!(r.unwrap().check_storable("{}").is_ok());
+
+        for name in [
+            "dialogue:join",
+            "dialogue:leave",
+            "dialogue:subscribeAll",
+            "dialogue:deleteRoom",
+        ] {
+            let e = check(name, r#"{"roomId":"x\u0000"}"#).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{name}");
+            assert!(check(name, r#"{"roomId":"x"}"#).is_ok(), "{name}");
+        }
+        for name in [
+            "dialogue:subscribe",
+            "dialogue:unsubscribe",
+            "dialogue:getHistory",
+        ] {
+            let e = check(name, r#"{"roomId":"x","eventName":"m\u0000"}"#).unwrap_err();
+            assert!(e.message.starts_with("eventName "), "{name}: {}", e.message);
+            assert!(
+                check(name, r#"{"roomId":"","eventName":"m"}"#).is_err(),
+                "{name}"
+            );
+            assert!(
+                check(name, r#"{"roomId":"x","eventName":"m"}"#).is_ok(),
+                "{name}"
+            );
+        }
+        let create = "dialogue:createRoom";
+        let e = check(create, r#"{"id":"x\u0000","name":"X"}"#).unwrap_err();
+        assert!(e.message.starts_with("id \"x\\u0000\""), "{}", e.message);
+        let e = check(create, r#"{"id":"x","name":"X\u0000"}"#).unwrap_err();
+        assert!(e.message.starts_with("name "), "{}", e.message);
+        let e = check(create, r#"{"id":"x","name":"X","description":"\u0000"}"#).unwrap_err();
+        assert!(e.message.starts_with("description "), "{}", e.message);
+        assert!(check(create, r#"{"id":"x","name":"X","description":"d"}"#).is_ok());
     }
 
     #[test]

@@ -114,6 +114,80 @@ impl TestServer {
         (None, started.elapsed())
     }
 
+    /// Sends SIGKILL (an unclean stop: no flush, no goodbye) and waits up to 10 s for the
+    /// process to be gone; returns how it ended and how long the wait took.
+    pub fn kill9(&mut self) -> (Option<std::process::ExitStatus>, Duration) {
+        let started = std::time::Instant::now();
+        // `Child::kill` sends SIGKILL on Unix.
+        let _ = self.child.kill();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (Some(status), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (None, started.elapsed())
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `GET path` on the server: the HTTP status (0 when nothing answered) and the body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut answer = String::new();
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.read_to_string(&mut answer);
+        }
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// `GET /readyz`: the status and the JSON body (`Null` when it is not JSON).
+    pub fn readyz(&self) -> (u16, serde_json::Value) {
+        let (status, body) = self.http_get("/readyz");
+        // A chunked body carries its length lines around the JSON.
+        let json = body
+            .find('{')
+            .zip(body.rfind('}'))
+            .and_then(|(a, b)| serde_json::from_str(&body[a..=b]).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    /// Waits until `/readyz` answers 200, up to `limit`; the time it took, or the last answer.
+    pub fn wait_ready_within(&self, limit: Duration) -> Result<Duration, String> {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, body) = self.readyz();
+            if status == 200 {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= limit {
+                return Err(format!(
+                    "not ready after {:?}; last /readyz: {status} {body}",
+                    started.elapsed()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -217,6 +291,126 @@ pub fn run_node_tests(
         .filter_map(|l| l.trim_start_matches(['#', ' ']).strip_prefix("RESULT "))
         .filter_map(|json| serde_json::from_str(json).ok())
         .collect()
+}
+
+/// Starts `node <script>` (a plain script, not `node --test`) in the background against
+/// `url` (as `DIALOGUE_URL`), with stdout piped (read it with [`NodeProcess::wait_line`]).
+pub fn spawn_node_script(script: &str, url: &str, env: &[(&str, &str)]) -> NodeProcess {
+    ensure_node_modules();
+    let mut cmd = Command::new("node");
+    cmd.arg(js_dir().join(script))
+        .env("DIALOGUE_URL", url)
+        .current_dir(js_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("node must be installed");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(mut l) = sink.lock() {
+                l.push(line.clone());
+            }
+            let _ = tx.send(line);
+        }
+    });
+    let err_sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut l) = err_sink.lock() {
+                l.push(format!("[stderr] {line}"));
+            }
+        }
+    });
+    NodeProcess {
+        child,
+        script: script.to_owned(),
+        rx,
+        output: lines,
+    }
+}
+
+/// A background Node script; killed on drop.
+pub struct NodeProcess {
+    child: Child,
+    script: String,
+    rx: mpsc::Receiver<String>,
+    /// Everything it printed so far (stderr lines prefixed with `[stderr] `).
+    pub output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl NodeProcess {
+    /// Waits up to `limit` for a stdout line starting with `prefix`; returns the rest of it.
+    pub fn wait_line(&mut self, prefix: &str, limit: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Some(rest.trim().to_owned());
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the exit (killing it after that); the exit code, if it exited.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(20));
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+
+    /// True while the script runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything printed so far, as one string (for failure messages).
+    pub fn transcript(&self) -> String {
+        format!(
+            "--- {} output ---\n{}",
+            self.script,
+            self.output.lock().map(|l| l.join("\n")).unwrap_or_default()
+        )
+    }
+
+    /// The `RESULT <json>` lines printed so far.
+    pub fn results(&self) -> Vec<serde_json::Value> {
+        self.output
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|line| line.strip_prefix("RESULT "))
+                    .filter_map(|json| serde_json::from_str(json).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub fn py_dir() -> PathBuf {

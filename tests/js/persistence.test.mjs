@@ -160,3 +160,35 @@ phase("delete", async () => {
   assert.equal((await c.request("dialogue:deleteRoom", { roomId: "temp" })).ok, true);
   c.close();
 });
+
+phase("poison-batch", async () => {
+  // The database refuses one row (a test trigger rejects the text POISON): the other rows of
+  // its batch are stored, the refused one is quarantined and a tombstone keeps its seq.
+  const c = await joined("writer");
+  const answers = [];
+  for (let i = 1; i <= 20; i++) {
+    const text = i === 10 ? "POISON" : `m${i}`;
+    answers.push(c.socket.timeout(10_000).emitWithAck("dialogue:trigger", {
+      roomId: ROOM, event: "message", data: { text, username: "p" },
+    }));
+  }
+  const acks = await Promise.all(answers);
+  acks.forEach((a, i) => {
+    if (i === 9) {
+      assert.equal(a.ok, false, JSON.stringify(a));
+      assert.equal(a.code, "STORAGE_UNAVAILABLE");
+      assert.match(a.message, /quarantined/);
+    } else {
+      assert.equal(a.ok, true, JSON.stringify(a));
+      assert.equal(a.seq, i + 1);
+    }
+  });
+  await fill(c, 21, 25);
+  const page = await history(c, { start: 0, end: 50 });
+  assert.deepEqual(page.events.map((e) => e.seq), desc(25, 1), "gapless: the tombstone holds seq 10");
+  const tomb = page.events.find((e) => e.seq === 10);
+  assert.equal(tomb.data, null);
+  assert.deepEqual(tomb.meta, { quarantined: true });
+  assert.equal(page.events.find((e) => e.seq === 11).data.text, "m11");
+  c.close();
+});
