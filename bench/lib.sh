@@ -21,8 +21,9 @@ free_port() {
 
 # The benchmark configuration: one worker, one room thread, no rate limits; rooms general,
 # deep, scan, and soak0 … soak{$1 - 1}.
-write_config() { # $1 = file, $2 = soak rooms (default 100)
+write_config() { # $1 = file, $2 = soak rooms (default 100), $3 = durability (default stored)
   {
+    echo "database: { durability: ${3:-stored} }"
     cat <<'YAML'
 server: { host: 127.0.0.1, port: 0, workers: 1, roomThreads: 1 }
 limits: { historyRequestsPerMinute: 0, triggersPerSecond: 0 }

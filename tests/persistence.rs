@@ -386,6 +386,179 @@ fn refused_row_is_quarantined(backend: Backend) {
     );
 }
 
+/// Another writer put a different row under the next seq (here: by hand): the room's write
+/// conflicts, the room stops writing — loudly: its triggers are refused, `/readyz` is 503,
+/// the metric and the log say so — and its event is kept in the quarantine, not dropped.
+fn conflicting_row_stops_the_writer(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = backend.url(dir.path(), "conflict");
+    let server = TestServer::start_in(dir.path(), &config(&url, 10, 100_000, 0), &[]);
+    server.wait_ready();
+    run_node_tests(
+        "persistence.test.mjs",
+        &server,
+        &[("PHASE", "fill-n"), ("COUNT", "3")],
+    );
+    rt().block_on(async {
+        let db = dialogue::store::connect(&url).await.unwrap();
+        db.execute_unprepared(
+            "INSERT INTO messages (room_id, event_name, event_data, from_user, timestamp, seq) \
+             VALUES ('hist', 'message', '{\"text\":\"rogue\",\"username\":\"x\"}', 'rogue', 0, 4)",
+        )
+        .await
+        .unwrap();
+        db.close().await.ok();
+    });
+    run_node_tests("persistence.test.mjs", &server, &[("PHASE", "refused")]);
+    let (status, body) = server.readyz();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["roomsStopped"], 1, "{body}");
+    assert!(server.log_contains("stopped writing"));
+    let (_, metrics) = server.http_get("/metrics");
+    assert!(
+        metrics.contains("dialogue_persist_stopped_rooms_total 1"),
+        "{metrics}"
+    );
+    let (rogue, quarantined) = rt().block_on(async {
+        let db = dialogue::store::connect(&url).await.unwrap();
+        let row = Messages::find()
+            .filter(Column::RoomId.eq("hist"))
+            .filter(Column::Seq.eq(4))
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        let q = db
+            .query_all_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT seq, event FROM quarantine".to_owned(),
+            ))
+            .await
+            .unwrap();
+        let q: Vec<(i64, String)> = q
+            .iter()
+            .map(|r| {
+                (
+                    r.try_get("", "seq").unwrap(),
+                    r.try_get("", "event").unwrap(),
+                )
+            })
+            .collect();
+        (row.event_data["text"].clone(), q)
+    });
+    assert_eq!(rogue, "rogue", "the stored row is left alone");
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(quarantined[0].0, 4);
+    assert!(quarantined[0].1.contains("m100"), "{quarantined:?}");
+}
+
+/// The database is down when the server stops: what is queued goes to the spill file, and
+/// the next start writes it before serving.
+#[test]
+fn postgres_spill_file_keeps_what_the_database_could_not_take() {
+    let Some(Backend::Postgres(pg)) = postgres() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = rt().block_on(pg.create_db("spill"));
+    let cfg = config_accepted(&url, 10, 1000, 0)
+        .replace("shutdownTimeout: 20000", "shutdownTimeout: 1500");
+    let mut server = TestServer::start_in(dir.path(), &cfg, &[]);
+    server.wait_ready();
+    run_node_tests(
+        "persistence.test.mjs",
+        &server,
+        &[("PHASE", "fill-n"), ("COUNT", "5")],
+    );
+    eventually_count(&url, "hist", 5);
+    pg.stop_server();
+    run_node_tests(
+        "persistence.test.mjs",
+        &server,
+        &[("PHASE", "fill-n"), ("FIRST", "6"), ("COUNT", "25")],
+    );
+    let (code, _) = server.terminate(Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(0),
+        "a clean exit once the queue is in the spill file"
+    );
+    assert!(server.log_contains("spill file"));
+    let spill = dir.path().join("dialogue-spill.jsonl");
+    assert!(spill.exists(), "the spill file is written");
+
+    pg.start_server();
+    let server = TestServer::start_in(dir.path(), &cfg, &[]);
+    server.wait_ready();
+    assert!(server.log_contains("replayed 25 events from the spill file"));
+    assert!(!spill.exists(), "the spill file is removed once replayed");
+    eventually_count(&url, "hist", 30);
+    run_node_tests(
+        "persistence.test.mjs",
+        &server,
+        &[("PHASE", "check-n"), ("COUNT", "30")],
+    );
+}
+
+/// Events without history keep their counter in the database: `stored` ones exactly,
+/// `accepted` ones reserved ahead in blocks. A crash never makes a seq repeat; a clean stop
+/// leaves no gap.
+fn counters_survive_crashes(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = backend.url(dir.path(), "counters");
+    let cfg = format!(
+        r#"
+server: {{ host: 127.0.0.1, port: 0 }}
+database: {{ url: "{url}" }}
+limits: {{ historyRequestsPerMinute: 0, triggersPerSecond: 0 }}
+events:
+  typing: {{ history: {{ enabled: false }} }}
+  ping: {{ history: {{ enabled: false, durability: accepted }} }}
+rooms:
+  counters: {{ events: [typing, ping] }}
+"#
+    );
+    let seqs = |server: &TestServer| -> (Vec<u64>, Vec<u64>) {
+        let r = run_node_tests("persistence.test.mjs", server, &[("PHASE", "counters")]);
+        let list = |k: &str| {
+            r[0][k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect::<Vec<_>>()
+        };
+        (list("typing"), list("ping"))
+    };
+    let mut server = TestServer::start_in(dir.path(), &cfg, &[]);
+    let (typing, ping) = seqs(&server);
+    assert_eq!(typing, [1, 2, 3, 4, 5]);
+    assert_eq!(ping, [1, 2, 3, 4, 5]);
+
+    server.kill9();
+    let mut server = TestServer::start_in(dir.path(), &cfg, &[]);
+    let (typing, ping) = seqs(&server);
+    assert_eq!(
+        typing,
+        [6, 7, 8, 9, 10],
+        "stored: exact, even after a crash"
+    );
+    assert!(
+        ping[0] > 5,
+        "accepted: no seq handed out before the crash repeats: {ping:?}"
+    );
+    assert!(ping.windows(2).all(|w| w[1] == w[0] + 1), "{ping:?}");
+    let last_ping = *ping.last().unwrap();
+
+    let (code, _) = server.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let server = TestServer::start_in(dir.path(), &cfg, &[]);
+    let (typing, ping) = seqs(&server);
+    assert_eq!(typing, [11, 12, 13, 14, 15]);
+    let next: Vec<u64> = (last_ping + 1..=last_ping + 5).collect();
+    assert_eq!(ping, next, "accepted: a clean stop leaves no gap");
+}
+
 // ------------------------------------------------------------------ SQLite
 
 #[test]
@@ -416,6 +589,16 @@ fn sqlite_room_deletion_persists_first() {
 #[test]
 fn sqlite_refused_row_is_quarantined() {
     refused_row_is_quarantined(Backend::Sqlite);
+}
+
+#[test]
+fn sqlite_conflicting_row_stops_the_writer() {
+    conflicting_row_stops_the_writer(Backend::Sqlite);
+}
+
+#[test]
+fn sqlite_counters_survive_crashes() {
+    counters_survive_crashes(Backend::Sqlite);
 }
 
 #[test]
@@ -521,6 +704,20 @@ fn postgres_room_deletion_persists_first() {
 fn postgres_refused_row_is_quarantined() {
     if let Some(pg) = postgres() {
         refused_row_is_quarantined(pg);
+    }
+}
+
+#[test]
+fn postgres_conflicting_row_stops_the_writer() {
+    if let Some(pg) = postgres() {
+        conflicting_row_stops_the_writer(pg);
+    }
+}
+
+#[test]
+fn postgres_counters_survive_crashes() {
+    if let Some(pg) = postgres() {
+        counters_survive_crashes(pg);
     }
 }
 

@@ -105,9 +105,10 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         settle_ms: u64,
     },
-    /// Restart: N messages into a room with history, SIGTERM to the server, the restart
-    /// command (run with `sh -c`; it starts the server again in the background on the same
-    /// port), /readyz, then a scroll of the whole history: how many of the N survived.
+    /// Restart: N messages into a room with history, SIGTERM (or, with `--kill`, SIGKILL) to
+    /// the server, the restart command (run with `sh -c`; it starts the server again in the
+    /// background on the same port), /readyz, then a scroll of the whole history: how many of
+    /// the N acknowledged survived with the text they were sent with.
     Restart {
         #[arg(long, default_value = "http://127.0.0.1:3000")]
         url: String,
@@ -127,6 +128,9 @@ enum Scenario {
         /// Seconds allowed for the shutdown, and again for the restart.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Crash the server (SIGKILL) instead of stopping it.
+        #[arg(long)]
+        kill: bool,
     },
     /// Inserts rows straight into the database (seq 1..=rows) to measure deep pages.
     Bulkload {
@@ -512,8 +516,10 @@ async fn main() -> std::process::ExitCode {
             server_pid,
             restart_cmd,
             timeout,
+            kill,
         } => {
             restart::run(restart::Options {
+                kill,
                 url,
                 room,
                 event,

@@ -1,9 +1,10 @@
 //! Restart: triggers events into a room with history, stops the server with SIGTERM (a
-//! graceful shutdown persists the in-memory window), starts it again with a command, waits
-//! for `/readyz`, and scrolls the whole history to count the events that survived.
+//! graceful shutdown writes what is queued) or crashes it with SIGKILL, starts it again with
+//! a command, waits for `/readyz`, and scrolls the whole history to count the acknowledged
+//! events that survived.
 
 use crate::history::{newest_seq, scan};
-use crate::server::{is_running, terminate, wait_exit, wait_ready};
+use crate::server::{is_running, kill, terminate, wait_exit, wait_ready};
 use crate::{joined_client, trigger_many};
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -24,6 +25,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Page size of the final scroll.
     pub page: u64,
+    /// SIGKILL instead of SIGTERM.
+    pub kill: bool,
 }
 
 pub async fn run(o: Options) -> Result<Value, String> {
@@ -36,10 +39,15 @@ pub async fn run(o: Options) -> Result<Value, String> {
     c.close();
 
     let stopping = Instant::now();
-    terminate(o.server_pid)?;
+    let signal = if o.kill { "SIGKILL" } else { "SIGTERM" };
+    if o.kill {
+        kill(o.server_pid)?;
+    } else {
+        terminate(o.server_pid)?;
+    }
     if !wait_exit(o.server_pid, o.timeout).await {
         return Err(format!(
-            "the server (pid {}) did not exit within {:?} of SIGTERM",
+            "the server (pid {}) did not exit within {:?} of {signal}",
             o.server_pid, o.timeout
         ));
     }
@@ -73,7 +81,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let survived = acked.iter().filter(|seq| stored.contains(seq)).count();
     let lost = acked.len() - survived;
     eprintln!(
-        "restart: {} sent ({} acknowledged, {refused} refused), {survived} survived, {lost} lost; \
+        "restart ({signal}): {} sent ({} acknowledged, {refused} refused), {survived} survived, {lost} lost; \
          shutdown {shutdown_seconds:.2}s, ready again after {down_seconds:.2}s; history scan {} errors",
         o.messages,
         acked.len(),
@@ -81,6 +89,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
     );
     Ok(json!({
         "scenario": "restart",
+        "signal": signal,
         "sent": o.messages,
         "acknowledged": acked.len(),
         "refused": refused,

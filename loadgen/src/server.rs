@@ -48,9 +48,18 @@ pub fn is_running(pid: u32) -> bool {
 
 /// Sends SIGTERM.
 pub fn terminate(pid: u32) -> Result<(), String> {
+    signal(pid, libc::SIGTERM)
+}
+
+/// Sends SIGKILL (a crash: nothing is flushed).
+pub fn kill(pid: u32) -> Result<(), String> {
+    signal(pid, libc::SIGKILL)
+}
+
+fn signal(pid: u32, signal: libc::c_int) -> Result<(), String> {
     let pid = libc::pid_t::try_from(pid).map_err(|e| e.to_string())?;
     // SAFETY: kill has no memory effects; the pid comes from the caller.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+    if unsafe { libc::kill(pid, signal) } == 0 {
         Ok(())
     } else {
         Err(format!("kill {pid}: {}", std::io::Error::last_os_error()))

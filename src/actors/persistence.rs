@@ -39,6 +39,8 @@ const LINGER: Duration = Duration::from_millis(20);
 const FAILURES_BEFORE_RESTART: u32 = 6;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often SQLite's write-ahead log is copied into the database file (in the background).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// How often an idle store checks that the database still answers (for `/readyz`).
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -120,6 +122,9 @@ pub struct Persistence {
     /// A write is scheduled for when [`LINGER`] has passed.
     lingering: bool,
     waiters: Vec<(u64, oneshot::Sender<()>)>,
+    /// Writes counted ([`METRICS`]`.persist_batches`) at the last checkpoint.
+    checkpointed_at: u64,
+    checkpointing: bool,
 }
 
 impl Persistence {
@@ -154,6 +159,8 @@ impl Persistence {
             connecting: false,
             lingering: false,
             waiters: Vec::new(),
+            checkpointed_at: 0,
+            checkpointing: false,
         });
         let link = PersistenceLink {
             batches: addr.clone().recipient(),
@@ -394,6 +401,27 @@ impl Persistence {
         );
     }
 
+    /// Checkpoints SQLite's write-ahead log when something was written since the last time.
+    fn checkpoint(&mut self, ctx: &mut Context<Self>) {
+        let written = METRICS.persist_batches.get();
+        if written == self.checkpointed_at || self.checkpointing {
+            return;
+        }
+        let Some(db) = self.db.clone() else { return };
+        self.checkpointing = true;
+        ctx.spawn(
+            async move { store::checkpoint(&db).await }
+                .into_actor(self)
+                .map(move |result, act, _| {
+                    act.checkpointing = false;
+                    match result {
+                        Ok(_) => act.checkpointed_at = written,
+                        Err(e) => log::debug!("checkpoint failed: {e}"),
+                    }
+                }),
+        );
+    }
+
     /// A receiver that resolves once every batch received so far is written.
     fn written(&mut self, ctx: &mut Context<Self>) -> Option<oneshot::Receiver<()>> {
         let target = self.next_batch_id - 1;
@@ -594,6 +622,7 @@ impl Actor for Persistence {
         ctx.set_mailbox_capacity(1 << 16);
         ctx.run_interval(HEALTH_CHECK_INTERVAL, |act, ctx| act.check_health(ctx));
         ctx.run_interval(self.lease_timeout / 3, |act, ctx| act.renew_leases(ctx));
+        ctx.run_interval(CHECKPOINT_INTERVAL, |act, ctx| act.checkpoint(ctx));
         if self.db.is_none() {
             self.connect(ctx);
         } else {

@@ -32,8 +32,10 @@ pub const MAILBOX_CAPACITY: usize = 1 << 16;
 const MAX_WILDCARD_EVENTS: usize = 1000;
 /// Longest event name accepted (the database column is 100 characters).
 const MAX_EVENT_NAME: usize = 100;
-/// Seqs an `accepted` event without history reserves ahead in the database: after a crash its
-/// numbering resumes above the reservation, so a seq a client saw is not handed out again.
+/// Seqs an `accepted` event without history reserves ahead in the database (a new block when
+/// half of one is used): it is acknowledged at once while its seq is within what the database
+/// committed, and after a crash its numbering resumes above that, so a seq a client saw is
+/// never handed out again.
 const COUNTER_BLOCK: u64 = 1000;
 
 /// What a room is, fixed at creation. Shared with the directory for listings.
@@ -101,8 +103,15 @@ struct EventState {
     name: Arc<str>,
     /// The last seq handed out (committed or not).
     last_assigned: u64,
-    /// Events without history: the high-water mark the database holds (or is being sent).
+    /// Events without history: the high-water mark sent to the database.
     reserved: u64,
+    /// Events without history: the high-water mark the database has committed. An `accepted`
+    /// event numbered above it waits for its commit like a `stored` one, so no seq a crash
+    /// could hand out again is ever shown.
+    committed: u64,
+    /// Events of this stream waiting for their commit: later ones wait too, to keep the
+    /// order.
+    pending: usize,
     /// The newest events: committed ones for `stored` streams, accepted ones for `accepted`.
     history: Option<EventHistory>,
     counters: EventCounters,
@@ -117,6 +126,8 @@ impl EventState {
             def,
             last_assigned: high_water,
             reserved: high_water,
+            committed: high_water,
+            pending: 0,
         }
     }
 
@@ -134,6 +145,14 @@ struct Pending {
     /// Answer with the `EventMessage` JSON (the HTTP API).
     echo: bool,
     accepted_at: std::time::Instant,
+}
+
+/// A batch handed to the store, waiting for its [`Committed`].
+struct Awaiting {
+    /// Its `stored` events (and `accepted` ones that must wait), in the order accepted.
+    pending: Vec<Pending>,
+    /// Its counter marks: committed with it.
+    marks: Vec<CounterMark>,
 }
 
 /// What the current mailbox drain accepted, for one [`PersistBatch`].
@@ -193,7 +212,7 @@ pub struct RoomActor {
     hand_over_scheduled: bool,
     /// Batches handed to the store and not answered yet, oldest first, each with its `stored`
     /// events waiting for the commit.
-    awaiting: VecDeque<Vec<Pending>>,
+    awaiting: VecDeque<Awaiting>,
     /// This room's own address, for the store's answers.
     me: Option<Recipient<Committed>>,
     /// Set when the room may no longer write (another owner, a conflict): every trigger is
@@ -276,10 +295,13 @@ impl RoomActor {
             owner: self.owner.clone(),
             reply: me,
             streams: unsent.streams,
-            counters: unsent.counters,
+            counters: unsent.counters.clone(),
             urgent: !unsent.pending.is_empty(),
         });
-        self.awaiting.push_back(unsent.pending);
+        self.awaiting.push_back(Awaiting {
+            pending: unsent.pending,
+            marks: unsent.counters,
+        });
     }
 
     /// Delivers an event to the subscribed members.
@@ -546,6 +568,7 @@ impl RoomActor {
                 if state.history.is_none() {
                     state.last_assigned = *high_water;
                     state.reserved = *high_water;
+                    state.committed = *high_water;
                 }
             }
         }
@@ -781,11 +804,21 @@ impl Handler<Committed> for RoomActor {
     /// The store's answer to the oldest batch handed over: its `stored` events become
     /// visible — window, fan-out, ack — in the order they were accepted.
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
-        let Some(pending) = self.awaiting.pop_front() else {
+        let Some(Awaiting { pending, marks }) = self.awaiting.pop_front() else {
             return;
         };
+        for p in &pending {
+            if let Some(state) = self.events.get_mut(&*p.event) {
+                state.pending -= 1;
+            }
+        }
         match msg.outcome {
             Ok(quarantined) => {
+                for mark in marks {
+                    if let Some(state) = self.events.get_mut(&*mark.event) {
+                        state.committed = state.committed.max(mark.high_water);
+                    }
+                }
                 for p in pending {
                     let refused = quarantined
                         .iter()
@@ -937,6 +970,11 @@ impl RoomActor {
         } else {
             None
         };
+        // An `accepted` counter above what the database committed waits like a `stored` one.
+        let wait = stored_mode || (!has_history && (seq > state.committed || state.pending > 0));
+        if wait {
+            state.pending += 1;
+        }
         if has_history {
             self.unsent.row(&event_name, stored.clone());
         }
@@ -947,7 +985,7 @@ impl RoomActor {
             self.schedule_hand_over(ctx);
         }
 
-        if stored_mode {
+        if wait {
             self.unsent.pending.push(Pending {
                 event: event_name,
                 stored,

@@ -192,3 +192,49 @@ phase("poison-batch", async () => {
   assert.equal(page.events.find((e) => e.seq === 11).data.text, "m11");
   c.close();
 });
+
+phase("fill-n", async () => {
+  // FIRST..FIRST+COUNT-1 into the room, each acknowledged with the next seq.
+  const c = await joined("writer");
+  const first = Number(process.env.FIRST ?? 1);
+  await fill(c, first, first + Number(process.env.COUNT) - 1);
+  c.close();
+});
+
+phase("check-n", async () => {
+  // The whole history is m1..mCOUNT, newest first.
+  const c = await joined("reader");
+  const count = Number(process.env.COUNT);
+  const page = await history(c, { start: 0, end: count + 10 });
+  assert.deepEqual(page.events.map((e) => e.seq), desc(count, 1));
+  assert.deepEqual(page.events.map((e) => e.data.text), desc(count, 1).map((i) => `m${i}`));
+  c.close();
+});
+
+phase("refused", async () => {
+  // Every trigger is refused with STORAGE_UNAVAILABLE (the room stopped writing).
+  const c = await joined("writer");
+  for (let i = 0; i < 2; i++) {
+    const r = await trigger(c, 100 + i);
+    assert.equal(r.ok, false, JSON.stringify(r));
+    assert.equal(r.code, "STORAGE_UNAVAILABLE");
+  }
+  c.close();
+});
+
+phase("counters", async () => {
+  // Five of each event without history; RESULT {typing: [seq…], ping: [seq…]}.
+  const c = await connect("counter");
+  assert.equal((await c.request("dialogue:join", { roomId: "counters" })).ok, true);
+  const seqs = {};
+  for (const event of ["typing", "ping"]) {
+    seqs[event] = [];
+    for (let i = 0; i < 5; i++) {
+      const r = await c.request("dialogue:trigger", { roomId: "counters", event, data: { i } });
+      assert.equal(r.ok, true, JSON.stringify(r));
+      seqs[event].push(r.seq);
+    }
+  }
+  result(seqs);
+  c.close();
+});
