@@ -162,6 +162,15 @@ pub fn is_transient(e: &DbErr) -> bool {
     }
 }
 
+/// The database's clock in milliseconds since the Unix epoch, as SQL: leases are judged by
+/// the one clock every process sharing the database sees.
+fn db_now(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        _ => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+    }
+}
+
 /// A statement written with PostgreSQL's `$n` placeholders, for either database (SQLite
 /// takes `?n`).
 fn stmt(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
@@ -172,24 +181,28 @@ fn stmt(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement
     Statement::from_sql_and_values(backend, sql, values)
 }
 
-/// Writes the jobs in one transaction: each room's lease is checked (and renewed until
-/// `lease_until`), the rows inserted, the counters raised. Rows already stored identically
+/// Writes the jobs in one transaction: each room's lease is checked (and renewed for
+/// `lease_ms`), the rows inserted, the counters raised. Rows already stored identically
 /// are skipped (a retry); a different row under the same seq is a [`WriteError::Conflict`].
 /// Returns the rows inserted.
 pub async fn write_jobs(
     db: &DatabaseConnection,
     jobs: &[WriteJob<'_>],
-    lease_until: i64,
+    lease_ms: i64,
 ) -> Result<u64, WriteError> {
     let backend = db.get_database_backend();
+    let renew = format!(
+        "UPDATE room_leases SET lease_until = {} + $1 WHERE room_id = $2 AND owner = $3",
+        db_now(backend)
+    );
     let txn = db.begin().await?;
     for job in jobs {
         let Some(owner) = job.owner else { continue };
         let fenced = txn
             .execute_raw(stmt(
                 backend,
-                "UPDATE room_leases SET lease_until = $1 WHERE room_id = $2 AND owner = $3",
-                vec![lease_until.into(), job.room_id.into(), owner.into()],
+                &renew,
+                vec![lease_ms.into(), job.room_id.into(), owner.into()],
             ))
             .await?
             .rows_affected()
@@ -430,17 +443,16 @@ pub async fn quarantine(
 
 // ------------------------------------------------------------------ room leases
 
-/// Takes room `room_id` for the room instance `owner` of process `node` until `lease_until`:
-/// when nobody holds it, when the holder's lease ran out, or when the holder's process is
-/// known dead ([`node_is_dead`]). Taking it over from a holder that did not release it (an
+/// Takes room `room_id` for the room instance `owner` of process `node` for `lease_ms` (by
+/// the database's clock): when nobody holds it, when the holder's lease ran out, or when the
+/// holder's process is known dead ([`node_is_dead`]). Taking it over from a holder that did not release it (an
 /// unclean stop) raises the room's epoch. Returns the epoch, or `Err` naming the holder.
 pub async fn claim_room(
     db: &DatabaseConnection,
     room_id: &str,
     owner: &str,
     node: &str,
-    now: i64,
-    lease_until: i64,
+    lease_ms: i64,
 ) -> Result<Result<u64, String>, DbErr> {
     let backend = db.get_database_backend();
     db.execute_raw(stmt(
@@ -453,7 +465,10 @@ pub async fn claim_room(
     let row = db
         .query_one_raw(stmt(
             backend,
-            "SELECT owner, node, lease_until, epoch FROM room_leases WHERE room_id = $1",
+            &format!(
+                "SELECT owner, node, lease_until, epoch, {} AS now FROM room_leases WHERE room_id = $1",
+                db_now(backend)
+            ),
             vec![room_id.into()],
         ))
         .await?
@@ -461,6 +476,7 @@ pub async fn claim_room(
     let held_by: Option<String> = row.try_get("", "owner")?;
     let held_node: Option<String> = row.try_get("", "node")?;
     let until: i64 = row.try_get("", "lease_until")?;
+    let now: i64 = row.try_get("", "now")?;
     let epoch: i64 = row.try_get("", "epoch")?;
     let epoch = epoch.max(0) as u64;
     let new_epoch = match (&held_by, &held_node) {
@@ -491,7 +507,7 @@ pub async fn claim_room(
     let mut all: Vec<sea_orm::Value> = vec![
         owner.into(),
         node.into(),
-        lease_until.into(),
+        lease_ms.into(),
         (new_epoch as i64).into(),
         room_id.into(),
     ];
@@ -499,8 +515,9 @@ pub async fn claim_room(
     all.push(until.into());
     let until_param = if held_by.is_some() { "$7" } else { "$6" };
     let sql = format!(
-        "UPDATE room_leases SET owner = $1, node = $2, lease_until = $3, epoch = $4 \
-         WHERE room_id = $5 AND {guard} AND lease_until = {until_param}"
+        "UPDATE room_leases SET owner = $1, node = $2, lease_until = {} + $3, epoch = $4 \
+         WHERE room_id = $5 AND {guard} AND lease_until = {until_param}",
+        db_now(backend)
     );
     let took = db
         .execute_raw(stmt(backend, &sql, all))
@@ -514,19 +531,19 @@ pub async fn claim_room(
     })
 }
 
-/// Renews every lease of process `node`. Returns how many rooms it holds.
+/// Renews every lease of process `node` for `lease_ms`. Returns how many rooms it holds.
 pub async fn renew_leases(
     db: &DatabaseConnection,
     node: &str,
-    lease_until: i64,
+    lease_ms: i64,
 ) -> Result<u64, DbErr> {
     let backend = db.get_database_backend();
+    let sql = format!(
+        "UPDATE room_leases SET lease_until = {} + $1 WHERE node = $2",
+        db_now(backend)
+    );
     Ok(db
-        .execute_raw(stmt(
-            backend,
-            "UPDATE room_leases SET lease_until = $1 WHERE node = $2",
-            vec![lease_until.into(), node.into()],
-        ))
+        .execute_raw(stmt(backend, &sql, vec![lease_ms.into(), node.into()]))
         .await?
         .rows_affected())
 }

@@ -559,6 +559,60 @@ rooms:
     assert_eq!(ping, next, "accepted: a clean stop leaves no gap");
 }
 
+/// A room held by a process on another host that vanished (its lease row says so): the
+/// server waits until that lease runs out by the database's clock, then takes the room over
+/// with the next epoch, which the room's events then carry.
+fn lease_of_a_vanished_host_runs_out(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = backend.url(dir.path(), "vanished");
+    rt().block_on(async {
+        let db = dialogue::store::connect(&url).await.unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        db.execute_unprepared(&format!(
+            "INSERT INTO room_leases (room_id, owner, node, lease_until, epoch) \
+             VALUES ('hist', 'ghost', 'elsewhere|1|ghost', {}, 4)",
+            now + 3000
+        ))
+        .await
+        .unwrap();
+        db.close().await.ok();
+    });
+    let cfg = config(&url, 10, 1000, 0)
+        .replace("maxBacklog: 1000", "maxBacklog: 1000, leaseTimeout: 1000");
+    let started = Instant::now();
+    let server = TestServer::start_in(dir.path(), &cfg, &[]);
+    let (status, body) = server.readyz();
+    assert_eq!(status, 503, "the room waits for the lease: {body}");
+    assert_eq!(body["roomsRestoring"], 1, "{body}");
+    server.wait_ready();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2000),
+        "took the room after {waited:?}"
+    );
+    assert!(server.log_contains("taking over from elsewhere|1|ghost"));
+    run_node_tests(
+        "persistence.test.mjs",
+        &server,
+        &[("PHASE", "fill-n"), ("COUNT", "1")],
+    );
+    eventually_count(&url, "hist", 1);
+    let epoch = rt().block_on(async {
+        let db = dialogue::store::connect(&url).await.unwrap();
+        Messages::find()
+            .filter(Column::RoomId.eq("hist"))
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap()
+            .epoch
+    });
+    assert_eq!(epoch, 5, "an unclean takeover starts the next epoch");
+}
+
 // ------------------------------------------------------------------ SQLite
 
 #[test]
@@ -599,6 +653,11 @@ fn sqlite_conflicting_row_stops_the_writer() {
 #[test]
 fn sqlite_counters_survive_crashes() {
     counters_survive_crashes(Backend::Sqlite);
+}
+
+#[test]
+fn sqlite_lease_of_a_vanished_host_runs_out() {
+    lease_of_a_vanished_host_runs_out(Backend::Sqlite);
 }
 
 #[test]
@@ -718,6 +777,13 @@ fn postgres_conflicting_row_stops_the_writer() {
 fn postgres_counters_survive_crashes() {
     if let Some(pg) = postgres() {
         counters_survive_crashes(pg);
+    }
+}
+
+#[test]
+fn postgres_lease_of_a_vanished_host_runs_out() {
+    if let Some(pg) = postgres() {
+        lease_of_a_vanished_host_runs_out(pg);
     }
 }
 

@@ -222,8 +222,8 @@ impl Persistence {
         }
         // The batches are shared with the write future; readers keep seeing them meanwhile.
         let jobs = self.in_flight.clone();
-        let lease_until = now_ms() + self.lease_timeout.as_millis() as i64;
-        let write = async move { write_all(&db, &jobs, lease_until).await };
+        let lease_ms = self.lease_timeout.as_millis() as i64;
+        let write = async move { write_all(&db, &jobs, lease_ms).await };
         ctx.spawn(
             write
                 .into_actor(self)
@@ -389,7 +389,7 @@ impl Persistence {
     fn renew_leases(&mut self, ctx: &mut Context<Self>) {
         let Some(db) = self.db.clone() else { return };
         let node = self.node.clone();
-        let until = now_ms() + self.lease_timeout.as_millis() as i64;
+        let until = self.lease_timeout.as_millis() as i64;
         ctx.spawn(
             async move { store::renew_leases(&db, &node, until).await }
                 .into_actor(self)
@@ -435,13 +435,6 @@ impl Persistence {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Writes batches, oldest first, in one transaction when it can. A room whose lease is gone
 /// is left out (its batches are refused for good); a write the database refuses for a reason
 /// other than a transient one is retried a batch at a time ([`write_one`]). Returns each
@@ -450,7 +443,7 @@ fn now_ms() -> i64 {
 async fn write_all(
     db: &DatabaseConnection,
     jobs: &[Batch],
-    lease_until: i64,
+    lease_ms: i64,
 ) -> (Vec<Option<Outcome>>, Option<String>) {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; jobs.len()];
     let mut open: Vec<usize> = (0..jobs.len()).collect();
@@ -459,7 +452,7 @@ async fn write_all(
             return (outcomes, None);
         }
         let refs: Vec<WriteJob<'_>> = open.iter().map(|&i| jobs[i].job()).collect();
-        match store::write_jobs(db, &refs, lease_until).await {
+        match store::write_jobs(db, &refs, lease_ms).await {
             Ok(_) => {
                 for i in open {
                     outcomes[i] = Some(Ok(Vec::new()));
@@ -485,7 +478,7 @@ async fn write_all(
         }
     }
     for i in open {
-        match write_one(db, &jobs[i], lease_until).await {
+        match write_one(db, &jobs[i], lease_ms).await {
             Ok(outcome) => outcomes[i] = Some(outcome),
             Err(transient) => return (outcomes, Some(transient)),
         }
@@ -499,9 +492,9 @@ async fn write_all(
 async fn write_one(
     db: &DatabaseConnection,
     batch: &Batch,
-    lease_until: i64,
+    lease_ms: i64,
 ) -> Result<Outcome, String> {
-    let refused = match store::write_jobs(db, &[batch.job()], lease_until).await {
+    let refused = match store::write_jobs(db, &[batch.job()], lease_ms).await {
         Ok(_) => return Ok(Ok(Vec::new())),
         Err(e @ WriteError::Fenced { .. }) => return Ok(Err(e.to_string())),
         Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
@@ -549,7 +542,7 @@ async fn write_one(
             streams,
             counters: &[],
         };
-        match store::write_jobs(db, &[job], lease_until).await {
+        match store::write_jobs(db, &[job], lease_ms).await {
             Ok(_) => {}
             Err(e @ WriteError::Fenced { .. }) => return Ok(Err(e.to_string())),
             Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
@@ -596,7 +589,7 @@ async fn write_one(
             streams: Vec::new(),
             counters: &batch.counters,
         };
-        match store::write_jobs(db, &[job], lease_until).await {
+        match store::write_jobs(db, &[job], lease_ms).await {
             Ok(_) => {}
             Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
             Err(e) => return Ok(Err(e.to_string())),
@@ -708,8 +701,7 @@ impl Handler<ClaimRoom> for Persistence {
         let ttl = self.lease_timeout.as_millis() as i64;
         Box::pin(async move {
             let db = db.ok_or("no database connection")?;
-            let now = now_ms();
-            let epoch = store::claim_room(&db, &msg.room_id, &msg.owner, &node, now, now + ttl)
+            let epoch = store::claim_room(&db, &msg.room_id, &msg.owner, &node, ttl)
                 .await
                 .map_err(|e| format!("the database is unavailable: {e}"))??;
             let mut windows = Vec::new();
