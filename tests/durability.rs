@@ -16,8 +16,7 @@
 
 mod common;
 
-use common::pg::Postgres;
-use common::{spawn_node_script, TestServer};
+use common::{rt, spawn_node_script, Backend, TestServer};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -93,13 +92,6 @@ fn repo_config(url: &str) -> String {
     out
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -140,33 +132,8 @@ impl Rng {
 
 // ------------------------------------------------------------------ backends
 
-/// A database for one test: a SQLite file in the test's directory, or a PostgreSQL database.
-enum Backend {
-    Sqlite,
-    Postgres(Postgres),
-}
-
-impl Backend {
-    fn url(&self, dir: &Path, name: &str) -> String {
-        match self {
-            Backend::Sqlite => format!(
-                "sqlite://{}?mode=rwc",
-                dir.join(format!("{name}.db")).display()
-            ),
-            Backend::Postgres(pg) => rt().block_on(pg.create_db(name)),
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres(_) => "postgres",
-        }
-    }
-}
-
 fn postgres() -> Option<Backend> {
-    Postgres::start().map(Backend::Postgres)
+    Backend::postgres()
 }
 
 // ------------------------------------------------------------------ the table, read directly

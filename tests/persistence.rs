@@ -3,11 +3,9 @@
 
 mod common;
 
-use common::pg::Postgres;
-use common::{run_node_tests, TestServer};
+use common::{lock_sqlite, rt, run_node_tests, Backend, TestServer};
 use entity::message::{Column, Entity as Messages};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn config(url: &str, limit: u32, max_backlog: usize, sync: u32) -> String {
@@ -35,13 +33,6 @@ fn config_accepted(url: &str, limit: u32, max_backlog: usize, sync: u32) -> Stri
         &format!("maxBacklog: {max_backlog} }}"),
         &format!("maxBacklog: {max_backlog}, durability: accepted }}"),
     )
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 async fn count(url: &str, room: &str) -> u64 {
@@ -174,27 +165,8 @@ fn wait_for_log(server: &TestServer, needle: &str) {
     }
 }
 
-/// A database for one test: a SQLite file in its own directory, or a PostgreSQL database.
-enum Backend {
-    Sqlite,
-    Postgres(Postgres),
-}
-
-impl Backend {
-    /// The database URL for a test running in `dir`.
-    fn url(&self, dir: &Path, name: &str) -> String {
-        match self {
-            Backend::Sqlite => format!(
-                "sqlite://{}?mode=rwc",
-                dir.join(format!("{name}.db")).display()
-            ),
-            Backend::Postgres(pg) => rt().block_on(pg.create_db(name)),
-        }
-    }
-}
-
 fn postgres() -> Option<Backend> {
-    Postgres::start().map(Backend::Postgres)
+    Backend::postgres()
 }
 
 // ------------------------------------------------------------------ scenarios
@@ -672,26 +644,9 @@ fn sqlite_locked_database_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let url = Backend::Sqlite.url(dir.path(), "outage");
     let server = TestServer::start_in(dir.path(), &config_accepted(&url, 10, 50, 0), &[]);
-    let rt = rt();
-    let locker = rt.block_on(async {
-        use sea_orm::TransactionTrait;
-        let db = dialogue::store::connect(&url).await.unwrap();
-        let txn = db.begin().await.unwrap();
-        txn.execute_unprepared(
-            "INSERT INTO messages (room_id, event_name, event_data, from_user, timestamp, seq) \
-             VALUES ('lock', 'lock', '{}', 'test', 0, 1)",
-        )
-        .await
-        .unwrap();
-        (db, txn)
-    });
     // Releasing the lock ends the outage.
-    outage_then_recovery(&server, &url, || {
-        rt.block_on(async move {
-            locker.1.rollback().await.unwrap();
-            locker.0.close().await.ok();
-        })
-    });
+    let unlock = lock_sqlite(&url);
+    outage_then_recovery(&server, &url, unlock);
 }
 
 /// The SQLite file locked by another writer under `durability: stored`.
@@ -701,25 +656,8 @@ fn sqlite_locked_database_stored_acks_only_what_is_stored() {
     let url = Backend::Sqlite.url(dir.path(), "outage_stored");
     let server = TestServer::start_in(dir.path(), &config(&url, 10, 50, 0), &[]);
     server.wait_ready();
-    let rt = rt();
-    let locker = rt.block_on(async {
-        use sea_orm::TransactionTrait;
-        let db = dialogue::store::connect(&url).await.unwrap();
-        let txn = db.begin().await.unwrap();
-        txn.execute_unprepared(
-            "INSERT INTO messages (room_id, event_name, event_data, from_user, timestamp, seq) \
-             VALUES ('lock', 'lock', '{}', 'test', 0, 1)",
-        )
-        .await
-        .unwrap();
-        (db, txn)
-    });
-    stored_outage_then_recovery(&server, &url, || {
-        rt.block_on(async move {
-            locker.1.rollback().await.unwrap();
-            locker.0.close().await.ok();
-        })
-    });
+    let unlock = lock_sqlite(&url);
+    stored_outage_then_recovery(&server, &url, unlock);
 }
 
 // ------------------------------------------------------------------ PostgreSQL

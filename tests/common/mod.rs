@@ -196,24 +196,15 @@ impl TestServer {
     /// Waits (up to 30 s) until `GET /readyz` answers 200: every room has restored its
     /// history and the database answers.
     pub fn wait_ready(&self) {
-        use std::io::{Read, Write};
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let mut answer = String::new();
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = write!(
-                    s,
-                    "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-                );
-                let _ = s.read_to_string(&mut answer);
-            }
-            if answer.starts_with("HTTP/1.1 200") {
+            let (status, body) = self.http_get("/readyz");
+            if status == 200 {
                 return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the server never became ready; last answer: {answer:?}"
+                "the server never became ready; last answer: {status} {body}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -462,4 +453,68 @@ pub fn run_python(script: &str, server: &TestServer, args: &[&str]) {
         output.status.success(),
         "python {script} {args:?} failed:\n{stdout}\n{stderr}"
     );
+}
+
+/// A current-thread tokio runtime for the tests' own database work.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A database for one test: a SQLite file in the test's directory, or a PostgreSQL database.
+pub enum Backend {
+    Sqlite,
+    Postgres(pg::Postgres),
+}
+
+impl Backend {
+    /// PostgreSQL when its server binaries are installed (see [`pg::Postgres::start`]).
+    pub fn postgres() -> Option<Backend> {
+        pg::Postgres::start().map(Backend::Postgres)
+    }
+
+    /// The URL of database `name` for a test running in `dir` (created on PostgreSQL).
+    pub fn url(&self, dir: &Path, name: &str) -> String {
+        match self {
+            Backend::Sqlite => format!(
+                "sqlite://{}?mode=rwc",
+                dir.join(format!("{name}.db")).display()
+            ),
+            Backend::Postgres(pg) => rt().block_on(pg.create_db(name)),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Makes the SQLite database at `url` unwritable for the server (another connection holds
+/// its write lock: root ignores file permissions, a lock is dependable); the returned
+/// closure releases it.
+pub fn lock_sqlite(url: &str) -> impl FnOnce() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let rt = rt();
+    let (db, txn) = rt.block_on(async {
+        let db = dialogue::store::connect(url).await.unwrap();
+        let txn = db.begin().await.unwrap();
+        txn.execute_unprepared(
+            "INSERT INTO messages (room_id, event_name, event_data, from_user, timestamp, seq) \
+             VALUES ('lock', 'lock', '{}', 'test', 0, 1)",
+        )
+        .await
+        .unwrap();
+        (db, txn)
+    });
+    move || {
+        rt.block_on(async move {
+            txn.rollback().await.unwrap();
+            db.close().await.ok();
+        })
+    }
 }
