@@ -134,11 +134,7 @@ pub async fn run_with_hooks(
         let _ = directory.send(FlushAll).await;
         let _ = persistence_addr.send(WaitWritten).await;
     };
-    let saved = tokio::time::timeout(timeout, flushed).await.is_ok()
-        || persistence
-            .backlog
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0;
+    let saved = tokio::time::timeout(timeout, flushed).await.is_ok();
     let result = if saved {
         let _ =
             tokio::time::timeout(Duration::from_secs(5), persistence_addr.send(ReleaseAll)).await;

@@ -1,10 +1,15 @@
 //! The spill file: where events still queued at shutdown go when the database cannot take
-//! them, one JSON record per line; replayed (idempotently) at the next start before the
-//! service serves, then removed.
+//! them, one JSON record per line; replayed at the next start before the service serves,
+//! then removed.
+//!
+//! Replay is fenced like any write: a record is written only while the room instance that
+//! spilled it still holds the room's lease (nobody took the room over meanwhile); otherwise
+//! its events go to the quarantine table, never over another owner's seqs. Rows already
+//! stored identically are skipped, so a replay cut short is simply replayed again.
 
-use crate::actors::messages::StoredEvent;
-use crate::store::{self, BatchRef};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use crate::actors::messages::{CounterMark, StoredEvent};
+use crate::store::{self, BatchRef, WriteError, WriteJob};
+use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io::{BufRead, Write};
@@ -16,11 +21,15 @@ use std::sync::Arc;
 #[serde(rename_all = "camelCase")]
 pub struct Record {
     pub room_id: String,
+    /// The room instance (lease owner) that accepted them.
+    pub owner: String,
     pub event: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<SpilledEvent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub high_water: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
 }
 
 /// An event as the spill file keeps it.
@@ -36,9 +45,10 @@ pub struct SpilledEvent {
 }
 
 impl Record {
-    pub fn events(room_id: &str, event: &str, events: &[Arc<StoredEvent>]) -> Record {
+    pub fn events(room_id: &str, owner: &str, event: &str, events: &[Arc<StoredEvent>]) -> Record {
         Record {
             room_id: room_id.to_owned(),
+            owner: owner.to_owned(),
             event: event.to_owned(),
             events: events
                 .iter()
@@ -52,15 +62,18 @@ impl Record {
                 })
                 .collect(),
             high_water: None,
+            exact: false,
         }
     }
 
-    pub fn counter(room_id: &str, event: &str, high_water: u64) -> Record {
+    pub fn counter(room_id: &str, owner: &str, mark: &CounterMark) -> Record {
         Record {
             room_id: room_id.to_owned(),
-            event: event.to_owned(),
+            owner: owner.to_owned(),
+            event: mark.event.to_string(),
             events: Vec::new(),
-            high_water: Some(high_water),
+            high_water: Some(mark.high_water),
+            exact: mark.exact,
         }
     }
 }
@@ -83,9 +96,8 @@ pub fn append(path: &Path, records: &[Record]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Writes a spill file left by an earlier run into the database, then removes it. Rows
-/// already stored identically are skipped; returns the events replayed (0 when there is no
-/// file).
+/// Writes a spill file left by an earlier run into the database, then removes it. Returns
+/// the events replayed (0 when there is no file). `Err` leaves the file for the next start.
 pub async fn replay(db: &DatabaseConnection, path: &Path) -> Result<usize, String> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
@@ -110,77 +122,108 @@ pub async fn replay(db: &DatabaseConnection, path: &Path) -> Result<usize, Strin
                 break;
             }
         };
-        if let Some(high_water) = record.high_water {
-            let backend = db.get_database_backend();
-            let sql = "INSERT INTO event_counters (room_id, event_name, high_water) VALUES ($1, $2, $3) \
-                       ON CONFLICT (room_id, event_name) DO UPDATE SET high_water = excluded.high_water";
-            let sql = if backend == DbBackend::Sqlite {
-                sql.replace('$', "?")
-            } else {
-                sql.to_owned()
-            };
-            let values = vec![
-                record.room_id.clone().into(),
-                record.event.clone().into(),
-                (high_water as i64).into(),
-            ];
-            db.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        let events: Vec<Arc<StoredEvent>> = record
-            .events
-            .into_iter()
-            .map(|e| {
-                Arc::new(StoredEvent::new(
-                    &record.room_id,
-                    &record.event,
-                    e.seq,
-                    e.epoch,
-                    e.timestamp,
-                    e.from.into(),
-                    e.data,
-                    e.meta,
-                ))
-            })
-            .collect();
-        let batch = BatchRef {
-            room_id: &record.room_id,
-            event: &record.event,
-            events: &events,
-        };
-        match store::insert_batches(db, &[batch]).await {
-            Ok(_) => replayed += events.len(),
-            Err(store::WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
-            Err(e) => {
-                // Refused rows go to the quarantine, never lost.
-                for stored in &events {
-                    let one = [stored.clone()];
-                    let single = BatchRef {
-                        room_id: &record.room_id,
-                        event: &record.event,
-                        events: &one,
-                    };
-                    if let Err(e) = store::insert_batches(db, &[single]).await {
-                        store::quarantine(
-                            db,
-                            &record.room_id,
-                            &record.event,
-                            stored,
-                            &e.to_string(),
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    }
-                }
-                log::warn!(
-                    "spilled events of room '{}' partly refused: {e}",
-                    record.room_id
-                );
-                replayed += events.len();
-            }
-        }
+        replayed += replay_record(db, record).await?;
     }
     std::fs::remove_file(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
     Ok(replayed)
+}
+
+/// Writes one record under its owner's lease; `Err` is a transient database error.
+async fn replay_record(db: &DatabaseConnection, mut record: Record) -> Result<usize, String> {
+    let events: Vec<Arc<StoredEvent>> = std::mem::take(&mut record.events)
+        .into_iter()
+        .map(|e| {
+            Arc::new(StoredEvent::new(
+                &record.room_id,
+                &record.event,
+                e.seq,
+                e.epoch,
+                e.timestamp,
+                e.from.into(),
+                e.data,
+                e.meta,
+            ))
+        })
+        .collect();
+    let marks: Vec<CounterMark> = record
+        .high_water
+        .map(|high_water| CounterMark {
+            event: record.event.as_str().into(),
+            high_water,
+            exact: record.exact,
+        })
+        .into_iter()
+        .collect();
+    // A lease of 0 ms: the replay must not keep a gone owner's rooms held.
+    match store::write_jobs(db, &[job(&record, &marks, &events)], 0).await {
+        Ok(_) => return Ok(events.len()),
+        Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
+        Err(e @ WriteError::Fenced { .. }) => {
+            log::error!(
+                "spilled events of room '{}' cannot be replayed: {e}; they go to the quarantine",
+                record.room_id
+            );
+            for stored in &events {
+                quarantine(db, &record, stored, &e.to_string(), false).await?;
+            }
+            return Ok(0);
+        }
+        Err(e) => log::warn!(
+            "spilled events of room '{}' partly refused ({e}); writing them one by one",
+            record.room_id
+        ),
+    }
+    let mut written = 0;
+    for stored in &events {
+        let one = [stored.clone()];
+        match store::write_jobs(db, &[job(&record, &marks, &one)], 0).await {
+            Ok(_) => written += 1,
+            Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
+            Err(e @ WriteError::Fenced { .. }) => {
+                quarantine(db, &record, stored, &e.to_string(), false).await?
+            }
+            Err(e) => quarantine(db, &record, stored, &e.to_string(), true).await?,
+        }
+    }
+    Ok(written)
+}
+
+/// The write of `events` of `record`, fenced by the owner that spilled them.
+fn job<'a>(
+    record: &'a Record,
+    marks: &'a [CounterMark],
+    events: &'a [Arc<StoredEvent>],
+) -> WriteJob<'a> {
+    WriteJob {
+        room_id: &record.room_id,
+        owner: Some(&record.owner),
+        streams: vec![BatchRef {
+            room_id: &record.room_id,
+            event: &record.event,
+            events,
+        }],
+        counters: marks,
+    }
+}
+
+async fn quarantine(
+    db: &DatabaseConnection,
+    record: &Record,
+    stored: &StoredEvent,
+    error: &str,
+    tombstone: bool,
+) -> Result<(), String> {
+    let owner = tombstone.then_some(record.owner.as_str());
+    store::quarantine(
+        db,
+        &record.room_id,
+        &record.event,
+        stored,
+        error,
+        owner,
+        tombstone,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }

@@ -10,7 +10,6 @@ use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +97,8 @@ pub enum WriteError {
         room_id: String,
         event: String,
         seq: u64,
+        /// What is stored there is this event's own tombstone: it was quarantined before.
+        tombstone: bool,
     },
     Db(DbErr),
 }
@@ -119,9 +120,19 @@ impl std::fmt::Display for WriteError {
                 room_id,
                 event,
                 seq,
+                tombstone: false,
             } => write!(
                 f,
                 "seq {seq} of '{event}' in room '{room_id}' is already stored with different content"
+            ),
+            WriteError::Conflict {
+                room_id,
+                event,
+                seq,
+                tombstone: true,
+            } => write!(
+                f,
+                "seq {seq} of '{event}' in room '{room_id}' was quarantined before"
             ),
             WriteError::Db(e) => write!(f, "{e}"),
         }
@@ -147,12 +158,19 @@ pub fn is_transient(e: &DbErr) -> bool {
             let code = db.code().unwrap_or_default();
             if let Ok(n) = code.parse::<i64>() {
                 // SQLite result codes (extended codes keep the primary one in the low byte):
-                // BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL.
-                return matches!(n & 0xff, 5 | 6 | 7 | 10 | 13 | 14 | 15);
+                // BUSY, LOCKED, NOMEM, READONLY, INTERRUPT, IOERR, CORRUPT, FULL, CANTOPEN,
+                // PROTOCOL: the database, not the row.
+                return matches!(n & 0xff, 5..=11 | 13..=15);
             }
-            // PostgreSQL SQLSTATE classes: connection, transaction rollback (serialization,
-            // deadlock), insufficient resources, operator intervention, system error.
-            matches!(&code[..code.len().min(2)], "08" | "40" | "53" | "57" | "58")
+            // PostgreSQL SQLSTATE classes of the database, not the row: connection,
+            // invalid transaction state (read-only), transaction rollback (serialization,
+            // deadlock), insufficient resources, object not in prerequisite state (lock
+            // timeout), operator intervention, system and internal errors; and privileges.
+            code == "42501"
+                || matches!(
+                    &code[..code.len().min(2)],
+                    "08" | "25" | "40" | "53" | "55" | "57" | "58" | "XX"
+                )
         }
         Error::Encode(_)
         | Error::Decode(_)
@@ -221,21 +239,39 @@ pub async fn write_jobs(
     }
     for job in jobs {
         for mark in job.counters {
-            txn.execute_raw(stmt(
-                backend,
-                "INSERT INTO event_counters (room_id, event_name, high_water) VALUES ($1, $2, $3) \
-                 ON CONFLICT (room_id, event_name) DO UPDATE SET high_water = excluded.high_water",
-                vec![
-                    job.room_id.into(),
-                    (&*mark.event).into(),
-                    (mark.high_water as i64).into(),
-                ],
-            ))
-            .await?;
+            raise_counter(&txn, job.room_id, &mark.event, mark.high_water, mark.exact).await?;
         }
     }
     txn.commit().await?;
     Ok(inserted)
+}
+
+/// Raises the stored high-water mark of an event without history to `high_water` (never
+/// lowers it), or sets it to exactly that (`exact`: a clean stop).
+pub async fn raise_counter<C: ConnectionTrait>(
+    db: &C,
+    room_id: &str,
+    event: &str,
+    high_water: u64,
+    exact: bool,
+) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    let new = match (exact, backend) {
+        (true, _) => "excluded.high_water",
+        (false, DbBackend::Sqlite) => "MAX(event_counters.high_water, excluded.high_water)",
+        (false, _) => "GREATEST(event_counters.high_water, excluded.high_water)",
+    };
+    let sql = format!(
+        "INSERT INTO event_counters (room_id, event_name, high_water) VALUES ($1, $2, $3) \
+         ON CONFLICT (room_id, event_name) DO UPDATE SET high_water = {new}"
+    );
+    db.execute_raw(stmt(
+        backend,
+        &sql,
+        vec![room_id.into(), event.into(), (high_water as i64).into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Writes batches without a lease (tests, spill replay): rows already stored identically are
@@ -255,42 +291,125 @@ pub async fn insert_batches(
     Ok(inserted)
 }
 
-/// Compares the stored rows of the batches' seq ranges with the batches.
+/// Finds a stored row under one of the batches' seqs that differs from the batch's row, by
+/// the database's own comparison of JSON (`jsonb` equality on PostgreSQL; on SQLite the
+/// text, which is exactly what was written).
 async fn check_conflicts<C: ConnectionTrait>(
     db: &C,
     batches: &[&BatchRef<'_>],
 ) -> Result<(), WriteError> {
+    let conflict = |room_id: &str, event: &str, seq: u64, tombstone: bool| WriteError::Conflict {
+        room_id: room_id.to_owned(),
+        event: event.to_owned(),
+        seq,
+        tombstone,
+    };
+    if db.get_database_backend() == DbBackend::Postgres {
+        let sql = r#"SELECT m.room_id, m.event_name, m.seq,
+  (m.event_data = 'null'::jsonb AND m.meta = '{"quarantined": true}'::jsonb
+   AND m.from_user = e ->> 'from_user' AND m."timestamp" = (e ->> 'timestamp')::bigint
+   AND m.epoch = (e ->> 'epoch')::bigint) AS tombstone
+FROM jsonb_array_elements($1::jsonb) AS e
+JOIN messages m ON m.room_id = e ->> 'room_id' AND m.event_name = e ->> 'event_name'
+  AND m.seq = (e ->> 'seq')::bigint
+WHERE m.event_data <> e -> 'event_data' OR m.from_user <> e ->> 'from_user'
+  OR m."timestamp" <> (e ->> 'timestamp')::bigint OR m.epoch <> (e ->> 'epoch')::bigint
+  OR m.meta IS DISTINCT FROM e -> 'meta'
+ORDER BY m.seq LIMIT 1"#;
+        let values = [pg_rows_json(batches).into()];
+        let found = db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await?;
+        if let Some(row) = found {
+            let room_id: String = row.try_get("", "room_id")?;
+            let event: String = row.try_get("", "event_name")?;
+            let seq: i64 = row.try_get("", "seq")?;
+            let tombstone: bool = row.try_get("", "tombstone")?;
+            return Err(conflict(&room_id, &event, seq.max(0) as u64, tombstone));
+        }
+        return Ok(());
+    }
     for b in batches {
         let (Some(first), Some(last)) = (b.events.first(), b.events.last()) else {
             continue;
         };
-        let stored = Messages::find()
-            .filter(Column::RoomId.eq(b.room_id))
-            .filter(Column::EventName.eq(b.event))
-            .filter(Column::Seq.between(first.seq as i64, last.seq as i64))
-            .all(db)
+        let rows = db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                r#"SELECT seq, event_data, from_user, "timestamp", meta, epoch FROM messages
+                   WHERE room_id = ? AND event_name = ? AND seq BETWEEN ? AND ?"#,
+                [
+                    b.room_id.into(),
+                    b.event.into(),
+                    (first.seq as i64).into(),
+                    (last.seq as i64).into(),
+                ],
+            ))
             .await?;
-        let by_seq: std::collections::HashMap<i64, &message::Model> =
-            stored.iter().map(|r| (r.seq, r)).collect();
-        for e in b.events.iter() {
-            let Some(row) = by_seq.get(&(e.seq as i64)) else {
+        for row in rows {
+            let seq: i64 = row.try_get("", "seq")?;
+            let Some(e) = (seq as u64)
+                .checked_sub(first.seq)
+                .and_then(|i| b.events.get(i as usize))
+            else {
                 continue;
             };
-            let same = row.event_data == e.data
-                && row.from_user == *e.from
-                && row.timestamp == e.timestamp
-                && row.meta == e.meta
-                && row.epoch == e.epoch as i64;
-            if !same {
-                return Err(WriteError::Conflict {
-                    room_id: b.room_id.to_owned(),
-                    event: b.event.to_owned(),
-                    seq: e.seq,
-                });
+            let data: String = row.try_get("", "event_data")?;
+            let from: String = row.try_get("", "from_user")?;
+            let timestamp: i64 = row.try_get("", "timestamp")?;
+            let meta: Option<String> = row.try_get("", "meta")?;
+            let epoch: i64 = row.try_get("", "epoch")?;
+            let same_origin =
+                from == *e.from && timestamp == e.timestamp && epoch == e.epoch as i64;
+            if same_origin && data == to_json(&e.data) && meta == e.meta.as_ref().map(to_json) {
+                continue;
             }
+            let tombstone =
+                same_origin && data == "null" && meta.as_deref() == Some(TOMBSTONE_META);
+            return Err(conflict(b.room_id, b.event, e.seq, tombstone));
         }
     }
     Ok(())
+}
+
+/// `meta` of a tombstone, as JSON text.
+const TOMBSTONE_META: &str = r#"{"quarantined":true}"#;
+
+/// The rows of `batches` as one JSON array (PostgreSQL unpacks it with
+/// `jsonb_array_elements`).
+fn pg_rows_json(batches: &[&BatchRef<'_>]) -> String {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        room_id: &'a str,
+        event_name: &'a str,
+        event_data: &'a serde_json::Value,
+        from_user: &'a str,
+        timestamp: i64,
+        seq: u64,
+        epoch: u64,
+        /// Absent (SQL NULL) when there is none; a JSON `null` stays one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        meta: Option<&'a serde_json::Value>,
+    }
+    let rows: Vec<Row<'_>> = batches
+        .iter()
+        .flat_map(|b| b.events.iter().map(move |e| (*b, e)))
+        .map(|(b, e)| Row {
+            room_id: b.room_id,
+            event_name: b.event,
+            event_data: &e.data,
+            from_user: &e.from,
+            timestamp: e.timestamp,
+            seq: e.seq,
+            epoch: e.epoch,
+            meta: e.meta.as_ref(),
+        })
+        .collect();
+    to_json(&rows)
 }
 
 /// Rows per SQLite INSERT statement, largest first: a batch is written as the largest that
@@ -317,31 +436,6 @@ async fn insert_rows<C: ConnectionTrait>(db: &C, batches: &[&BatchRef<'_>]) -> R
         return Ok(0);
     }
     if db.get_database_backend() == DbBackend::Postgres {
-        #[derive(serde::Serialize)]
-        struct Row<'a> {
-            room_id: &'a str,
-            event_name: &'a str,
-            event_data: &'a serde_json::Value,
-            from_user: &'a str,
-            timestamp: i64,
-            seq: u64,
-            epoch: u64,
-            /// Absent (SQL NULL) when there is none; a JSON `null` stays one.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            meta: Option<&'a serde_json::Value>,
-        }
-        let rows: Vec<Row<'_>> = events
-            .map(|(b, e)| Row {
-                room_id: b.room_id,
-                event_name: b.event,
-                event_data: &e.data,
-                from_user: &e.from,
-                timestamp: e.timestamp,
-                seq: e.seq,
-                epoch: e.epoch,
-                meta: e.meta.as_ref(),
-            })
-            .collect();
         let sql = format!(
             "{INSERT}
 SELECT e ->> 'room_id', e ->> 'event_name', e -> 'event_data', e ->> 'from_user',
@@ -349,7 +443,7 @@ SELECT e ->> 'room_id', e ->> 'event_name', e -> 'event_data', e ->> 'from_user'
 FROM jsonb_array_elements($1::jsonb) AS e
 {SKIP_STORED}"
         );
-        let values = [to_json(&rows).into()];
+        let values = [pg_rows_json(batches).into()];
         let stmt = Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
         return Ok(db.execute_raw(stmt).await?.rows_affected());
     }
@@ -404,55 +498,80 @@ fn escaped(text: &str) -> String {
     text.replace('\0', "\\u0000")
 }
 
-/// Puts an event the database refused into the quarantine table (the whole `EventMessage` as
-/// text) and a tombstone under its seq in `messages`, so the stream stays gapless.
+/// Puts an event into the quarantine table (the whole `EventMessage` as text, with the
+/// error) and, with `tombstone`, a tombstone under its seq in `messages` so the stream stays
+/// gapless. With `owner`, only while that room instance holds the room's lease. Returns
+/// whether it was new there (a retry finds it quarantined already).
 pub async fn quarantine(
     db: &DatabaseConnection,
     room_id: &str,
     event: &str,
     stored: &StoredEvent,
     error: &str,
-) -> Result<(), DbErr> {
+    owner: Option<&str>,
+    tombstone: bool,
+) -> Result<bool, WriteError> {
     let backend = db.get_database_backend();
     let txn = db.begin().await?;
-    txn.execute_raw(stmt(
-        backend,
-        "INSERT INTO quarantine (room_id, event_name, seq, event, error) VALUES ($1, $2, $3, $4, $5)",
-        vec![
-            escaped(room_id).into(),
-            escaped(event).into(),
-            (stored.seq as i64).into(),
-            escaped(&stored.json).into(),
-            escaped(error).into(),
-        ],
-    ))
-    .await?;
-    let tombstone = Arc::new(stored.tombstone(room_id, event));
-    let rows = [tombstone];
-    insert_rows(
-        &txn,
-        &[&BatchRef {
+    if let Some(owner) = owner {
+        let held = txn
+            .execute_raw(stmt(
+                backend,
+                "UPDATE room_leases SET lease_until = lease_until WHERE room_id = $1 AND owner = $2",
+                vec![room_id.into(), owner.into()],
+            ))
+            .await?
+            .rows_affected();
+        if held == 0 {
+            return Err(WriteError::Fenced {
+                room_id: room_id.to_owned(),
+            });
+        }
+    }
+    let inserted = txn
+        .execute_raw(stmt(
+            backend,
+            "INSERT INTO quarantine (room_id, event_name, seq, epoch, event, error) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room_id, event_name, seq, epoch) DO NOTHING",
+            vec![
+                escaped(room_id).into(),
+                escaped(event).into(),
+                (stored.seq as i64).into(),
+                (stored.epoch as i64).into(),
+                escaped(&stored.json).into(),
+                escaped(error).into(),
+            ],
+        ))
+        .await?
+        .rows_affected();
+    if tombstone {
+        let rows = [Arc::new(stored.tombstone(room_id, event))];
+        let batch = BatchRef {
             room_id,
             event,
             events: &rows,
-        }],
-    )
-    .await?;
-    txn.commit().await
+        };
+        insert_rows(&txn, &[&batch]).await?;
+    }
+    txn.commit().await?;
+    Ok(inserted > 0)
 }
 
 // ------------------------------------------------------------------ room leases
 
 /// Takes room `room_id` for the room instance `owner` of process `node` for `lease_ms` (by
 /// the database's clock): when nobody holds it, when the holder's lease ran out, or when the
-/// holder's process is known dead ([`node_is_dead`]). Taking it over from a holder that did not release it (an
-/// unclean stop) raises the room's epoch. Returns the epoch, or `Err` naming the holder.
+/// holder's process is known dead ([`node_is_dead`]), or when the holder is a room instance of
+/// this process that is gone (`live_here` says which are not). Taking it over from another
+/// process that did not release it (an unclean stop) raises the room's epoch. Returns the
+/// epoch, or `Err` naming the holder.
 pub async fn claim_room(
     db: &DatabaseConnection,
     room_id: &str,
     owner: &str,
     node: &str,
     lease_ms: i64,
+    live_here: impl Fn(&str) -> bool,
 ) -> Result<Result<u64, String>, DbErr> {
     let backend = db.get_database_backend();
     db.execute_raw(stmt(
@@ -482,6 +601,9 @@ pub async fn claim_room(
     let new_epoch = match (&held_by, &held_node) {
         (None, _) => epoch,
         (Some(o), _) if o == owner => return Ok(Ok(epoch)),
+        // Left by a room instance of this process that is gone: it wrote everything before
+        // it went (a deleted room whose release did not reach the database).
+        (Some(o), Some(n)) if n == node && !live_here(o) => epoch,
         (Some(_), held_node) => {
             let dead = held_node.as_deref().is_some_and(|n| node_is_dead(n, node));
             if until >= now && !dead {
@@ -577,38 +699,72 @@ pub async fn release_node(db: &DatabaseConnection, node: &str) -> Result<u64, Db
         .rows_affected())
 }
 
-/// This process's name in leases: `host|pid|random`.
+/// This process's name in leases: `host|boot id|pid namespace|pid|start time|random`. The
+/// parts let another process on the same machine tell for sure whether it still runs
+/// ([`node_is_dead`]).
 pub fn node_name() -> String {
+    let pid = std::process::id();
     format!(
-        "{}|{}|{}",
+        "{}|{}|{}|{pid}|{}|{}",
         host_name(),
-        std::process::id(),
+        boot_id(),
+        pid_namespace(),
+        start_time(pid).unwrap_or_default(),
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
 }
 
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".to_owned())
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
-/// True when `held` names a process on this host that is gone: its pid no longer runs, or
-/// it is this very pid under another name (the pid was reused, e.g. pid 1 in a container).
+fn host_name() -> String {
+    read_trimmed("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown-host".to_owned())
+}
+
+/// Changes at every boot of the kernel.
+fn boot_id() -> String {
+    read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default()
+}
+
+/// The pid namespace: processes in the same one see each other's pids in `/proc`.
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22): with the
+/// pid, it names one process even when pids are reused.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it do not.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_owned)
+}
+
+/// True when `held` (a [`node_name`]) is a process that certainly no longer runs: it ran on
+/// this kernel (same host, boot and pid namespace, so `/proc` shows it if it runs) and its pid
+/// is gone or belongs to a process started at another time. Anything else — another machine,
+/// another container, an unreadable name — is not known dead: its lease must run out.
 pub fn node_is_dead(held: &str, me: &str) -> bool {
-    let mut parts = held.split('|');
-    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+    let held: Vec<&str> = held.split('|').collect();
+    let mine: Vec<&str> = me.split('|').collect();
+    if held.len() != 6 || mine.len() != 6 || held == mine {
+        return false;
+    }
+    if held[..3] != mine[..3] || held[1].is_empty() || held[2].is_empty() || held[4].is_empty() {
+        return false;
+    }
+    let Ok(pid) = held[3].parse::<u32>() else {
         return false;
     };
-    let mut mine = me.split('|');
-    if held == me || Some(host) != mine.next() {
-        return false;
+    match start_time(pid) {
+        None => true,
+        Some(start) => start != held[4],
     }
-    if Some(pid) == mine.next() {
-        return true;
-    }
-    pid.parse::<u32>()
-        .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// High-water marks of a room's events without history.
@@ -679,4 +835,37 @@ pub async fn load_latest<C: ConnectionTrait>(
         .all(db)
         .await?;
     Ok(rows.into_iter().map(|r| to_event(room_id, r)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_dead_only_when_this_kernel_says_so() {
+        let me = node_name();
+        let parts: Vec<&str> = me.split('|').collect();
+        let with = |changes: &[(usize, &str)]| {
+            let mut p = parts.clone();
+            for &(i, value) in changes {
+                p[i] = value;
+            }
+            p.join("|")
+        };
+        let gone = "4194304"; // above the kernel's largest pid
+                              // This very process under another token: it runs.
+        assert!(!node_is_dead(&with(&[(5, "othertoken")]), &me));
+        // Its pid, started at another time: the pid was reused.
+        assert!(node_is_dead(&with(&[(4, "1")]), &me));
+        // A pid no process has.
+        assert!(node_is_dead(&with(&[(3, gone)]), &me));
+        // pid 1 runs (with its own start time).
+        let init = start_time(1).unwrap();
+        assert!(!node_is_dead(&with(&[(3, "1"), (4, &init)]), &me));
+        // Another machine, boot or container: not known.
+        assert!(!node_is_dead(&with(&[(0, "elsewhere"), (3, gone)]), &me));
+        assert!(!node_is_dead(&with(&[(1, "other-boot"), (3, gone)]), &me));
+        assert!(!node_is_dead(&with(&[(2, "pid:[1]"), (3, gone)]), &me));
+        assert!(!node_is_dead("old-style|123|abc", &me));
+    }
 }

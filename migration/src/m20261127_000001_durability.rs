@@ -38,6 +38,7 @@ enum Quarantine {
     RoomId,
     EventName,
     Seq,
+    Epoch,
     Event,
     Error,
     CreatedAt,
@@ -133,6 +134,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Quarantine::RoomId).text().not_null())
                     .col(ColumnDef::new(Quarantine::EventName).text().not_null())
                     .col(ColumnDef::new(Quarantine::Seq).big_integer().not_null())
+                    .col(ColumnDef::new(Quarantine::Epoch).big_integer().not_null())
                     // The whole EventMessage as JSON text.
                     .col(ColumnDef::new(Quarantine::Event).text().not_null())
                     .col(ColumnDef::new(Quarantine::Error).text().not_null())
@@ -141,6 +143,21 @@ impl MigrationTrait for Migration {
                             .timestamp()
                             .default(Expr::current_timestamp()),
                     )
+                    .to_owned(),
+            )
+            .await?;
+        // One entry per event: a write retried after a failure does not quarantine it twice.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_quarantine_event")
+                    .table(Quarantine::Table)
+                    .col(Quarantine::RoomId)
+                    .col(Quarantine::EventName)
+                    .col(Quarantine::Seq)
+                    .col(Quarantine::Epoch)
+                    .unique()
+                    .if_not_exists()
                     .to_owned(),
             )
             .await

@@ -342,6 +342,9 @@ pub struct StreamRows {
 pub struct CounterMark {
     pub event: Arc<str>,
     pub high_water: u64,
+    /// Set the mark to exactly this (a clean stop gives back what was reserved ahead);
+    /// otherwise it only ever rises.
+    pub exact: bool,
 }
 
 /// What a room accepted during one mailbox drain, written in one transaction (with whatever
@@ -362,13 +365,19 @@ pub struct PersistBatch {
 }
 
 /// The store's answer to a room's oldest unanswered [`PersistBatch`].
-#[derive(Message)]
+#[derive(Message, Debug, Clone, Default)]
 #[rtype(result = "()")]
 pub struct Committed {
-    pub outcome: Result<Vec<Quarantined>, String>,
+    /// Rows not written but kept in the quarantine table (the database refused them, or the
+    /// room may no longer write them); every other row of the batch is in `messages`.
+    pub quarantined: Vec<Quarantined>,
+    /// Set when the room must stop writing (its lease is gone, or a seq it used holds another
+    /// event): the reason.
+    pub stop: Option<String>,
 }
 
-/// An event the database refused: it is in the quarantine table and a tombstone holds its seq.
+/// An event the database refused: it is in the quarantine table, and — unless another event
+/// holds its seq (a conflict) — a tombstone holds its seq in `messages`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quarantined {
     pub event: Arc<str>,

@@ -19,7 +19,7 @@ use crate::spill;
 use crate::store::{self, BatchRef, WriteError, WriteJob};
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -78,9 +78,8 @@ impl Batch {
     }
 }
 
-/// What became of one batch: committed (with the rows quarantined, if any), or refused for
-/// good (the reason).
-type Outcome = Result<Vec<Quarantined>, String>;
+/// A deleted room waiting for its last writes: (its last batch id, room, owner, answer).
+type Release = (u64, Arc<str>, Arc<str>, oneshot::Sender<()>);
 
 /// Health of the store, shared with readiness checks.
 #[derive(Debug, Default)]
@@ -125,6 +124,14 @@ pub struct Persistence {
     /// Writes counted ([`METRICS`]`.persist_batches`) at the last checkpoint.
     checkpointed_at: u64,
     checkpointing: bool,
+    /// Lease owners of this process's room instances still running: a lease of this process
+    /// held by anyone else was left by a room instance that is gone (its writes done).
+    live: Arc<std::sync::Mutex<HashSet<Arc<str>>>>,
+    /// Deleted rooms waiting for their last writes.
+    releases: Vec<Release>,
+    /// Leases to give up in the database (retried until it takes it).
+    to_release: Vec<(Arc<str>, Arc<str>)>,
+    releasing: bool,
 }
 
 impl Persistence {
@@ -161,6 +168,10 @@ impl Persistence {
             waiters: Vec::new(),
             checkpointed_at: 0,
             checkpointing: false,
+            live: Default::default(),
+            releases: Vec::new(),
+            to_release: Vec::new(),
+            releasing: false,
         });
         let link = PersistenceLink {
             batches: addr.clone().recipient(),
@@ -235,10 +246,8 @@ impl Persistence {
                         match outcome {
                             Some(outcome) => {
                                 done_rows += batch.rows;
-                                if outcome.is_ok() {
-                                    inserted += batch.rows;
-                                }
-                                batch.reply.do_send(Committed { outcome });
+                                inserted += batch.rows - outcome.quarantined.len();
+                                batch.reply.do_send(outcome);
                             }
                             None => left.push(batch),
                         }
@@ -259,6 +268,7 @@ impl Persistence {
                         log::trace!("persisted {inserted} events");
                     }
                     act.wake_waiters();
+                    act.finish_releases(ctx);
                     match error {
                         None => act.succeeded(),
                         Some(e) => {
@@ -385,8 +395,57 @@ impl Persistence {
             .collect()
     }
 
+    /// Deleted rooms whose writes are all done: no longer live; their leases are given up.
+    fn finish_releases(&mut self, ctx: &mut Context<Self>) {
+        let upto = self.written_upto;
+        let (done, waiting): (Vec<_>, Vec<_>) = self.releases.drain(..).partition(|r| r.0 <= upto);
+        self.releases = waiting;
+        if done.is_empty() {
+            return;
+        }
+        if let Ok(mut live) = self.live.lock() {
+            for (_, _, owner, _) in &done {
+                live.remove(owner);
+            }
+        }
+        for (_, room_id, owner, answer) in done {
+            self.to_release.push((room_id, owner));
+            let _ = answer.send(());
+        }
+        self.release_leases(ctx);
+    }
+
+    /// Gives up the leases of deleted rooms in the database; what fails is retried with the
+    /// next lease renewal.
+    fn release_leases(&mut self, ctx: &mut Context<Self>) {
+        if self.to_release.is_empty() || self.releasing {
+            return;
+        }
+        let Some(db) = self.db.clone() else { return };
+        self.releasing = true;
+        let batch = std::mem::take(&mut self.to_release);
+        ctx.spawn(
+            async move {
+                let mut failed = Vec::new();
+                for (room_id, owner) in batch {
+                    if let Err(e) = store::release_room(&db, &room_id, &owner).await {
+                        log::warn!("room '{room_id}': releasing its lease failed ({e}); retrying");
+                        failed.push((room_id, owner));
+                    }
+                }
+                failed
+            }
+            .into_actor(self)
+            .map(|failed, act, _| {
+                act.releasing = false;
+                act.to_release.extend(failed);
+            }),
+        );
+    }
+
     /// Keeps this process's room leases alive.
     fn renew_leases(&mut self, ctx: &mut Context<Self>) {
+        self.release_leases(ctx);
         let Some(db) = self.db.clone() else { return };
         let node = self.node.clone();
         let until = self.lease_timeout.as_millis() as i64;
@@ -436,16 +495,16 @@ impl Persistence {
 }
 
 /// Writes batches, oldest first, in one transaction when it can. A room whose lease is gone
-/// is left out (its batches are refused for good); a write the database refuses for a reason
-/// other than a transient one is retried a batch at a time ([`write_one`]). Returns each
-/// batch's outcome (`None` = not written, to retry) and the transient error that stopped the
-/// write, if one did.
+/// is left out (its rows are set aside in the quarantine); a write the database refuses for a
+/// reason other than a transient one is retried a batch at a time ([`write_one`]). Returns
+/// each batch's answer (`None` = not written, to retry) and the transient error that stopped
+/// the write, if one did.
 async fn write_all(
     db: &DatabaseConnection,
     jobs: &[Batch],
     lease_ms: i64,
-) -> (Vec<Option<Outcome>>, Option<String>) {
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; jobs.len()];
+) -> (Vec<Option<Committed>>, Option<String>) {
+    let mut outcomes: Vec<Option<Committed>> = vec![None; jobs.len()];
     let mut open: Vec<usize> = (0..jobs.len()).collect();
     loop {
         if open.is_empty() {
@@ -455,21 +514,27 @@ async fn write_all(
         match store::write_jobs(db, &refs, lease_ms).await {
             Ok(_) => {
                 for i in open {
-                    outcomes[i] = Some(Ok(Vec::new()));
+                    outcomes[i] = Some(Committed::default());
                 }
                 return (outcomes, None);
             }
-            Err(WriteError::Fenced { room_id }) => {
-                let reason = WriteError::Fenced {
-                    room_id: room_id.clone(),
-                }
-                .to_string();
-                for &i in &open {
-                    if *jobs[i].room_id == *room_id {
-                        outcomes[i] = Some(Err(reason.clone()));
+            Err(e @ WriteError::Fenced { .. }) => {
+                let WriteError::Fenced { room_id } = &e else {
+                    unreachable!()
+                };
+                let fenced: Vec<usize> = open
+                    .iter()
+                    .copied()
+                    .filter(|&i| *jobs[i].room_id == **room_id)
+                    .collect();
+                for i in fenced {
+                    let rows = all_rows(&jobs[i]);
+                    match set_aside(db, &jobs[i], &rows, &e.to_string()).await {
+                        Ok(committed) => outcomes[i] = Some(committed),
+                        Err(transient) => return (outcomes, Some(transient)),
                     }
                 }
-                open.retain(|&i| *jobs[i].room_id != *room_id);
+                open.retain(|&i| *jobs[i].room_id != **room_id);
             }
             Err(WriteError::Db(e)) if store::is_transient(&e) => {
                 return (outcomes, Some(e.to_string()));
@@ -486,17 +551,68 @@ async fn write_all(
     (outcomes, None)
 }
 
+/// The rows of a batch, oldest first per event.
+fn all_rows(batch: &Batch) -> Vec<(&Arc<str>, &Arc<StoredEvent>)> {
+    batch
+        .streams
+        .iter()
+        .flat_map(|s| s.events.iter().map(move |e| (&s.event, e)))
+        .collect()
+}
+
+/// Keeps rows a room may no longer write (its lease is gone) in the quarantine — without a
+/// tombstone: their seqs belong to the new owner — and tells the room to stop. `Err` is a
+/// transient error.
+async fn set_aside(
+    db: &DatabaseConnection,
+    batch: &Batch,
+    rows: &[(&Arc<str>, &Arc<StoredEvent>)],
+    reason: &str,
+) -> Result<Committed, String> {
+    let mut committed = Committed {
+        stop: Some(reason.to_owned()),
+        ..Committed::default()
+    };
+    for (event, stored) in rows {
+        match store::quarantine(db, &batch.room_id, event, stored, reason, None, false).await {
+            Ok(new) => {
+                if new {
+                    METRICS.persist_quarantined.inc();
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        committed.quarantined.push(Quarantined {
+            event: (*event).clone(),
+            seq: stored.seq,
+            error: reason.to_owned(),
+        });
+    }
+    if !rows.is_empty() {
+        log::error!(
+            "room '{}': {} events kept in the quarantine: {reason}",
+            batch.room_id,
+            rows.len()
+        );
+    }
+    Ok(committed)
+}
+
 /// Writes one batch; when the database refuses it, halves it until the rows at fault are
-/// found, writes the others, and quarantines those (a tombstone keeps their seq). `Err` is a
-/// transient error (retry the batch later).
+/// found, writes the others, and quarantines those (a tombstone keeps their seq; after a
+/// conflict, where another event holds the seq, none, and the room must stop). `Err` is a
+/// transient error (retry the batch later: what was written is skipped as identical).
 async fn write_one(
     db: &DatabaseConnection,
     batch: &Batch,
     lease_ms: i64,
-) -> Result<Outcome, String> {
+) -> Result<Committed, String> {
+    let rows = all_rows(batch);
     let refused = match store::write_jobs(db, &[batch.job()], lease_ms).await {
-        Ok(_) => return Ok(Ok(Vec::new())),
-        Err(e @ WriteError::Fenced { .. }) => return Ok(Err(e.to_string())),
+        Ok(_) => return Ok(Committed::default()),
+        Err(e @ WriteError::Fenced { .. }) => {
+            return set_aside(db, batch, &rows, &e.to_string()).await
+        }
         Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
         Err(e) => e,
     };
@@ -504,13 +620,7 @@ async fn write_one(
         "room '{}': the database refused a batch ({refused}); finding the rows at fault",
         batch.room_id
     );
-    let rows: Vec<(&Arc<str>, &Arc<StoredEvent>)> = batch
-        .streams
-        .iter()
-        .flat_map(|s| s.events.iter().map(move |e| (&s.event, e)))
-        .collect();
-    let mut quarantined = Vec::new();
-    let mut stopped = None;
+    let mut out = Committed::default();
     let mut ranges = vec![(0, rows.len())];
     while let Some((lo, hi)) = ranges.pop() {
         if lo >= hi {
@@ -526,8 +636,7 @@ async fn write_one(
             while end < slice.len() && slice[end].0 == event {
                 end += 1;
             }
-            let first = rows_index(batch, event, slice[start].1.seq);
-            if let Some((stream, at)) = first {
+            if let Some((stream, at)) = rows_index(batch, event, slice[start].1.seq) {
                 streams.push(BatchRef {
                     room_id: &batch.room_id,
                     event,
@@ -542,45 +651,91 @@ async fn write_one(
             streams,
             counters: &[],
         };
-        match store::write_jobs(db, &[job], lease_ms).await {
-            Ok(_) => {}
-            Err(e @ WriteError::Fenced { .. }) => return Ok(Err(e.to_string())),
+        let error = match store::write_jobs(db, &[job], lease_ms).await {
+            Ok(_) => continue,
             Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
-            Err(e) if hi - lo == 1 => {
-                let (event, stored) = rows[lo];
-                let error = e.to_string();
-                log::error!(
-                    "room '{}': event '{event}' seq {} refused by the database and quarantined: {error}",
-                    batch.room_id,
-                    stored.seq
-                );
-                METRICS.persist_quarantined.inc();
-                match store::quarantine(db, &batch.room_id, event, stored, &error).await {
-                    Ok(()) => {}
-                    Err(qe) if store::is_transient(&qe) => return Err(qe.to_string()),
-                    Err(qe) => {
-                        return Ok(Err(format!(
-                            "seq {} of '{event}' could not be stored nor quarantined: {qe}",
-                            stored.seq
-                        )))
+            Err(e @ WriteError::Fenced { .. }) => {
+                // What is not written yet is set aside; what is written stays.
+                let mut left: Vec<_> = slice.to_vec();
+                for (l, h) in ranges.drain(..) {
+                    left.extend_from_slice(&rows[l..h]);
+                }
+                let aside = set_aside(db, batch, &left, &e.to_string()).await?;
+                out.quarantined.extend(aside.quarantined);
+                out.stop = aside.stop;
+                return Ok(out);
+            }
+            Err(e) => e,
+        };
+        if hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            ranges.push((mid, hi));
+            ranges.push((lo, mid));
+            continue;
+        }
+        let (event, stored) = rows[lo];
+        let text = error.to_string();
+        let conflict = match error {
+            // Quarantined by an earlier attempt of this very write: nothing more to do.
+            WriteError::Conflict {
+                tombstone: true, ..
+            } => None,
+            WriteError::Conflict { .. } => Some(false),
+            _ => Some(true),
+        };
+        if let Some(tombstone) = conflict {
+            match store::quarantine(
+                db,
+                &batch.room_id,
+                event,
+                stored,
+                &text,
+                Some(&batch.owner),
+                tombstone,
+            )
+            .await
+            {
+                Ok(new) => {
+                    if new {
+                        METRICS.persist_quarantined.inc();
                     }
                 }
-                quarantined.push(Quarantined {
-                    event: event.clone(),
-                    seq: stored.seq,
-                    error: error.clone(),
-                });
-                // Another event holds that seq: the room must not go on writing.
-                if matches!(e, WriteError::Conflict { .. }) && stopped.is_none() {
-                    stopped = Some(error);
+                Err(e @ WriteError::Fenced { .. }) => {
+                    let mut left: Vec<_> = vec![rows[lo]];
+                    for (l, h) in ranges.drain(..) {
+                        left.extend_from_slice(&rows[l..h]);
+                    }
+                    let aside = set_aside(db, batch, &left, &e.to_string()).await?;
+                    out.quarantined.extend(aside.quarantined);
+                    out.stop = aside.stop;
+                    return Ok(out);
+                }
+                // Not even the quarantine takes it: the trouble is the database, not the
+                // row. Retry the whole batch later.
+                Err(e) => {
+                    log::error!(
+                        "room '{}': cannot quarantine seq {} of '{event}' ({e}); retrying",
+                        batch.room_id,
+                        stored.seq
+                    );
+                    return Err(e.to_string());
                 }
             }
-            Err(_) => {
-                let mid = lo + (hi - lo) / 2;
-                ranges.push((mid, hi));
-                ranges.push((lo, mid));
-            }
+            log::error!(
+                "room '{}': event '{event}' seq {} refused by the database and quarantined: {text}",
+                batch.room_id,
+                stored.seq
+            );
         }
+        // Another event holds that seq: the room must not go on writing.
+        if conflict == Some(false) && out.stop.is_none() {
+            out.stop = Some(text.clone());
+        }
+        out.quarantined.push(Quarantined {
+            event: event.clone(),
+            seq: stored.seq,
+            error: text,
+        });
     }
     if !batch.counters.is_empty() {
         let job = WriteJob {
@@ -592,13 +747,10 @@ async fn write_one(
         match store::write_jobs(db, &[job], lease_ms).await {
             Ok(_) => {}
             Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => out.stop = Some(e.to_string()),
         }
     }
-    Ok(match stopped {
-        Some(reason) => Err(reason),
-        None => Ok(quarantined),
-    })
+    Ok(out)
 }
 
 /// The stream of `event` in `batch` and the index of `seq` in it.
@@ -632,8 +784,11 @@ impl Supervised for Persistence {
         }
         self.db = None;
         self.failures = 0;
+        // The old context's timers and futures are gone with it.
         self.backing_off = false;
         self.connecting = false;
+        self.lingering = false;
+        self.checkpointing = false;
     }
 }
 
@@ -699,9 +854,14 @@ impl Handler<ClaimRoom> for Persistence {
         let db = self.db.clone();
         let node = self.node.clone();
         let ttl = self.lease_timeout.as_millis() as i64;
+        let live = self.live.clone();
+        if let Ok(mut live) = live.lock() {
+            live.insert(msg.owner.clone());
+        }
         Box::pin(async move {
             let db = db.ok_or("no database connection")?;
-            let epoch = store::claim_room(&db, &msg.room_id, &msg.owner, &node, ttl)
+            let live_here = |owner: &str| live.lock().map_or(true, |l| l.contains(owner));
+            let epoch = store::claim_room(&db, &msg.room_id, &msg.owner, &node, ttl, live_here)
                 .await
                 .map_err(|e| format!("the database is unavailable: {e}"))??;
             let mut windows = Vec::new();
@@ -725,29 +885,18 @@ impl Handler<ClaimRoom> for Persistence {
 }
 
 impl Handler<ReleaseRoom> for Persistence {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = ResponseFuture<()>;
 
+    /// Answered once everything the room sent is written (whatever restarts this actor goes
+    /// through meanwhile); the lease itself is given up in the database right after.
     fn handle(&mut self, msg: ReleaseRoom, ctx: &mut Context<Self>) -> Self::Result {
-        let written = self.written(ctx);
-        Box::pin(
-            async move {
-                if let Some(rx) = written {
-                    let _ = rx.await;
-                }
-            }
-            .into_actor(self)
-            .then(move |_, act, _| {
-                let db = act.db.clone();
-                async move {
-                    if let Some(db) = db {
-                        if let Err(e) = store::release_room(&db, &msg.room_id, &msg.owner).await {
-                            log::warn!("room '{}': releasing its lease failed: {e}", msg.room_id);
-                        }
-                    }
-                }
-                .into_actor(act)
-            }),
-        )
+        let (tx, rx) = oneshot::channel();
+        self.releases
+            .push((self.next_batch_id - 1, msg.room_id, msg.owner, tx));
+        self.finish_releases(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }
 
@@ -800,10 +949,12 @@ impl Handler<Spill> for Persistence {
         let mut records = Vec::new();
         for b in &batches {
             for s in &b.streams {
-                records.push(spill::Record::events(&b.room_id, &s.event, &s.events));
+                records.push(spill::Record::events(
+                    &b.room_id, &b.owner, &s.event, &s.events,
+                ));
             }
             for c in &b.counters {
-                records.push(spill::Record::counter(&b.room_id, &c.event, c.high_water));
+                records.push(spill::Record::counter(&b.room_id, &b.owner, c));
             }
         }
         let events = batches.iter().map(|b| b.rows).sum();

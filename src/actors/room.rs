@@ -164,8 +164,9 @@ struct Unsent {
 }
 
 impl Unsent {
+    /// Nothing to hand over: no rows, no counter marks, no event waiting for a commit.
     fn is_empty(&self) -> bool {
-        self.streams.is_empty() && self.counters.is_empty()
+        self.streams.is_empty() && self.counters.is_empty() && self.pending.is_empty()
     }
 
     fn row(&mut self, event: &Arc<str>, stored: Arc<StoredEvent>) {
@@ -178,12 +179,16 @@ impl Unsent {
         }
     }
 
-    fn mark(&mut self, event: &Arc<str>, high_water: u64) {
+    fn mark(&mut self, event: &Arc<str>, high_water: u64, exact: bool) {
         match self.counters.iter_mut().find(|c| &c.event == event) {
-            Some(mark) => mark.high_water = high_water,
+            Some(mark) => {
+                mark.high_water = high_water;
+                mark.exact = exact;
+            }
             None => self.counters.push(CounterMark {
                 event: event.clone(),
                 high_water,
+                exact,
             }),
         }
     }
@@ -341,6 +346,10 @@ impl RoomActor {
             return;
         }
         let closer = self.closing.take();
+        if self.stopped.is_some() {
+            // Deleted: it no longer holds `/readyz` down.
+            self.persistence.stopped.fetch_sub(1, Ordering::Relaxed);
+        }
         for member in self.members.values() {
             member.outbox.notify(ToConnection::RoomClosed {
                 room_id: self.shared.id.to_string(),
@@ -553,8 +562,17 @@ impl RoomActor {
             };
             let mut events = window.events;
             events.reverse();
-            state.history = Some(EventHistory::restore(limit, events, window.last_seq));
-            state.last_assigned = window.last_seq;
+            // The event had no history before (a configuration change) and counted further:
+            // numbering goes on from there, with nothing of that count in memory.
+            let counted = restore.counters.get(&*name).copied().unwrap_or(0);
+            let last_seq = if counted > window.last_seq {
+                events.clear();
+                counted
+            } else {
+                window.last_seq
+            };
+            state.history = Some(EventHistory::restore(limit, events, last_seq));
+            state.last_assigned = last_seq;
             if window.last_seq > 0 {
                 log::debug!(
                     "room '{}' event '{name}' continues at seq {}",
@@ -812,62 +830,63 @@ impl Handler<Committed> for RoomActor {
                 state.pending -= 1;
             }
         }
-        match msg.outcome {
-            Ok(quarantined) => {
-                for mark in marks {
-                    if let Some(state) = self.events.get_mut(&*mark.event) {
-                        state.committed = state.committed.max(mark.high_water);
-                    }
-                }
-                for p in pending {
-                    let refused = quarantined
-                        .iter()
-                        .find(|q| q.event == p.event && q.seq == p.stored.seq);
-                    let (stored, frame, result) = match refused {
-                        None => {
-                            let json = p.echo.then(|| p.stored.json.to_string());
-                            let seq = p.stored.seq;
-                            (p.stored, p.frame, Ok(Triggered { seq, json }))
-                        }
-                        Some(q) => {
-                            let tombstone = Arc::new(p.stored.tombstone(&self.shared.id, &p.event));
-                            let frame = SharedFrame::new(ByteString::from(encode_event(
-                                "dialogue:event",
-                                &tombstone.json,
-                            )));
-                            let error = DialogueError::new(
-                                ErrorCode::StorageUnavailable,
-                                format!(
-                                    "the database refused this event (seq {} is quarantined): {}",
-                                    q.seq, q.error
-                                ),
-                            );
-                            (tombstone, frame, Err(error))
-                        }
-                    };
-                    if let Some(history) = self
-                        .events
-                        .get_mut(&*p.event)
-                        .and_then(|s| s.history.as_mut())
-                    {
-                        history.push(stored.clone());
-                    }
-                    self.publish(&p.event, &frame, &stored);
-                    p.reply.answer(result);
-                    METRICS
-                        .fanout_seconds
-                        .observe(p.accepted_at.elapsed().as_secs_f64());
-                }
+        if let Some(reason) = &msg.stop {
+            self.stop_writing(reason.clone());
+        }
+        for mark in marks {
+            if let Some(state) = self.events.get_mut(&*mark.event) {
+                state.committed = state.committed.max(mark.high_water);
             }
-            Err(reason) => {
-                self.stop_writing(reason.clone());
-                for p in pending {
+        }
+        for p in pending {
+            let refused = msg
+                .quarantined
+                .iter()
+                .find(|q| q.event == p.event && q.seq == p.stored.seq);
+            let (stored, frame, result) = match refused {
+                None => {
+                    let json = p.echo.then(|| p.stored.json.to_string());
+                    let seq = p.stored.seq;
+                    (p.stored, p.frame, Ok(Triggered { seq, json }))
+                }
+                // Not written, and the room stops: nothing to show.
+                Some(q) if msg.stop.is_some() => {
                     p.reply.answer(Err(DialogueError::new(
                         ErrorCode::StorageUnavailable,
-                        format!("the event was not stored: {reason}"),
+                        format!("the event was not stored (it is quarantined): {}", q.error),
                     )));
+                    continue;
                 }
+                Some(q) => {
+                    // What the database holds at that seq now (or, after a conflict, what
+                    // stands in for the other event there, in memory only).
+                    let tombstone = Arc::new(p.stored.tombstone(&self.shared.id, &p.event));
+                    let frame = SharedFrame::new(ByteString::from(encode_event(
+                        "dialogue:event",
+                        &tombstone.json,
+                    )));
+                    let error = DialogueError::new(
+                        ErrorCode::StorageUnavailable,
+                        format!(
+                            "the database refused this event (seq {} is quarantined): {}",
+                            q.seq, q.error
+                        ),
+                    );
+                    (tombstone, frame, Err(error))
+                }
+            };
+            if let Some(history) = self
+                .events
+                .get_mut(&*p.event)
+                .and_then(|s| s.history.as_mut())
+            {
+                history.push(stored.clone());
             }
+            self.publish(&p.event, &frame, &stored);
+            p.reply.answer(result);
+            METRICS
+                .fanout_seconds
+                .observe(p.accepted_at.elapsed().as_secs_f64());
         }
         self.maybe_finish_close(ctx);
     }
@@ -979,7 +998,7 @@ impl RoomActor {
             self.unsent.row(&event_name, stored.clone());
         }
         if let Some(high_water) = mark {
-            self.unsent.mark(&event_name, high_water);
+            self.unsent.mark(&event_name, high_water, false);
         }
         if !self.unsent.is_empty() {
             self.schedule_hand_over(ctx);
@@ -1129,7 +1148,7 @@ impl Handler<FlushHistory> for RoomActor {
         for state in self.events.values_mut() {
             if state.history.is_none() && state.reserved > state.last_assigned {
                 state.reserved = state.last_assigned;
-                self.unsent.mark(&state.name, state.last_assigned);
+                self.unsent.mark(&state.name, state.last_assigned, true);
             }
         }
         self.hand_over();

@@ -223,14 +223,26 @@ phase("refused", async () => {
 });
 
 phase("counters", async () => {
-  // Five of each event without history; RESULT {typing: [seq…], ping: [seq…]}.
+  // 20 of each event without history sent at once (the first ones of a new counter block
+  // wait for its reservation), then five one at a time; RESULT {typing: [seq…], ping: [seq…]}
+  // in the order sent.
   const c = await connect("counter");
   assert.equal((await c.request("dialogue:join", { roomId: "counters" })).ok, true);
   const seqs = {};
+  const send = (event, i) => c.request("dialogue:trigger", { roomId: "counters", event, data: { i } });
   for (const event of ["typing", "ping"]) {
     seqs[event] = [];
-    for (let i = 0; i < 5; i++) {
-      const r = await c.request("dialogue:trigger", { roomId: "counters", event, data: { i } });
+    const burst = [];
+    for (let i = 0; i < 20; i++) {
+      burst.push(send(event, i));
+      if (i % 4 === 3) await sleep(2); // spread over several of the room's mailbox drains
+    }
+    for (const r of await Promise.all(burst)) {
+      assert.equal(r.ok, true, JSON.stringify(r));
+      seqs[event].push(r.seq);
+    }
+    for (let i = 20; i < 25; i++) {
+      const r = await send(event, i);
       assert.equal(r.ok, true, JSON.stringify(r));
       seqs[event].push(r.seq);
     }
