@@ -206,6 +206,9 @@ fn job<'a>(
     }
 }
 
+/// Quarantines a spilled event (with a tombstone under its seq when asked, falling back to
+/// none); when the database refuses even that, the log is the last place it is kept. `Err`
+/// is a transient error.
 async fn quarantine(
     db: &DatabaseConnection,
     record: &Record,
@@ -213,17 +216,31 @@ async fn quarantine(
     error: &str,
     tombstone: bool,
 ) -> Result<(), String> {
-    let owner = tombstone.then_some(record.owner.as_str());
-    store::quarantine(
-        db,
-        &record.room_id,
-        &record.event,
-        stored,
-        error,
-        owner,
-        tombstone,
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| e.to_string())
+    let attempts: &[bool] = if tombstone { &[true, false] } else { &[false] };
+    let mut last = String::new();
+    for &with_tombstone in attempts {
+        let owner = with_tombstone.then_some(record.owner.as_str());
+        let result = store::quarantine(
+            db,
+            &record.room_id,
+            &record.event,
+            stored,
+            error,
+            owner,
+            with_tombstone,
+        )
+        .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    log::error!(
+        "spilled event of room '{}' refused by the database ({error}) and by its quarantine \
+         ({last}); it is kept only here: {}",
+        record.room_id,
+        stored.json
+    );
+    Ok(())
 }

@@ -306,9 +306,9 @@ async fn check_conflicts<C: ConnectionTrait>(
     };
     if db.get_database_backend() == DbBackend::Postgres {
         let sql = r#"SELECT m.room_id, m.event_name, m.seq,
-  (m.event_data = 'null'::jsonb AND m.meta = '{"quarantined": true}'::jsonb
+  COALESCE(m.event_data = 'null'::jsonb AND m.meta = '{"quarantined": true}'::jsonb
    AND m.from_user = e ->> 'from_user' AND m."timestamp" = (e ->> 'timestamp')::bigint
-   AND m.epoch = (e ->> 'epoch')::bigint) AS tombstone
+   AND m.epoch = (e ->> 'epoch')::bigint, false) AS tombstone
 FROM jsonb_array_elements($1::jsonb) AS e
 JOIN messages m ON m.room_id = e ->> 'room_id' AND m.event_name = e ->> 'event_name'
   AND m.seq = (e ->> 'seq')::bigint
@@ -374,6 +374,88 @@ ORDER BY m.seq LIMIT 1"#;
         }
     }
     Ok(())
+}
+
+/// The seqs of `batch` already stored exactly as the batch has them.
+pub async fn stored_identically(
+    db: &DatabaseConnection,
+    batch: &BatchRef<'_>,
+) -> Result<std::collections::HashSet<u64>, DbErr> {
+    let mut found = std::collections::HashSet::new();
+    let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) else {
+        return Ok(found);
+    };
+    if db.get_database_backend() == DbBackend::Postgres {
+        let sql = r#"SELECT m.seq FROM jsonb_array_elements($1::jsonb) AS e
+JOIN messages m ON m.room_id = e ->> 'room_id' AND m.event_name = e ->> 'event_name'
+  AND m.seq = (e ->> 'seq')::bigint
+WHERE m.event_data = e -> 'event_data' AND m.from_user = e ->> 'from_user'
+  AND m."timestamp" = (e ->> 'timestamp')::bigint AND m.epoch = (e ->> 'epoch')::bigint
+  AND m.meta IS NOT DISTINCT FROM e -> 'meta'"#;
+        let values = [pg_rows_json(&[batch]).into()];
+        for row in db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await?
+        {
+            found.insert(row.try_get::<i64>("", "seq")?.max(0) as u64);
+        }
+        return Ok(found);
+    }
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            r#"SELECT seq, event_data, from_user, "timestamp", meta, epoch FROM messages
+               WHERE room_id = ? AND event_name = ? AND seq BETWEEN ? AND ?"#,
+            [
+                batch.room_id.into(),
+                batch.event.into(),
+                (first.seq as i64).into(),
+                (last.seq as i64).into(),
+            ],
+        ))
+        .await?;
+    for row in rows {
+        let seq: i64 = row.try_get("", "seq")?;
+        let Some(e) = (seq as u64)
+            .checked_sub(first.seq)
+            .and_then(|i| batch.events.get(i as usize))
+        else {
+            continue;
+        };
+        let data: String = row.try_get("", "event_data")?;
+        let from: String = row.try_get("", "from_user")?;
+        let timestamp: i64 = row.try_get("", "timestamp")?;
+        let meta: Option<String> = row.try_get("", "meta")?;
+        let epoch: i64 = row.try_get("", "epoch")?;
+        if from == *e.from
+            && timestamp == e.timestamp
+            && epoch == e.epoch as i64
+            && data == to_json(&e.data)
+            && meta == e.meta.as_ref().map(to_json)
+        {
+            found.insert(e.seq);
+        }
+    }
+    Ok(found)
+}
+
+/// The highest seq stored of one (room, event) — an index lookup (0 when none).
+pub async fn max_seq(db: &DatabaseConnection, room_id: &str, event: &str) -> Result<u64, DbErr> {
+    let row = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            "SELECT MAX(seq) AS seq FROM messages WHERE room_id = $1 AND event_name = $2",
+            vec![room_id.into(), event.into()],
+        ))
+        .await?;
+    Ok(row
+        .and_then(|r| r.try_get::<Option<i64>>("", "seq").ok().flatten())
+        .unwrap_or(0)
+        .max(0) as u64)
 }
 
 /// `meta` of a tombstone, as JSON text.

@@ -374,6 +374,9 @@ pub struct Committed {
     /// Set when the room must stop writing (its lease is gone, or a seq it used holds another
     /// event): the reason.
     pub stop: Option<String>,
+    /// The batch's counter marks were not written: no seq above what the database held before
+    /// may be shown.
+    pub counters_refused: bool,
 }
 
 /// An event the database refused: it is in the quarantine table, and — unless another event
@@ -406,6 +409,8 @@ pub struct ClaimRoom {
     pub owner: Arc<str>,
     /// History-enabled events with their window sizes.
     pub windows: Vec<(Arc<str>, u64)>,
+    /// Events without history (their counters are restored).
+    pub counters: Vec<Arc<str>>,
 }
 
 /// The answer to [`ClaimRoom`].

@@ -423,22 +423,29 @@ impl Persistence {
         }
         let Some(db) = self.db.clone() else { return };
         self.releasing = true;
-        let batch = std::mem::take(&mut self.to_release);
+        // The list stays here until the database took them (a restart of this actor drops
+        // the future, not the list).
+        let batch = self.to_release.clone();
         ctx.spawn(
             async move {
-                let mut failed = Vec::new();
+                let mut released = Vec::new();
                 for (room_id, owner) in batch {
-                    if let Err(e) = store::release_room(&db, &room_id, &owner).await {
-                        log::warn!("room '{room_id}': releasing its lease failed ({e}); retrying");
-                        failed.push((room_id, owner));
+                    match store::release_room(&db, &room_id, &owner).await {
+                        Ok(()) => released.push(owner),
+                        Err(e) => {
+                            log::warn!(
+                                "room '{room_id}': releasing its lease failed ({e}); retrying"
+                            )
+                        }
                     }
                 }
-                failed
+                released
             }
             .into_actor(self)
-            .map(|failed, act, _| {
+            .map(|released, act, _| {
                 act.releasing = false;
-                act.to_release.extend(failed);
+                act.to_release
+                    .retain(|(_, owner)| !released.contains(owner));
             }),
         );
     }
@@ -561,7 +568,8 @@ fn all_rows(batch: &Batch) -> Vec<(&Arc<str>, &Arc<StoredEvent>)> {
 }
 
 /// Keeps rows a room may no longer write (its lease is gone) in the quarantine — without a
-/// tombstone: their seqs belong to the new owner — and tells the room to stop. `Err` is a
+/// tombstone: their seqs belong to the new owner — and tells the room to stop. Rows an
+/// earlier attempt of this write stored are left alone (they are in `messages`). `Err` is a
 /// transient error.
 async fn set_aside(
     db: &DatabaseConnection,
@@ -571,31 +579,73 @@ async fn set_aside(
 ) -> Result<Committed, String> {
     let mut committed = Committed {
         stop: Some(reason.to_owned()),
+        counters_refused: !batch.counters.is_empty(),
         ..Committed::default()
     };
-    for (event, stored) in rows {
-        match store::quarantine(db, &batch.room_id, event, stored, reason, None, false).await {
-            Ok(new) => {
-                if new {
-                    METRICS.persist_quarantined.inc();
-                }
-            }
-            Err(e) => return Err(e.to_string()),
+    let mut stored_already = HashSet::new();
+    for s in &batch.streams {
+        let rows = BatchRef {
+            room_id: &batch.room_id,
+            event: &s.event,
+            events: &s.events,
+        };
+        match store::stored_identically(db, &rows).await {
+            Ok(seqs) => stored_already.extend(seqs.into_iter().map(|seq| (s.event.clone(), seq))),
+            Err(e) if store::is_transient(&e) => return Err(e.to_string()),
+            Err(e) => log::warn!("room '{}': cannot tell what is stored: {e}", batch.room_id),
         }
+    }
+    let mut kept = 0;
+    for (event, stored) in rows {
+        if stored_already.contains(&((*event).clone(), stored.seq)) {
+            continue;
+        }
+        keep_aside(db, &batch.room_id, event, stored, reason).await?;
         committed.quarantined.push(Quarantined {
             event: (*event).clone(),
             seq: stored.seq,
             error: reason.to_owned(),
         });
+        kept += 1;
     }
-    if !rows.is_empty() {
+    if kept > 0 {
         log::error!(
-            "room '{}': {} events kept in the quarantine: {reason}",
-            batch.room_id,
-            rows.len()
+            "room '{}': {kept} events kept in the quarantine: {reason}",
+            batch.room_id
         );
     }
     Ok(committed)
+}
+
+/// Keeps an event in the quarantine table, without a tombstone. When even that is refused for
+/// a reason other than a transient one, the log is the last place the event is kept.
+/// `Err` is a transient error.
+async fn keep_aside(
+    db: &DatabaseConnection,
+    room_id: &str,
+    event: &str,
+    stored: &StoredEvent,
+    error: &str,
+) -> Result<(), String> {
+    match store::quarantine(db, room_id, event, stored, error, None, false).await {
+        Ok(new) => {
+            if new {
+                METRICS.persist_quarantined.inc();
+            }
+            Ok(())
+        }
+        Err(WriteError::Db(e)) if store::is_transient(&e) => Err(e.to_string()),
+        Err(e) => {
+            METRICS.persist_quarantined.inc();
+            log::error!(
+                "room '{room_id}': '{event}' seq {} is refused by the database ({error}) and by \
+                 its quarantine ({e}); the event is kept only here: {}",
+                stored.seq,
+                stored.json
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Writes one batch; when the database refuses it, halves it until the rows at fault are
@@ -663,6 +713,7 @@ async fn write_one(
                 let aside = set_aside(db, batch, &left, &e.to_string()).await?;
                 out.quarantined.extend(aside.quarantined);
                 out.stop = aside.stop;
+                out.counters_refused = aside.counters_refused;
                 return Ok(out);
             }
             Err(e) => e,
@@ -708,17 +759,22 @@ async fn write_one(
                     let aside = set_aside(db, batch, &left, &e.to_string()).await?;
                     out.quarantined.extend(aside.quarantined);
                     out.stop = aside.stop;
+                    out.counters_refused = aside.counters_refused;
                     return Ok(out);
                 }
-                // Not even the quarantine takes it: the trouble is the database, not the
-                // row. Retry the whole batch later.
+                // The database itself is in trouble: retry the whole batch later.
+                Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
+                // The tombstone is refused too (what refused the event refuses its seq, its
+                // sender or its room): keep the event aside; the stream has a gap there, so
+                // the room stops.
                 Err(e) => {
-                    log::error!(
-                        "room '{}': cannot quarantine seq {} of '{event}' ({e}); retrying",
-                        batch.room_id,
-                        stored.seq
-                    );
-                    return Err(e.to_string());
+                    keep_aside(db, &batch.room_id, event, stored, &text).await?;
+                    if out.stop.is_none() {
+                        out.stop = Some(format!(
+                            "seq {} of '{event}' cannot be stored, not even as a tombstone: {e}",
+                            stored.seq
+                        ));
+                    }
                 }
             }
             log::error!(
@@ -747,7 +803,10 @@ async fn write_one(
         match store::write_jobs(db, &[job], lease_ms).await {
             Ok(_) => {}
             Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
-            Err(e) => out.stop = Some(e.to_string()),
+            Err(e) => {
+                out.stop = Some(e.to_string());
+                out.counters_refused = true;
+            }
         }
     }
     Ok(out)
@@ -789,6 +848,7 @@ impl Supervised for Persistence {
         self.connecting = false;
         self.lingering = false;
         self.checkpointing = false;
+        self.releasing = false;
     }
 }
 
@@ -872,9 +932,18 @@ impl Handler<ClaimRoom> for Persistence {
                 let last_seq = events.first().map_or(0, |e| e.seq);
                 windows.push((event, StoredWindow { events, last_seq }));
             }
-            let counters = store::load_counters(&db, &msg.room_id)
+            let mut counters = store::load_counters(&db, &msg.room_id)
                 .await
                 .map_err(|e| format!("cannot read counters: {e}"))?;
+            // An event that had history before (a configuration change) counts on from its
+            // stored rows.
+            for event in &msg.counters {
+                let stored = store::max_seq(&db, &msg.room_id, event)
+                    .await
+                    .map_err(|e| format!("cannot read counters: {e}"))?;
+                let counter = counters.entry(event.to_string()).or_insert(0);
+                *counter = (*counter).max(stored);
+            }
             Ok(RoomRestore {
                 epoch,
                 windows,

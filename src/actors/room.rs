@@ -540,6 +540,12 @@ impl RoomActor {
                 .values()
                 .filter_map(|state| Some((state.name.clone(), state.def.history_limit? as u64)))
                 .collect(),
+            counters: self
+                .events
+                .values()
+                .filter(|state| state.def.history_limit.is_none())
+                .map(|state| state.name.clone())
+                .collect(),
         };
         let link = self.persistence.claim.clone();
         ctx.wait(
@@ -833,12 +839,27 @@ impl Handler<Committed> for RoomActor {
         if let Some(reason) = &msg.stop {
             self.stop_writing(reason.clone());
         }
-        for mark in marks {
-            if let Some(state) = self.events.get_mut(&*mark.event) {
-                state.committed = state.committed.max(mark.high_water);
+        if !msg.counters_refused {
+            for mark in marks {
+                if let Some(state) = self.events.get_mut(&*mark.event) {
+                    state.committed = state.committed.max(mark.high_water);
+                }
             }
         }
         for p in pending {
+            // An event without history is safe to show only under a seq the database's counter
+            // covers: otherwise a restart could hand it out again.
+            let uncounted = self
+                .events
+                .get(&*p.event)
+                .is_some_and(|s| s.history.is_none() && p.stored.seq > s.committed);
+            if uncounted {
+                p.reply.answer(Err(DialogueError::new(
+                    ErrorCode::StorageUnavailable,
+                    "the event was not stored: its counter could not be written",
+                )));
+                continue;
+            }
             let refused = msg
                 .quarantined
                 .iter()
@@ -849,8 +870,16 @@ impl Handler<Committed> for RoomActor {
                     let seq = p.stored.seq;
                     (p.stored, p.frame, Ok(Triggered { seq, json }))
                 }
-                // Not written, and the room stops: nothing to show.
+                // Not written, and the room stops: nothing to show; the window keeps a
+                // stand-in so its seqs stay contiguous.
                 Some(q) if msg.stop.is_some() => {
+                    if let Some(history) = self
+                        .events
+                        .get_mut(&*p.event)
+                        .and_then(|s| s.history.as_mut())
+                    {
+                        history.push(Arc::new(p.stored.tombstone(&self.shared.id, &p.event)));
+                    }
                     p.reply.answer(Err(DialogueError::new(
                         ErrorCode::StorageUnavailable,
                         format!("the event was not stored (it is quarantined): {}", q.error),
