@@ -152,6 +152,8 @@ pub struct Connection {
     history_reads: RateLimit,
     /// Binary attachments still to be skipped, and the ack id of their refused packet.
     skipping_binary: Option<(u32, Option<u64>)>,
+    /// The client closed the session (Engine.IO close packet).
+    client_closed: bool,
 }
 
 impl Connection {
@@ -186,6 +188,7 @@ impl Connection {
             in_flight: Arc::default(),
             awaiting_pong: false,
             skipping_binary: None,
+            client_closed: false,
         }
     }
 
@@ -270,7 +273,15 @@ impl Connection {
                 let pong = format!("3{data}");
                 self.send(ctx, pong.into());
             }
-            Ok(EioPacket::Close) => self.close(ctx, CloseCode::Normal, "client closed"),
+            Ok(EioPacket::Close) => {
+                // As the reference server: a GET waiting on the session gets a noop, the POST
+                // that carried the close is answered "ok", the session is gone.
+                self.client_closed = true;
+                if let Transport::Polling { queue, .. } = &mut self.transport {
+                    queue.answer_waiting(engineio::NOOP);
+                }
+                self.close(ctx, CloseCode::Normal, "client closed")
+            }
             Ok(EioPacket::Noop | EioPacket::Upgrade) => {}
             Ok(EioPacket::Open(_)) => self.violation(ctx, "a client may not send an open packet"),
             Err(e) => self.violation(ctx, &e.to_string()),
@@ -305,9 +316,41 @@ impl Connection {
             }
             // The server never asks for acks, so there is nothing to match them with.
             SioKind::Ack => {}
-            SioKind::Disconnect => self.close(ctx, CloseCode::Normal, "client disconnected"),
+            SioKind::Disconnect => self.leave_namespace(ctx, &packet.nsp),
             SioKind::ConnectError => self.violation(ctx, "CONNECT_ERROR is server-only"),
         }
+    }
+
+    /// The client left a namespace (`41`): in Socket.IO v5 the Engine.IO connection and its
+    /// heartbeat stay, and the client may connect again (within the connect timeout).
+    fn leave_namespace(&mut self, ctx: &mut Context<Self>, nsp: &str) {
+        if nsp != "/" || self.identity.is_none() {
+            return; // not connected there: nothing to leave
+        }
+        self.disconnect_socket();
+        log::debug!("connection {} left the namespace", self.id);
+        let connect_timeout = Duration::from_millis(self.settings.config.server.connect_timeout);
+        ctx.run_later(connect_timeout, |act, ctx| {
+            if act.identity.is_none() && !act.closing {
+                act.close(ctx, CloseCode::Policy, "no Socket.IO CONNECT in time");
+            }
+        });
+    }
+
+    /// Ends the Socket.IO session on this connection: its rooms, its identity, its requests.
+    fn disconnect_socket(&mut self) {
+        for room in self.rooms.values() {
+            room.do_send(MemberGone { conn: self.id });
+        }
+        self.rooms.clear();
+        self.queue.clear();
+        if let Some(identity) = self.identity.take() {
+            self.hooks.on_disconnected(&identity);
+            crate::metrics::METRICS.connections.dec();
+            self.directory.do_send(ConnectionClosed { conn: self.id });
+        }
+        // A later CONNECT is a new socket.
+        self.socket_id = uuid::Uuid::new_v4().simple().to_string();
     }
 
     fn refuse_binary(&mut self, ctx: &mut Context<Self>, ack: Option<u64>) {
@@ -746,6 +789,11 @@ impl Connection {
     fn finish(&mut self, ctx: &mut Context<Self>, done: Done) {
         match done {
             Done::Joined { room_id, room, ack } => {
+                if self.identity.is_none() {
+                    // The client left the namespace while this join ran.
+                    room.do_send(MemberGone { conn: self.id });
+                    return;
+                }
                 if let Some(id) = ack {
                     let json = to_json(&serde_json::json!({ "roomId": room_id }));
                     self.send(ctx, socketio::encode_ack(id, &ack_ok(&json)).into());
@@ -859,14 +907,7 @@ impl Actor for Connection {
                 sessions.remove(&self.sid);
             }
         }
-        for room in self.rooms.values() {
-            room.do_send(MemberGone { conn: self.id });
-        }
-        if let Some(identity) = &self.identity {
-            self.hooks.on_disconnected(identity);
-            crate::metrics::METRICS.connections.dec();
-            self.directory.do_send(ConnectionClosed { conn: self.id });
-        }
+        self.disconnect_socket();
         log::debug!("connection {} closed", self.id);
     }
 }
@@ -964,15 +1005,16 @@ impl Handler<UpgradeFrame> for Connection {
 }
 
 impl Handler<UpgradeStart> for Connection {
-    type Result = Result<(), TransportError>;
+    type Result = Result<(), (TransportError, crate::http::websocket::WsSink)>;
 
     fn handle(&mut self, msg: UpgradeStart, _: &mut Self::Context) -> Self::Result {
         match &mut self.transport {
-            Transport::Polling { probe, .. } if probe.is_none() && !self.closing => {
+            _ if self.closing => Err((TransportError::Closed, msg.sink)),
+            Transport::Polling { probe, .. } if probe.is_none() => {
                 *probe = Some(msg.sink);
                 Ok(())
             }
-            _ => Err(TransportError::WrongTransport),
+            _ => Err((TransportError::WrongTransport, msg.sink)),
         }
     }
 }
@@ -1009,7 +1051,7 @@ impl Handler<PostPackets> for Connection {
                 self.on_text(ctx, packet);
             }
         }
-        if self.closing {
+        if self.closing && !self.client_closed {
             Err(TransportError::Violation)
         } else {
             Ok(())

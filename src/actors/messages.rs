@@ -502,9 +502,10 @@ pub struct PostPackets {
     pub body: String,
 }
 
-/// A WebSocket opened for an existing polling session (the upgrade probe).
+/// A WebSocket opened for an existing polling session (the upgrade probe). Refused, the
+/// sink comes back (the caller closes that WebSocket).
 #[derive(Message)]
-#[rtype(result = "Result<(), TransportError>")]
+#[rtype(result = "Result<(), (TransportError, crate::http::websocket::WsSink)>")]
 pub struct UpgradeStart {
     pub sink: crate::http::websocket::WsSink,
 }

@@ -12,6 +12,7 @@ use crate::actors::persistence::StoreHealth;
 use crate::config::{CorsConfig, Settings};
 use crate::hooks::Hooks;
 use actix::prelude::*;
+use actix_http::ws::CloseCode;
 use actix_web::body::BodyStream;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -42,10 +43,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/socket.io/")
             .route(web::get().to(socket_io_get))
             .route(web::post().to(socket_io_post))
-            .default_service(web::to(|| async {
-                HttpResponse::MethodNotAllowed()
-                    .json(serde_json::json!({ "code": 2, "message": "Bad handshake method" }))
-            })),
+            // As the reference server: any other method is a bad handshake (HTTP 400).
+            .default_service(web::to(|| async { eio_error(2, "Bad handshake method") })),
     )
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
@@ -206,28 +205,31 @@ async fn websocket(
                 conn
             });
         }
-        Some(addr) => {
-            if let Err(e) = addr
-                .send(UpgradeStart { sink })
-                .await
-                .unwrap_or(Err(TransportError::Closed))
-            {
-                return transport_error(e);
-            }
-            // The session's actor may live on another worker: forward what the socket says.
-            actix_rt::spawn(async move {
-                while let Some(msg) = inbound.next().await {
-                    let closing = matches!(msg, Ok(WsMessage::Close) | Err(_));
-                    addr.do_send(UpgradeFrame { msg });
-                    if closing {
-                        return;
+        Some(addr) => match addr.send(UpgradeStart { sink }).await {
+            Ok(Ok(())) => {
+                // The session's actor may live on another worker: forward what the socket
+                // says.
+                actix_rt::spawn(async move {
+                    while let Some(msg) = inbound.next().await {
+                        let closing = matches!(msg, Ok(WsMessage::Close) | Err(_));
+                        addr.do_send(UpgradeFrame { msg });
+                        if closing {
+                            return;
+                        }
                     }
-                }
-                addr.do_send(UpgradeFrame {
-                    msg: Ok(WsMessage::Close),
+                    addr.do_send(UpgradeFrame {
+                        msg: Ok(WsMessage::Close),
+                    });
                 });
-            });
-        }
+            }
+            // Upgraded already, or being upgraded: as the reference server, this WebSocket is
+            // accepted and closed at once; the session is left alone.
+            Ok(Err((TransportError::WrongTransport, mut sink))) => {
+                sink.close(CloseCode::Normal, "the session is upgraded already");
+            }
+            Ok(Err((e, _))) => return transport_error(e),
+            Err(_) => return transport_error(TransportError::Closed),
+        },
     }
     match response.message_body(BodyStream::new(body)) {
         Ok(response) => HttpResponse::from(response.map_into_boxed_body()),
