@@ -117,8 +117,6 @@ pub enum Transport {
         queue: PollingQueue,
         /// A WebSocket being probed for the upgrade (`2probe` … `5`).
         probe: Option<WsSink>,
-        /// Where the session is registered, to leave on close.
-        sessions: Sessions,
     },
 }
 
@@ -132,6 +130,8 @@ pub struct Connection {
     settings: Arc<Settings>,
     directory: Addr<Directory>,
     transport: Transport,
+    /// Where the session is registered by sid (whatever its transport), to leave on close.
+    sessions: Sessions,
     /// The session is closing: further input is ignored.
     closing: bool,
     /// Set once the Socket.IO CONNECT was accepted.
@@ -165,6 +165,7 @@ impl Connection {
         directory: Addr<Directory>,
         hooks: Arc<dyn Hooks>,
         transport: Transport,
+        sessions: Sessions,
     ) -> Self {
         let limits = &settings.config.limits;
         Connection {
@@ -179,6 +180,7 @@ impl Connection {
             settings,
             directory,
             transport,
+            sessions,
             hooks,
             closing: false,
             identity: None,
@@ -895,18 +897,14 @@ impl Actor for Connection {
     fn stopped(&mut self, _: &mut Self::Context) {
         match &mut self.transport {
             Transport::WebSocket(sink) => sink.close(CloseCode::Normal, "connection closed"),
-            Transport::Polling {
-                queue,
-                probe,
-                sessions,
-            } => {
+            Transport::Polling { queue, probe } => {
                 queue.answer_waiting(engineio::CLOSE);
                 if let Some(probe) = probe {
                     probe.close(CloseCode::Normal, "connection closed");
                 }
-                sessions.remove(&self.sid);
             }
         }
+        self.sessions.remove(&self.sid);
         self.disconnect_socket();
         log::debug!("connection {} closed", self.id);
     }
@@ -965,9 +963,8 @@ impl Connection {
                     let _ = sink.text(&frame);
                 }
                 queue.answer_waiting(engineio::NOOP);
-                if let Transport::Polling { sessions, .. } = &self.transport {
-                    sessions.remove(&self.sid);
-                }
+                // The sid stays registered: later polling requests get 400 Bad request, a
+                // second WebSocket is closed at once.
                 self.transport = Transport::WebSocket(sink);
                 log::debug!("connection {} upgraded to websocket", self.id);
             }

@@ -116,10 +116,8 @@ fn text(body: String) -> HttpResponse {
 
 fn transport_error(e: TransportError) -> HttpResponse {
     match e {
-        TransportError::WrongTransport => {
-            eio_error(3, "Bad request: wrong transport for this session")
-        }
-        TransportError::Violation => eio_error(3, "Bad request: the session was closed"),
+        // The reference server's words exactly: clients match on them.
+        TransportError::WrongTransport | TransportError::Violation => eio_error(3, "Bad request"),
         TransportError::Closed => eio_error(1, "Session ID unknown"),
     }
 }
@@ -132,6 +130,7 @@ fn new_connection(state: &AppState, sid: String, transport: Transport) -> Connec
         state.directory.clone(),
         state.hooks.clone(),
         transport,
+        state.sessions.clone(),
     )
 }
 
@@ -155,7 +154,6 @@ async fn socket_io_get(
             let transport = Transport::Polling {
                 queue: Default::default(),
                 probe: None,
-                sessions: state.sessions.clone(),
             };
             let conn = new_connection(&state, sid.clone(), transport);
             let addr = conn.start();
@@ -192,15 +190,20 @@ async fn websocket(
 ) -> HttpResponse {
     let mut response = match actix_http::ws::handshake(req.head()) {
         Ok(response) => response,
-        Err(e) => return eio_error(3, &format!("Bad request: {e}")),
+        Err(_) => return eio_error(3, "Bad request"),
     };
     let server = &state.settings.config.server;
     let (sink, body) = WsSink::new(server.max_outbound_bytes);
     let mut inbound = WsInbound::new(payload, server.max_payload as usize);
     match upgrade {
         None => {
-            let conn = new_connection(state, new_sid(), Transport::WebSocket(sink));
+            let sid = new_sid();
+            let conn = new_connection(state, sid.clone(), Transport::WebSocket(sink));
+            // Registered like a polling session: a polling request with this sid gets 400 Bad
+            // request, a further WebSocket is closed at once.
+            let sessions = state.sessions.clone();
             Connection::create(move |ctx| {
+                sessions.insert(sid, ctx.address());
                 ctx.add_stream(inbound);
                 conn
             });
@@ -246,7 +249,7 @@ async fn socket_io_post(
     let sid = match check_query(&req) {
         Ok((Kind::Polling, Some(sid))) => sid,
         Ok((Kind::Polling, None)) => return eio_error(2, "Bad handshake method"),
-        Ok((Kind::WebSocket, _)) => return eio_error(3, "Bad request: POST is for polling"),
+        Ok((Kind::WebSocket, _)) => return eio_error(3, "Bad request"),
         Err((code, message)) => return eio_error(code, message),
     };
     let Some(session) = state.sessions.get(&sid) else {
@@ -257,7 +260,7 @@ async fn socket_io_post(
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let Ok(chunk) = chunk else {
-            return eio_error(3, "Bad request: body unreadable");
+            return eio_error(3, "Bad request");
         };
         if body.len() + chunk.len() > max {
             session.addr.do_send(CloseSession {
@@ -272,7 +275,7 @@ async fn socket_io_post(
         session.addr.do_send(CloseSession {
             reason: "POST body is not UTF-8",
         });
-        return eio_error(3, "Bad request: body is not UTF-8");
+        return eio_error(3, "Bad request");
     };
     match polling::post(&session, body).await {
         Ok(()) => HttpResponse::Ok().content_type("text/html").body("ok"),
