@@ -150,10 +150,13 @@ pub struct Connection {
     awaiting_pong: bool,
     triggers: RateLimit,
     history_reads: RateLimit,
-    /// Binary attachments still to be skipped, and the ack id of their refused packet.
-    skipping_binary: Option<(u32, Option<u64>)>,
+    /// Binary attachments still to be skipped, the ack id of their refused packet, and
+    /// whether it was an event (answered with an error) rather than an ack (ignored).
+    skipping_binary: Option<(u32, Option<u64>, bool)>,
     /// The client closed the session (Engine.IO close packet).
     client_closed: bool,
+    /// Closes the connection if no CONNECT comes in time (after the handshake or a `41`).
+    connect_timer: Option<SpawnHandle>,
 }
 
 impl Connection {
@@ -191,6 +194,7 @@ impl Connection {
             awaiting_pong: false,
             skipping_binary: None,
             client_closed: false,
+            connect_timer: None,
         }
     }
 
@@ -291,10 +295,27 @@ impl Connection {
     }
 
     fn on_socketio(&mut self, ctx: &mut Context<Self>, data: &str, frame_len: usize) {
+        if self.skipping_binary.is_some() {
+            return self.violation(ctx, "a text packet while binary attachments are due");
+        }
         let packet = match socketio::decode(data) {
             Ok(packet) => packet,
             Err(e) => return self.violation(ctx, &e.to_string()),
         };
+        // As the reference server: only `/` can be connected, and only a CONNECT may come
+        // while it is not; a CONNECT while it is, or any packet for another namespace, is an
+        // invalid state.
+        let connected = self.identity.is_some();
+        match packet.kind {
+            SioKind::Connect if connected && packet.nsp == "/" => {
+                return self.violation(ctx, "CONNECT on a namespace already connected");
+            }
+            SioKind::Connect => {}
+            _ if !connected || packet.nsp != "/" => {
+                return self.violation(ctx, "a packet for a namespace that is not connected");
+            }
+            _ => {}
+        }
         match packet.kind {
             SioKind::Connect => self.on_connect(ctx, packet),
             SioKind::Event => {
@@ -307,13 +328,14 @@ impl Connection {
                 if self.identity.is_none() {
                     return self.violation(ctx, "event before CONNECT");
                 }
-                let ack = (packet.kind == SioKind::BinaryEvent)
-                    .then_some(packet.id)
-                    .flatten();
-                if packet.attachments == 0 {
+                // A binary event is refused once its attachments are in (and dropped); a
+                // binary ack answers nothing the server asked, so it is ignored, as `43…` is.
+                let event = packet.kind == SioKind::BinaryEvent;
+                let ack = event.then_some(packet.id).flatten();
+                if packet.attachments > 0 {
+                    self.skipping_binary = Some((packet.attachments, ack, event));
+                } else if event {
                     self.refuse_binary(ctx, ack);
-                } else {
-                    self.skipping_binary = Some((packet.attachments, ack));
                 }
             }
             // The server never asks for acks, so there is nothing to match them with.
@@ -331,12 +353,21 @@ impl Connection {
         }
         self.disconnect_socket();
         log::debug!("connection {} left the namespace", self.id);
+        self.start_connect_timer(ctx);
+    }
+
+    /// Closes the connection unless a CONNECT comes within `server.connectTimeout`.
+    fn start_connect_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.connect_timer.take() {
+            ctx.cancel_future(timer);
+        }
         let connect_timeout = Duration::from_millis(self.settings.config.server.connect_timeout);
-        ctx.run_later(connect_timeout, |act, ctx| {
+        self.connect_timer = Some(ctx.run_later(connect_timeout, |act, ctx| {
+            act.connect_timer = None;
             if act.identity.is_none() && !act.closing {
                 act.close(ctx, CloseCode::Policy, "no Socket.IO CONNECT in time");
             }
-        });
+        }));
     }
 
     /// Ends the Socket.IO session on this connection: its rooms, its identity, its requests.
@@ -362,10 +393,14 @@ impl Connection {
 
     fn on_binary(&mut self, ctx: &mut Context<Self>) {
         match self.skipping_binary {
-            Some((left, ack)) if left > 1 => self.skipping_binary = Some((left - 1, ack)),
-            Some((_, ack)) => {
+            Some((left, ack, event)) if left > 1 => {
+                self.skipping_binary = Some((left - 1, ack, event))
+            }
+            Some((_, ack, event)) => {
                 self.skipping_binary = None;
-                self.refuse_binary(ctx, ack);
+                if event {
+                    self.refuse_binary(ctx, ack);
+                }
             }
             None => self.violation(ctx, "unexpected binary frame"),
         }
@@ -376,8 +411,8 @@ impl Connection {
             let frame = socketio::encode_connect_error(&packet.nsp, "Invalid namespace");
             return self.send(ctx, frame.into());
         }
-        if self.identity.is_some() {
-            return; // already connected: a repeated CONNECT changes nothing
+        if let Some(timer) = self.connect_timer.take() {
+            ctx.cancel_future(timer);
         }
         let identity = match self
             .hooks
@@ -884,14 +919,9 @@ impl Actor for Connection {
             max_payload: server.max_payload,
         });
         let interval = Duration::from_millis(server.ping_interval);
-        let connect_timeout = Duration::from_millis(server.connect_timeout);
         self.send(ctx, open.into());
         ctx.run_interval(interval, |act, ctx| act.heartbeat(ctx));
-        ctx.run_later(connect_timeout, |act, ctx| {
-            if act.identity.is_none() {
-                act.close(ctx, CloseCode::Policy, "no Socket.IO CONNECT in time");
-            }
-        });
+        self.start_connect_timer(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

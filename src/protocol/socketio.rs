@@ -32,6 +32,19 @@ pub struct SioPacket {
     pub data: Option<Value>,
 }
 
+/// Most binary attachments one packet may announce (the reference parser's `maxAttachments`).
+pub const MAX_ATTACHMENTS: u32 = 10;
+
+/// Event names reserved by Socket.IO: an EVENT packet may not carry them.
+pub const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
 /// Why a string is not a valid Socket.IO packet.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SioDecodeError {
@@ -41,6 +54,8 @@ pub enum SioDecodeError {
     UnknownType(char),
     #[error("bad attachment count")]
     BadAttachments,
+    #[error("more than {MAX_ATTACHMENTS} binary attachments")]
+    TooManyAttachments,
     #[error("ack id out of range")]
     BadAckId,
     #[error("payload is not valid JSON: {0}")]
@@ -75,6 +90,9 @@ pub fn decode(input: &str) -> Result<SioPacket, SioDecodeError> {
         attachments = rest[..dash]
             .parse::<u32>()
             .map_err(|_| SioDecodeError::BadAttachments)?;
+        if attachments > MAX_ATTACHMENTS {
+            return Err(SioDecodeError::TooManyAttachments);
+        }
         rest = &rest[dash + 1..];
     }
 
@@ -117,7 +135,7 @@ pub fn decode(input: &str) -> Result<SioPacket, SioDecodeError> {
         (SioKind::Disconnect, None) => true,
         (SioKind::ConnectError, Some(Value::Object(_) | Value::String(_))) => true,
         (SioKind::Event | SioKind::BinaryEvent, Some(Value::Array(items))) => {
-            matches!(items.first(), Some(Value::String(_)))
+            matches!(items.first(), Some(Value::String(name)) if !RESERVED_EVENTS.contains(&name.as_str()))
         }
         (SioKind::Ack | SioKind::BinaryAck, Some(Value::Array(_))) => id.is_some(),
         _ => false,
@@ -316,6 +334,15 @@ mod tests {
             decode(r#"3["no id"]"#),
             Err(SioDecodeError::InvalidPayload(SioKind::Ack))
         );
+        assert_eq!(
+            decode(r#"2["connect"]"#),
+            Err(SioDecodeError::InvalidPayload(SioKind::Event))
+        );
+        assert_eq!(
+            decode(r#"511-["x"]"#),
+            Err(SioDecodeError::TooManyAttachments)
+        );
+        assert_eq!(decode(r#"510-["x"]"#).map(|p| p.attachments), Ok(10));
         assert_eq!(decode("5[\"x\"]"), Err(SioDecodeError::BadAttachments));
         assert_eq!(decode("5a-[\"x\"]"), Err(SioDecodeError::BadAttachments));
         assert_eq!(
