@@ -11,6 +11,11 @@ use std::sync::Arc;
 pub use crate::protocol::storable::MAX_USER_ID;
 use crate::protocol::storable::USER_ID;
 
+/// Shortest HS256 secret accepted, in bytes.
+pub const MIN_HS256_SECRET: usize = 32;
+/// Clock skew allowed between the token's issuer and this server, for `exp` and `nbf`.
+pub const JWT_LEEWAY_SECONDS: u64 = 5;
+
 /// Who a connection is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
@@ -29,6 +34,13 @@ impl Identity {
             claims: Value::Object(Default::default()),
             trusted: false,
         }
+    }
+
+    /// When the session must end: the token's `exp` (plus the allowed clock skew), in
+    /// milliseconds since the Unix epoch; `None` without one (open mode).
+    pub fn expires_at_ms(&self) -> Option<i64> {
+        let exp = self.claims.get("exp")?.as_f64()?;
+        Some((exp * 1000.0) as i64 + JWT_LEEWAY_SECONDS as i64 * 1000)
     }
 
     /// The identity of server-side callers (the HTTP API), recorded as `user_id`.
@@ -65,6 +77,16 @@ impl Authenticator {
                                 "auth.jwt.secret".to_owned(),
                                 "HS256 needs a secret (or DIALOGUE_JWT_SECRET)".to_owned(),
                             ))?;
+                        if secret.len() < MIN_HS256_SECRET {
+                            return Err((
+                                "auth.jwt.secret".to_owned(),
+                                format!(
+                                    "an HS256 secret must be at least {MIN_HS256_SECRET} bytes \
+                                     (256 bits, RFC 7518 §3.2); this one is {}",
+                                    secret.len()
+                                ),
+                            ));
+                        }
                         (
                             Algorithm::HS256,
                             DecodingKey::from_secret(secret.as_bytes()),
@@ -99,7 +121,8 @@ impl Authenticator {
                 };
                 let mut validation = Validation::new(algorithm);
                 validation.set_required_spec_claims(&["exp", "sub"]);
-                validation.leeway = 5;
+                validation.leeway = JWT_LEEWAY_SECONDS;
+                validation.validate_nbf = true;
                 if let Some(issuer) = &jwt.issuer {
                     validation.set_issuer(&[issuer]);
                 }
@@ -223,13 +246,13 @@ mod tests {
     fn jwt_sub_must_be_a_storable_user_id() {
         let auth: AuthConfig = serde_json::from_value(json!({
             "mode": "jwt",
-            "jwt": { "algorithm": "HS256", "secret": "s3cret" }
+            "jwt": { "algorithm": "HS256", "secret": "s3cret-0123456789-0123456789-0123" }
         }))
         .unwrap();
         let a = Authenticator::from_config(&auth).unwrap();
         let sign = |sub: &str| {
             let claims = json!({ "sub": sub, "exp": 4_000_000_000u64 });
-            let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
+            let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret-0123456789-0123456789-0123");
             jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
         };
         let id = a

@@ -60,6 +60,9 @@ fn main() -> ExitCode {
                         c.server.port,
                         c.database.url
                     );
+                    for warning in settings.warnings() {
+                        println!("warning: {warning}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

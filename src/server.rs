@@ -38,6 +38,14 @@ pub async fn run_with_hooks(
 ) -> std::io::Result<()> {
     let settings = Arc::new(settings);
     let server_cfg = &settings.config.server;
+    if settings.config.auth.mode == crate::config::AuthMode::Open {
+        log::warn!(
+            "auth.mode is open: user ids are self-asserted by clients (auth.userId); use auth.mode: jwt to verify them"
+        );
+    }
+    for warning in settings.warnings() {
+        log::warn!("{warning}");
+    }
 
     let db_url = settings.config.database.url.clone();
     let db = store::connect(&db_url).await.map_err(|e| {

@@ -174,3 +174,65 @@ fn config_schema_is_printed() {
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(schema["properties"]["rooms"].is_object(), "{schema}");
 }
+
+/// An HS256 secret shorter than 256 bits (or empty) is refused at start-up, naming the key.
+#[test]
+fn serve_refuses_a_short_jwt_secret() {
+    for secret in ["", "change-me"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        let config = format!(
+            "database: {{ url: \"sqlite://{}?mode=rwc\" }}\nauth: {{ mode: jwt, jwt: {{ algorithm: HS256, secret: \"{secret}\" }} }}\n{GOOD}",
+            dir.path().join("d.db").display()
+        );
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_dialogue"))
+            .arg("serve")
+            .env("DIALOGUE_CONFIG", &path)
+            .env("PORT", "0")
+            .env_remove("DIALOGUE_JWT_SECRET")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "secret {secret:?} was accepted: {stderr}"
+        );
+        assert!(stderr.contains("auth.jwt.secret"), "{stderr}");
+    }
+}
+
+/// Open mode with access rules: valid, but check-config warns that ids are self-asserted.
+#[test]
+fn check_config_warns_about_rules_in_open_mode() {
+    let yaml = GOOD.replace(
+        "    defaultSubscriptions: [message]\n",
+        "    defaultSubscriptions: [message]\n    access: { join: { users: [alice] } }\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open.yaml");
+    std::fs::write(
+        &path,
+        format!("auth: {{ mode: open, admin: {{ users: [root] }} }}\n{yaml}"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dialogue"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("warning: auth.admin"), "{stdout}");
+    assert!(stdout.contains("warning: rooms.general.access"), "{stdout}");
+    // Without rules, no warning.
+    let plain = dir.path().join("plain.yaml");
+    std::fs::write(&plain, GOOD).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dialogue"))
+        .arg("check-config")
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+}

@@ -370,6 +370,31 @@ impl Connection {
         }));
     }
 
+    /// Ends the Socket.IO session when its token expires: the client gets `dialogue:error`
+    /// PERMISSION_DENIED and a server-side `41` (socket.io-client: "io server disconnect"); the
+    /// connection stays, so the client may CONNECT again with a fresh token.
+    fn expire_at(&mut self, ctx: &mut Context<Self>, expires_ms: i64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let delay = Duration::from_millis(expires_ms.saturating_sub(now).max(0) as u64);
+        let socket = self.socket_id.clone();
+        ctx.run_later(delay, move |act, ctx| {
+            if act.identity.is_none() || act.socket_id != socket || act.closing {
+                return; // that session ended already
+            }
+            log::info!("connection {}: the token expired", act.id);
+            let error = DialogueError::new(
+                ErrorCode::PermissionDenied,
+                "the token expired; connect again with a fresh token",
+            );
+            act.reply_error(ctx, None, &error);
+            act.send(ctx, socketio::encode_disconnect("/").into());
+            act.disconnect_socket();
+            act.start_connect_timer(ctx);
+        });
+    }
+
     /// Ends the Socket.IO session on this connection: its rooms, its identity, its requests.
     fn disconnect_socket(&mut self) {
         for room in self.rooms.values() {
@@ -434,6 +459,9 @@ impl Connection {
             }
         };
         let user_id = identity.user_id.clone();
+        if let Some(expires) = identity.expires_at_ms() {
+            self.expire_at(ctx, expires);
+        }
         self.hooks.on_connected(&identity);
         self.identity = Some(identity);
         crate::metrics::METRICS.connections.inc();

@@ -79,6 +79,39 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Settings {
+    /// What is valid but probably not meant: access rules that open mode cannot enforce
+    /// (there, clients assert their own user id and carry no claims).
+    pub fn warnings(&self) -> Vec<String> {
+        let c = &self.config;
+        let mut out = Vec::new();
+        if c.auth.mode != AuthMode::Open {
+            return out;
+        }
+        let ruled = |rule: &Option<AccessRule>| rule.is_some();
+        if ruled(&c.auth.admin) {
+            out.push(
+                "auth.admin: in open mode user ids are self-asserted and carry no claims, so \
+                 anyone can claim to be an admin listed by id (use auth.mode: jwt)"
+                    .to_owned(),
+            );
+        }
+        if ruled(&c.auth.create_rooms) {
+            out.push(
+                "auth.createRooms: in open mode user ids are self-asserted (use auth.mode: jwt)"
+                    .to_owned(),
+            );
+        }
+        for (id, room) in &c.rooms {
+            if room.access.join.is_some() || !room.access.trigger.is_empty() {
+                out.push(format!(
+                    "rooms.{id}.access: in open mode user ids are self-asserted, so these rules \
+                     do not keep anyone out (use auth.mode: jwt)"
+                ));
+            }
+        }
+        out
+    }
+
     /// Reads, parses and validates `path`, then applies `PORT` and `DATABASE_URL`.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {

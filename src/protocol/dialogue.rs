@@ -215,7 +215,12 @@ pub fn history_range(
                 return Err(DialogueError::invalid("limit goes with before"));
             }
             let start = start.unwrap_or(0);
-            let end = end.unwrap_or(start + DEFAULT_HISTORY_PAGE);
+            let end = match end {
+                Some(end) => end,
+                None => start
+                    .checked_add(DEFAULT_HISTORY_PAGE)
+                    .ok_or_else(|| DialogueError::invalid("start is out of range"))?,
+            };
             if end < start {
                 return Err(DialogueError::invalid("end must not be below start"));
             }
@@ -439,6 +444,10 @@ mod tests {
         assert!(history_range(Some(0), None, Some(3), None).is_err());
         assert!(history_range(None, None, Some(3), Some(0)).is_err());
         assert!(history_range(None, None, None, Some(3)).is_err());
+        // Client-given numbers near 2^64 are refused, never overflowed.
+        assert!(history_range(Some(u64::MAX - 10), None, None, None).is_err());
+        assert!(history_range(Some(u64::MAX - 10), Some(u64::MAX), None, None).is_ok());
+        assert!(history_range(None, None, Some(u64::MAX), Some(1000)).is_ok());
     }
 
     #[test]

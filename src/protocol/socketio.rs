@@ -158,6 +158,16 @@ pub fn encode_connect(sid: &str) -> String {
     format!("40{}", serde_json::json!({ "sid": sid }))
 }
 
+/// `41`: the server ends the client's session on the namespace; socket.io-client does not
+/// reconnect by itself ("io server disconnect").
+pub fn encode_disconnect(nsp: &str) -> String {
+    if nsp == "/" {
+        "41".to_owned()
+    } else {
+        format!("41{nsp},")
+    }
+}
+
 /// `44<nsp>,{"message":…}`: a CONNECT refused.
 pub fn encode_connect_error(nsp: &str, message: &str) -> String {
     let body = serde_json::json!({ "message": message });

@@ -143,6 +143,31 @@ phase("api: JWT mode accepts a good token and refuses bad ones", async () => {
   assert.match(await refused(sign({ role: "member" })), /invalid token/); // no sub
 });
 
+phase("api: a token not valid yet (nbf) is refused", async () => {
+  const now = Math.floor(Date.now() / 1000);
+  assert.match(await refused(sign({ sub: "early", nbf: now + 3600 })), /invalid token.*mmature|invalid token/i);
+  const ok = await connectToken(sign({ sub: "on-time", nbf: now - 60 }));
+  await ok.waitFor("dialogue:connected");
+  ok.close();
+});
+
+phase("api: the session ends when the token expires; a fresh token connects again", async () => {
+  // exp is checked during the session too (after the 5 s clock-skew leeway): the client gets
+  // PERMISSION_DENIED and a server disconnect, and does not reconnect by itself.
+  const now = Math.floor(Date.now() / 1000);
+  const c = await connectToken(sign({ sub: "short-lived", exp: now + 1 }));
+  await c.waitFor("dialogue:connected");
+  const reason = new Promise((resolve) => c.socket.once("disconnect", resolve));
+  const err = await c.waitFor("dialogue:error", (e) => e.code === "PERMISSION_DENIED", 12_000);
+  assert.match(err.message, /token expired/);
+  assert.equal(await reason, "io server disconnect");
+  // The same client, a fresh token: connected again.
+  c.socket.auth = { token: sign({ sub: "short-lived" }) };
+  c.socket.connect();
+  await c.waitFor("dialogue:connected", (x) => x.userId === "short-lived", 5000);
+  c.close();
+});
+
 phase("api: access rules allow and deny as configured", async () => {
   const guest = await connectToken(sign({ sub: "guest-1", role: "guest" }));
   const staff = await connectToken(sign({ sub: "staff-1", role: ["staff"] }));
