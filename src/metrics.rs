@@ -180,4 +180,20 @@ impl EventCounters {
             validation_failures: m.validation_failures.with_label_values(&[room, event]),
         }
     }
+
+    /// Drops the series of a deleted room's event, so deleted rooms do not accumulate.
+    pub fn remove(room: &str, event: &str) {
+        let m = &*METRICS;
+        for vec in [&m.triggered, &m.delivered, &m.validation_failures] {
+            let _ = vec.remove_label_values(&[room, event]);
+        }
+    }
+}
+
+/// Drops the series of a deleted room.
+pub fn remove_room(room: &str, events: impl Iterator<Item = impl AsRef<str>>) {
+    for event in events {
+        EventCounters::remove(room, event.as_ref());
+    }
+    let _ = METRICS.joins.remove_label_values(&[room]);
 }

@@ -357,6 +357,7 @@ impl RoomActor {
         }
         self.members.clear();
         self.set_size();
+        crate::metrics::remove_room(&self.shared.id, self.events.keys());
         let release = self.persistence.release.send(ReleaseRoom {
             room_id: self.shared.id.clone(),
             owner: self.owner.clone(),

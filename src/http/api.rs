@@ -187,10 +187,35 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<
     })
 }
 
+/// Reads a request body of at most `limit` bytes; a larger one is answered 413 with the JSON
+/// error (and not read further).
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, HttpResponse> {
+    use futures_util::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            error(&DialogueError::invalid(format!(
+                "the body could not be read: {e}"
+            )))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(error(&DialogueError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the body is over {limit} bytes"),
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Room bodies are small: names, descriptions and lists of event names.
+const MAX_ROOM_BODY: usize = 64 * 1024;
+
 async fn trigger(
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
@@ -198,12 +223,11 @@ async fn trigger(
     }
     let (room_id, event) = path.into_inner();
     let max = state.settings.config.limits.max_payload_bytes;
-    if body.len() > max.saturating_add(4096) {
-        return error(&DialogueError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the body is {} bytes; the limit is {max}", body.len()),
-        ));
-    }
+    // data + meta may be `max` bytes; `from` and the JSON around them get a little more.
+    let body = match read_body(payload, max.saturating_add(4096)).await {
+        Ok(body) => body,
+        Err(r) => return r,
+    };
     let body: TriggerBody = match parse_json(&body, "{data, from?, meta?}") {
         Ok(b) => b,
         Err(r) => return r,
@@ -275,12 +299,16 @@ struct CreateRoomBody {
 
 async fn create_room(
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
         return r;
     }
+    let body = match read_body(payload, MAX_ROOM_BODY).await {
+        Ok(body) => body,
+        Err(r) => return r,
+    };
     let body: CreateRoomBody = match parse_json(
         &body,
         "{id, name, description?, maxSize?, events?, defaultSubscriptions?, syncHistoryOnJoin?}",

@@ -143,6 +143,34 @@ phase("api: JWT mode accepts a good token and refuses bad ones", async () => {
   assert.match(await refused(sign({ role: "member" })), /invalid token/); // no sub
 });
 
+phase("api: bodies are bounded by limits.maxPayloadBytes, answered with the JSON error", async () => {
+  // 300 KB of data is within the default 1,000,000-byte limit (the HTTP layer's own 256 KiB
+  // default does not apply).
+  const big = "x".repeat(300_000);
+  const ok = await api("/api/rooms/lounge/events/message", { method: "POST", body: { data: { text: big, username: "ops" } } });
+  assert.equal(ok.status, 201, await ok.clone().text().then((t) => t.slice(0, 200)));
+  assert.equal((await ok.json()).data.text.length, 300_000);
+  const huge = await api("/api/rooms/lounge/events/message", { method: "POST", body: { data: { text: "y".repeat(1_100_000), username: "ops" } } });
+  assert.equal(huge.status, 413);
+  const err = await huge.json();
+  assert.equal(err.code, "PAYLOAD_TOO_LARGE");
+  assert.equal(typeof err.message, "string");
+  const room = await api("/api/rooms", { method: "POST", body: { id: "big-room", name: "n".repeat(70_000) } });
+  assert.equal(room.status, 413);
+  assert.equal((await room.json()).code, "PAYLOAD_TOO_LARGE");
+});
+
+phase("api: a deleted room's metric series are removed", async () => {
+  const created = await api("/api/rooms", { method: "POST", body: { id: "ephemeral", name: "Ephemeral" } });
+  assert.equal(created.status, 201);
+  const sent = await api("/api/rooms/ephemeral/events/message", { method: "POST", body: { data: { text: "hi", username: "ops" } } });
+  assert.equal(sent.status, 201);
+  const metrics = async () => (await fetch(`${URL}/metrics`)).text();
+  assert.match(await metrics(), /room="ephemeral"/);
+  assert.equal((await api("/api/rooms/ephemeral", { method: "DELETE" })).status, 200);
+  assert.doesNotMatch(await metrics(), /room="ephemeral"/);
+});
+
 phase("api: a token not valid yet (nbf) is refused", async () => {
   const now = Math.floor(Date.now() / 1000);
   assert.match(await refused(sign({ sub: "early", nbf: now + 3600 })), /invalid token.*mmature|invalid token/i);
