@@ -49,7 +49,8 @@ fn core_behaviour_with_socket_io_client() {
 
 const LIMITS_CONFIG: &str = r#"
 server: { host: 127.0.0.1, port: 0 }
-limits: { triggersPerSecond: 5, historyRequestsPerMinute: 3 }
+limits: { triggersPerSecond: 5, historyRequestsPerMinute: 3, roomsPerMinute: 2, maxRuntimeRooms: 3,
+  maxRoomNameBytes: 20, maxRoomDescriptionBytes: 50 }
 events:
   message:
     schema: { type: object, required: [text] }

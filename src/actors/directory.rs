@@ -34,6 +34,10 @@ pub struct Directory {
     next_arbiter: usize,
     persistence: PersistenceLink,
     hooks: Arc<dyn Hooks>,
+    /// Ids of the rooms created at run time (bounded by `limits.maxRuntimeRooms`).
+    runtime_rooms: std::collections::HashSet<String>,
+    /// Rooms created per user in the current minute (`limits.roomsPerMinute`).
+    created_by_user: HashMap<Arc<str>, (std::time::Instant, u32)>,
 }
 
 impl Directory {
@@ -52,6 +56,8 @@ impl Directory {
             arbiters,
             next_arbiter: 0,
             persistence,
+            runtime_rooms: Default::default(),
+            created_by_user: HashMap::new(),
         };
         for (id, room) in &settings.config.rooms {
             let shared = RoomShared {
@@ -175,6 +181,23 @@ impl Handler<CreateRoom> for Directory {
         if msg.name.is_empty() {
             return Err(DialogueError::invalid("a room needs a non-empty name"));
         }
+        let limits = &self.settings.config.limits;
+        if msg.name.len() > limits.max_room_name_bytes {
+            return Err(DialogueError::invalid(format!(
+                "a room name is at most {} bytes (limits.maxRoomNameBytes)",
+                limits.max_room_name_bytes
+            )));
+        }
+        if msg
+            .description
+            .as_ref()
+            .is_some_and(|d| d.len() > limits.max_room_description_bytes)
+        {
+            return Err(DialogueError::invalid(format!(
+                "a room description is at most {} bytes (limits.maxRoomDescriptionBytes)",
+                limits.max_room_description_bytes
+            )));
+        }
         if msg.max_size == Some(0) {
             return Err(DialogueError::invalid("maxSize must be at least 1"));
         }
@@ -184,6 +207,41 @@ impl Handler<CreateRoom> for Directory {
                 ErrorCode::RoomExists,
                 format!("room '{id}' already exists"),
             ));
+        }
+        if limits.max_runtime_rooms > 0 && self.runtime_rooms.len() >= limits.max_runtime_rooms {
+            return Err(DialogueError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "the server holds its maximum of {} rooms created at run time \
+                     (limits.maxRuntimeRooms); delete one first",
+                    limits.max_runtime_rooms
+                ),
+            ));
+        }
+        if !msg.identity.trusted && limits.rooms_per_minute > 0 {
+            let now = std::time::Instant::now();
+            let minute = std::time::Duration::from_secs(60);
+            if self.created_by_user.len() > 10_000 {
+                self.created_by_user
+                    .retain(|_, (since, _)| now.duration_since(*since) < minute);
+            }
+            let entry = self
+                .created_by_user
+                .entry(msg.identity.user_id.clone())
+                .or_insert((now, 0));
+            if now.duration_since(entry.0) >= minute {
+                *entry = (now, 0);
+            }
+            if entry.1 >= limits.rooms_per_minute {
+                return Err(DialogueError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "at most {} rooms per minute per user (limits.roomsPerMinute)",
+                        limits.rooms_per_minute
+                    ),
+                ));
+            }
+            entry.1 += 1;
         }
         let catalog = &self.settings.events;
         let events = match msg.events {
@@ -230,6 +288,7 @@ impl Handler<CreateRoom> for Directory {
             size: AtomicUsize::new(0),
             ready: Default::default(),
         });
+        self.runtime_rooms.insert(id.to_owned());
         let info = shared.info();
         log::info!("room '{}' created by {}", info.id, msg_creator(&shared));
         self.hooks.on_room_created(&info);
@@ -261,6 +320,7 @@ impl Handler<DeleteRoom> for Directory {
                 &msg.room_id,
             ))));
         };
+        self.runtime_rooms.remove(&msg.room_id);
         // The room answers once its history is in the database.
         Box::pin(
             entry

@@ -194,6 +194,14 @@ pub struct LimitsConfig {
     pub max_payload_bytes: usize,
     pub history_requests_per_minute: u32,
     pub triggers_per_second: u32,
+    /// Rooms that may exist besides the configured ones (created at run time); 0 = unlimited.
+    pub max_runtime_rooms: usize,
+    /// Rooms one user may create per minute (the server API is not counted); 0 = unlimited.
+    pub rooms_per_minute: u32,
+    /// Longest room name accepted at run time, in bytes.
+    pub max_room_name_bytes: usize,
+    /// Longest room description accepted at run time, in bytes.
+    pub max_room_description_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -202,6 +210,10 @@ impl Default for LimitsConfig {
             max_payload_bytes: 1_000_000,
             history_requests_per_minute: 20,
             triggers_per_second: 50,
+            max_runtime_rooms: 1000,
+            rooms_per_minute: 10,
+            max_room_name_bytes: 100,
+            max_room_description_bytes: 1000,
         }
     }
 }

@@ -1,4 +1,6 @@
-// Per-connection rate limits (triggersPerSecond: 5, historyRequestsPerMinute: 3).
+// Per-connection rate limits (triggersPerSecond: 5, historyRequestsPerMinute: 3) and the bounds
+// on rooms created at run time (roomsPerMinute: 2, maxRuntimeRooms: 3, maxRoomNameBytes: 20,
+// maxRoomDescriptionBytes: 50).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connect } from "./helpers.mjs";
@@ -26,6 +28,38 @@ test("trigger and history rates are limited per connection with RATE_LIMITED", a
   for (let i = 0; i < 5; i++) reads.push(await a.request("dialogue:getHistory", { roomId: "general", eventName: "message" }));
   assert.deepEqual(reads.map((r) => r.ok), [true, true, true, false, false]);
   assert.equal(reads[3].code, "RATE_LIMITED");
+  a.close();
+  b.close();
+});
+
+test("rooms created at run time: bounded names and descriptions, a rate per user, a global cap", async () => {
+  const a = await connect("builder");
+  const b = await connect("other-builder");
+  const create = (c, id, extra = {}) => c.request("dialogue:createRoom", { id, name: `Room ${id}`, ...extra });
+
+  // Long names and descriptions are refused before anything is created or announced.
+  const longName = await create(a, "r-name", { name: "n".repeat(21) });
+  assert.deepEqual([longName.ok, longName.code], [false, "INVALID_REQUEST"]);
+  assert.match(longName.message, /maxRoomNameBytes/);
+  const longText = await create(a, "r-desc", { description: "d".repeat(51) });
+  assert.deepEqual([longText.ok, longText.code], [false, "INVALID_REQUEST"]);
+  await b.expectNone("dialogue:roomCreated", () => true, 200);
+
+  // Two per user per minute.
+  assert.equal((await create(a, "a1")).ok, true);
+  assert.equal((await create(a, "a2")).ok, true);
+  const third = await create(a, "a3");
+  assert.deepEqual([third.ok, third.code], [false, "RATE_LIMITED"]);
+  assert.match(third.message, /roomsPerMinute/);
+
+  // Three in all: another user gets one more, then the cap.
+  assert.equal((await create(b, "b1")).ok, true);
+  const capped = await create(b, "b2");
+  assert.deepEqual([capped.ok, capped.code], [false, "RATE_LIMITED"]);
+  assert.match(capped.message, /maxRuntimeRooms/);
+  // Deleting one makes room for another.
+  assert.equal((await b.request("dialogue:deleteRoom", { roomId: "b1" })).ok, true);
+  assert.equal((await create(b, "b2")).ok, true);
   a.close();
   b.close();
 });
