@@ -96,6 +96,9 @@ pub struct EventCatalog {
     defs: HashMap<String, Arc<EventDef>>,
     /// Durability of events no configuration declares (in `"*"` rooms).
     pub default_durability: Durability,
+    /// Distinct event names a `"*"` room keeps state for (`limits.maxEventTypesPerRoom`;
+    /// 0 = unlimited).
+    pub max_event_types_per_room: usize,
 }
 
 impl EventCatalog {

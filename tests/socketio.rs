@@ -50,13 +50,17 @@ fn core_behaviour_with_socket_io_client() {
 const LIMITS_CONFIG: &str = r#"
 server: { host: 127.0.0.1, port: 0 }
 limits: { triggersPerSecond: 5, historyRequestsPerMinute: 3, roomsPerMinute: 2, maxRuntimeRooms: 3,
-  maxRoomNameBytes: 20, maxRoomDescriptionBytes: 50 }
+  maxRoomNameBytes: 20, maxRoomDescriptionBytes: 50, maxEventTypesPerRoom: 3 }
 events:
   message:
     schema: { type: object, required: [text] }
     history: { limit: 100 }
 rooms:
   general: { name: General, events: [message], autoJoin: true }
+  open:
+    name: Open
+    events: ["*"]
+    access: { trigger: { secret1: { users: [nobody] }, secret2: { users: [nobody] } } }
 "#;
 
 #[test]

@@ -28,8 +28,6 @@ use std::sync::Arc;
 
 /// Requests a room queues before `send`ers wait (connections send one request at a time).
 pub const MAILBOX_CAPACITY: usize = 1 << 16;
-/// Most distinct event names a `"*"` room keeps counters for.
-const MAX_WILDCARD_EVENTS: usize = 1000;
 /// Longest event name accepted (the database column is 100 characters).
 const MAX_EVENT_NAME: usize = 100;
 /// Seqs an `accepted` event without history reserves ahead in the database (a new block when
@@ -375,30 +373,49 @@ impl RoomActor {
     }
 
     /// The state of `event` if the room carries it; in a `"*"` room, created on first use.
-    fn event_state(&mut self, event: &str) -> Result<&mut EventState, DialogueError> {
-        let not_allowed = || {
-            DialogueError::new(
+    /// The definition of `event` if the room accepts it, without keeping any state for it:
+    /// a `"*"` room registers a new name only once a trigger of it passed the hooks and
+    /// validation ([`Self::event_state`]), so refused junk names take nothing.
+    fn event_def(&self, event: &str) -> Result<Arc<EventDef>, DialogueError> {
+        if let Some(state) = self.events.get(event) {
+            return Ok(state.def.clone());
+        }
+        if self.shared.events.is_some() || event.is_empty() || event.len() > MAX_EVENT_NAME {
+            return Err(DialogueError::new(
                 ErrorCode::EventNotAllowed,
                 format!("room '{}' does not accept event '{event}'", self.shared.id),
-            )
-        };
+            ));
+        }
+        let cap = self.catalog.max_event_types_per_room;
+        if cap > 0 && self.events.len() >= cap {
+            return Err(DialogueError::new(
+                ErrorCode::EventNotAllowed,
+                format!(
+                    "room '{}' has its maximum of {} event types (limits.maxEventTypesPerRoom)",
+                    self.shared.id, self.catalog.max_event_types_per_room
+                ),
+            ));
+        }
+        Ok(match self.catalog.get(event) {
+            Some(def) => def.clone(),
+            None => Arc::new(EventDef::untyped(event, self.catalog.default_durability)),
+        })
+    }
+
+    /// The state of `event` if the room carries it; in a `"*"` room, created on first use.
+    fn event_state(&mut self, event: &str) -> Result<&mut EventState, DialogueError> {
         if !self.events.contains_key(event) {
-            if self.shared.events.is_some()
-                || event.is_empty()
-                || event.len() > MAX_EVENT_NAME
-                || self.events.len() >= MAX_WILDCARD_EVENTS
-            {
-                return Err(not_allowed());
-            }
-            let def = match self.catalog.get(event) {
-                Some(def) => def.clone(),
-                None => Arc::new(EventDef::untyped(event, self.catalog.default_durability)),
-            };
+            let def = self.event_def(event)?;
             let high_water = self.restored_counters.get(event).copied().unwrap_or(0);
             let state = EventState::new(&self.shared.id, def, high_water);
             self.events.insert(event.to_owned(), state);
         }
-        self.events.get_mut(event).ok_or_else(not_allowed)
+        self.events.get_mut(event).ok_or_else(|| {
+            DialogueError::new(
+                ErrorCode::EventNotAllowed,
+                format!("room '{}' does not accept event '{event}'", self.shared.id),
+            )
+        })
     }
 
     fn carries(&self, event: &str) -> bool {
@@ -957,22 +974,26 @@ impl RoomActor {
         let backlog_full =
             self.persistence.backlog.load(Ordering::Relaxed) >= self.persistence.max_backlog;
         let available = self.persistence.available.load(Ordering::Relaxed);
-        if let Err(e) = self.event_state(&event) {
-            return refuse(e, reply);
-        }
+        let def = match self.event_def(&event) {
+            Ok(def) => def,
+            Err(e) => return refuse(e, reply),
+        };
         let data = match self.hooks.before_each(&identity, &room_id, &event, data) {
             Ok(data) => data,
             Err(e) => return refuse(e, reply),
         };
+        if let Err(e) = def.validate(&data) {
+            if let Some(state) = self.events.get(&event) {
+                state.counters.validation_failures.inc();
+            }
+            return refuse(e, reply);
+        }
         let epoch = self.epoch;
+        // Accepted: only now does a new name of a `"*"` room take state.
         let state = match self.event_state(&event) {
             Ok(state) => state,
             Err(e) => return refuse(e, reply),
         };
-        if let Err(e) = state.def.validate(&data) {
-            state.counters.validation_failures.inc();
-            return refuse(e, reply);
-        }
         let stored_mode = state.stored();
         if stored_mode && !available {
             let error = DialogueError::new(

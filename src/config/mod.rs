@@ -239,6 +239,7 @@ fn validate(config: &Config, text: &str) -> Result<EventCatalog, Vec<ConfigProbl
     check_ids(config, text, &mut problems);
     let mut catalog = EventCatalog::default();
     catalog.default_durability = config.database.durability;
+    catalog.max_event_types_per_room = config.limits.max_event_types_per_room;
 
     for (name, event) in &config.events {
         let mut limit = None;

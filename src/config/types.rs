@@ -202,6 +202,9 @@ pub struct LimitsConfig {
     pub max_room_name_bytes: usize,
     /// Longest room description accepted at run time, in bytes.
     pub max_room_description_bytes: usize,
+    /// Distinct event names a `"*"` room keeps state for (EVENT_NOT_ALLOWED beyond); 0 =
+    /// unlimited.
+    pub max_event_types_per_room: usize,
 }
 
 impl Default for LimitsConfig {
@@ -214,6 +217,7 @@ impl Default for LimitsConfig {
             rooms_per_minute: 10,
             max_room_name_bytes: 100,
             max_room_description_bytes: 1000,
+            max_event_types_per_room: 1000,
         }
     }
 }

@@ -1,9 +1,10 @@
 // Per-connection rate limits (triggersPerSecond: 5, historyRequestsPerMinute: 3) and the bounds
 // on rooms created at run time (roomsPerMinute: 2, maxRuntimeRooms: 3, maxRoomNameBytes: 20,
-// maxRoomDescriptionBytes: 50).
+// maxRoomDescriptionBytes: 50), and on the event names of a "*" room (maxEventTypesPerRoom: 3,
+// one of them the declared history event `message`, known from the start).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { connect } from "./helpers.mjs";
+import { connect, sleep } from "./helpers.mjs";
 
 test("trigger and history rates are limited per connection with RATE_LIMITED", async () => {
   const a = await connect("hasty");
@@ -62,4 +63,23 @@ test("rooms created at run time: bounded names and descriptions, a rate per user
   assert.equal((await create(b, "b2")).ok, true);
   a.close();
   b.close();
+});
+
+test('"*" rooms: a name takes a place only once a trigger of it was accepted; the count is capped', async () => {
+  const c = await connect("namer");
+  assert.equal((await c.request("dialogue:join", { roomId: "open" })).ok, true);
+  const send = (event) => c.request("dialogue:trigger", { roomId: "open", event, data: {} });
+  // Refused by the access rules (the hooks): these names take no place.
+  for (const event of ["secret1", "secret2"]) {
+    const r = await send(event);
+    assert.deepEqual([r.ok, r.code], [false, "PERMISSION_DENIED"]);
+  }
+  assert.equal((await send("first")).ok, true);
+  assert.equal((await send("second")).ok, true);
+  await sleep(1100); // triggersPerSecond: 5 — let the budget refill
+  assert.equal((await send("first")).ok, true, "known names go on");
+  const third = await send("third");
+  assert.deepEqual([third.ok, third.code], [false, "EVENT_NOT_ALLOWED"]);
+  assert.match(third.message, /maxEventTypesPerRoom/);
+  c.close();
 });
