@@ -334,46 +334,74 @@ ORDER BY m.seq LIMIT 1"#;
         return Ok(());
     }
     for b in batches {
-        let (Some(first), Some(last)) = (b.events.first(), b.events.last()) else {
-            continue;
-        };
-        let rows = db
-            .query_all_raw(Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                r#"SELECT seq, event_data, from_user, "timestamp", meta, epoch FROM messages
-                   WHERE room_id = ? AND event_name = ? AND seq BETWEEN ? AND ?"#,
-                [
-                    b.room_id.into(),
-                    b.event.into(),
-                    (first.seq as i64).into(),
-                    (last.seq as i64).into(),
-                ],
-            ))
-            .await?;
-        for row in rows {
-            let seq: i64 = row.try_get("", "seq")?;
-            let Some(e) = (seq as u64)
-                .checked_sub(first.seq)
-                .and_then(|i| b.events.get(i as usize))
-            else {
-                continue;
-            };
-            let data: String = row.try_get("", "event_data")?;
-            let from: String = row.try_get("", "from_user")?;
-            let timestamp: i64 = row.try_get("", "timestamp")?;
-            let meta: Option<String> = row.try_get("", "meta")?;
-            let epoch: i64 = row.try_get("", "epoch")?;
-            let same_origin =
-                from == *e.from && timestamp == e.timestamp && epoch == e.epoch as i64;
-            if same_origin && data == to_json(&e.data) && meta == e.meta.as_ref().map(to_json) {
-                continue;
+        for (seq, stored) in sqlite_compare(db, b).await? {
+            match stored {
+                Stored::Same => {}
+                Stored::OwnTombstone => return Err(conflict(b.room_id, b.event, seq, true)),
+                Stored::Different => return Err(conflict(b.room_id, b.event, seq, false)),
             }
-            let tombstone =
-                same_origin && data == "null" && meta.as_deref() == Some(TOMBSTONE_META);
-            return Err(conflict(b.room_id, b.event, e.seq, tombstone));
         }
     }
     Ok(())
+}
+
+/// How a stored row compares with the batch's row under the same seq.
+#[derive(Debug, PartialEq, Eq)]
+enum Stored {
+    Same,
+    /// This event's own tombstone: it was quarantined before.
+    OwnTombstone,
+    Different,
+}
+
+/// SQLite: the rows stored under `batch`'s seqs, compared with the batch by their exact
+/// text (what was written).
+async fn sqlite_compare<C: ConnectionTrait>(
+    db: &C,
+    batch: &BatchRef<'_>,
+) -> Result<Vec<(u64, Stored)>, DbErr> {
+    let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) else {
+        return Ok(Vec::new());
+    };
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            r#"SELECT seq, event_data, from_user, "timestamp", meta, epoch FROM messages
+               WHERE room_id = ? AND event_name = ? AND seq BETWEEN ? AND ?"#,
+            [
+                batch.room_id.into(),
+                batch.event.into(),
+                (first.seq as i64).into(),
+                (last.seq as i64).into(),
+            ],
+        ))
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.try_get("", "seq")?;
+        let Some(e) = (seq as u64)
+            .checked_sub(first.seq)
+            .and_then(|i| batch.events.get(i as usize))
+        else {
+            continue;
+        };
+        let data: String = row.try_get("", "event_data")?;
+        let from: String = row.try_get("", "from_user")?;
+        let timestamp: i64 = row.try_get("", "timestamp")?;
+        let meta: Option<String> = row.try_get("", "meta")?;
+        let epoch: i64 = row.try_get("", "epoch")?;
+        let same_origin = from == *e.from && timestamp == e.timestamp && epoch == e.epoch as i64;
+        let stored =
+            if same_origin && data == to_json(&e.data) && meta == e.meta.as_ref().map(to_json) {
+                Stored::Same
+            } else if same_origin && data == "null" && meta.as_deref() == Some(TOMBSTONE_META) {
+                Stored::OwnTombstone
+            } else {
+                Stored::Different
+            };
+        out.push((e.seq, stored));
+    }
+    Ok(out)
 }
 
 /// The seqs of `batch` already stored exactly as the batch has them.
@@ -382,9 +410,9 @@ pub async fn stored_identically(
     batch: &BatchRef<'_>,
 ) -> Result<std::collections::HashSet<u64>, DbErr> {
     let mut found = std::collections::HashSet::new();
-    let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) else {
+    if batch.events.is_empty() {
         return Ok(found);
-    };
+    }
     if db.get_database_backend() == DbBackend::Postgres {
         let sql = r#"SELECT m.seq FROM jsonb_array_elements($1::jsonb) AS e
 JOIN messages m ON m.room_id = e ->> 'room_id' AND m.event_name = e ->> 'event_name'
@@ -405,39 +433,9 @@ WHERE m.event_data = e -> 'event_data' AND m.from_user = e ->> 'from_user'
         }
         return Ok(found);
     }
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            r#"SELECT seq, event_data, from_user, "timestamp", meta, epoch FROM messages
-               WHERE room_id = ? AND event_name = ? AND seq BETWEEN ? AND ?"#,
-            [
-                batch.room_id.into(),
-                batch.event.into(),
-                (first.seq as i64).into(),
-                (last.seq as i64).into(),
-            ],
-        ))
-        .await?;
-    for row in rows {
-        let seq: i64 = row.try_get("", "seq")?;
-        let Some(e) = (seq as u64)
-            .checked_sub(first.seq)
-            .and_then(|i| batch.events.get(i as usize))
-        else {
-            continue;
-        };
-        let data: String = row.try_get("", "event_data")?;
-        let from: String = row.try_get("", "from_user")?;
-        let timestamp: i64 = row.try_get("", "timestamp")?;
-        let meta: Option<String> = row.try_get("", "meta")?;
-        let epoch: i64 = row.try_get("", "epoch")?;
-        if from == *e.from
-            && timestamp == e.timestamp
-            && epoch == e.epoch as i64
-            && data == to_json(&e.data)
-            && meta == e.meta.as_ref().map(to_json)
-        {
-            found.insert(e.seq);
+    for (seq, stored) in sqlite_compare(db, batch).await? {
+        if stored == Stored::Same {
+            found.insert(seq);
         }
     }
     Ok(found)
@@ -819,12 +817,16 @@ fn pid_namespace() -> String {
 }
 
 /// When process `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22): with the
-/// pid, it names one process even when pids are reused.
+/// pid, it names one process even when pids are reused. `None` when no such process runs (a
+/// zombie — killed, not yet reaped by its parent — does not run).
 fn start_time(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; the fields after it do not.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19).map(str::to_owned)
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18).map(str::to_owned)
 }
 
 /// True when `held` (a [`node_name`]) is a process that certainly no longer runs: it ran on

@@ -705,16 +705,8 @@ async fn write_one(
             Ok(_) => continue,
             Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
             Err(e @ WriteError::Fenced { .. }) => {
-                // What is not written yet is set aside; what is written stays.
-                let mut left: Vec<_> = slice.to_vec();
-                for (l, h) in ranges.drain(..) {
-                    left.extend_from_slice(&rows[l..h]);
-                }
-                let aside = set_aside(db, batch, &left, &e.to_string()).await?;
-                out.quarantined.extend(aside.quarantined);
-                out.stop = aside.stop;
-                out.counters_refused = aside.counters_refused;
-                return Ok(out);
+                let reason = e.to_string();
+                return fenced_midway(db, batch, &rows, slice, &mut ranges, &reason, out).await;
             }
             Err(e) => e,
         };
@@ -752,15 +744,9 @@ async fn write_one(
                     }
                 }
                 Err(e @ WriteError::Fenced { .. }) => {
-                    let mut left: Vec<_> = vec![rows[lo]];
-                    for (l, h) in ranges.drain(..) {
-                        left.extend_from_slice(&rows[l..h]);
-                    }
-                    let aside = set_aside(db, batch, &left, &e.to_string()).await?;
-                    out.quarantined.extend(aside.quarantined);
-                    out.stop = aside.stop;
-                    out.counters_refused = aside.counters_refused;
-                    return Ok(out);
+                    let reason = e.to_string();
+                    let row = &rows[lo..=lo];
+                    return fenced_midway(db, batch, &rows, row, &mut ranges, &reason, out).await;
                 }
                 // The database itself is in trouble: retry the whole batch later.
                 Err(WriteError::Db(e)) if store::is_transient(&e) => return Err(e.to_string()),
@@ -809,6 +795,28 @@ async fn write_one(
             }
         }
     }
+    Ok(out)
+}
+
+/// The room's lease went away in the middle of [`write_one`]: `from` and every range still to
+/// do are set aside; what was written stays.
+async fn fenced_midway(
+    db: &DatabaseConnection,
+    batch: &Batch,
+    rows: &[(&Arc<str>, &Arc<StoredEvent>)],
+    from: &[(&Arc<str>, &Arc<StoredEvent>)],
+    ranges: &mut Vec<(usize, usize)>,
+    reason: &str,
+    mut out: Committed,
+) -> Result<Committed, String> {
+    let mut left = from.to_vec();
+    for (l, h) in ranges.drain(..) {
+        left.extend_from_slice(&rows[l..h]);
+    }
+    let aside = set_aside(db, batch, &left, reason).await?;
+    out.quarantined.extend(aside.quarantined);
+    out.stop = aside.stop;
+    out.counters_refused = aside.counters_refused;
     Ok(out)
 }
 

@@ -651,9 +651,11 @@ async fn claim_room(link: Recipient<ClaimRoom>, request: ClaimRoom) -> RoomResto
             Ok(Err(e)) => e,
             Err(_) => "the history store is not running".to_owned(),
         };
-        if said.as_ref() != Some(&why) {
+        // Once per reason (the lease's remaining time in it changes at every try).
+        let reason = why.split(" (").next().unwrap_or(&why).to_owned();
+        if said.as_ref() != Some(&reason) {
             log::warn!("room '{}' cannot start yet: {why}", request.room_id);
-            said = Some(why);
+            said = Some(reason);
         }
         actix_rt::time::sleep(delay).await;
         delay = (delay * 2).min(std::time::Duration::from_secs(1));
