@@ -12,23 +12,21 @@ const PAGE: u64 = 20;
 
 fn event(seq: u64) -> Arc<StoredEvent> {
     let data = json!({ "text": format!("message {seq}"), "username": "alice" });
-    let json = json!({ "event": "message", "roomId": "general", "data": data, "from": "alice",
-        "timestamp": 1_700_000_000_000u64 + seq, "seq": seq })
-    .to_string();
-    Arc::new(StoredEvent {
+    Arc::new(StoredEvent::new(
+        "general",
+        "message",
         seq,
-        timestamp: 1_700_000_000_000 + seq as i64,
-        from: "alice".into(),
-        data,
-        meta: None,
-        epoch: 0,
-        json: json.into(),
-    })
+        0,
+        1_700_000_000_000 + seq as i64,
+        "alice".into(),
+        &data,
+        None::<&serde_json::Value>,
+    ))
 }
 
 /// A full window of `limit` events after `total` were pushed.
 fn window(limit: usize, total: u64) -> EventHistory {
-    let mut h = EventHistory::new(limit);
+    let mut h = EventHistory::new(limit, usize::MAX);
     for seq in 1..=total {
         h.push(event(seq));
     }

@@ -7,6 +7,9 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Default `history.maxBytes`: bytes of events kept in memory per (room, event).
+pub const DEFAULT_WINDOW_BYTES: usize = 1024 * 1024;
+
 /// One event type, ready to validate.
 #[derive(Debug)]
 pub struct EventDef {
@@ -16,6 +19,8 @@ pub struct EventDef {
     validator: Option<jsonschema::Validator>,
     /// Events kept in memory per room; `None` = history disabled.
     pub history_limit: Option<usize>,
+    /// Bytes of events kept in memory per room (`history.maxBytes`).
+    pub history_max_bytes: usize,
     /// When a trigger of this event is acknowledged and fanned out.
     pub durability: Durability,
 }
@@ -42,6 +47,7 @@ impl EventDef {
             description,
             validator,
             history_limit,
+            history_max_bytes: DEFAULT_WINDOW_BYTES,
             durability: Durability::Stored,
         })
     }
@@ -53,6 +59,7 @@ impl EventDef {
             description: None,
             validator: None,
             history_limit: None,
+            history_max_bytes: DEFAULT_WINDOW_BYTES,
             durability,
         }
     }

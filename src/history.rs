@@ -1,5 +1,6 @@
-//! The in-memory history window of one (room, event): the newest `limit` events, numbered
-//! by a sequence counter that grows by one per stored event.
+//! The in-memory history window of one (room, event): the newest events, at most `limit`
+//! of them and at most `max_bytes` in all, numbered by a sequence counter that grows by one
+//! per stored event.
 
 use crate::actors::messages::StoredEvent;
 use std::collections::VecDeque;
@@ -54,25 +55,46 @@ pub struct EventHistory {
     /// Oldest first; `seq`s are contiguous and end at `last_seq`.
     events: VecDeque<Arc<StoredEvent>>,
     limit: usize,
+    /// Bound of `bytes`; older events are dropped from memory (not from the database) first.
+    max_bytes: usize,
+    /// What the events in the window weigh ([`StoredEvent::weight`]).
+    bytes: usize,
     last_seq: u64,
 }
 
 impl EventHistory {
-    pub fn new(limit: usize) -> Self {
+    /// An empty window of at most `limit` events and `max_bytes` bytes.
+    pub fn new(limit: usize, max_bytes: usize) -> Self {
         EventHistory {
             events: VecDeque::with_capacity(limit.min(1024)),
             limit,
+            max_bytes,
+            bytes: 0,
             last_seq: 0,
         }
     }
 
     /// Restores a window (oldest first) and counter, e.g. after a restart.
-    pub fn restore(limit: usize, events: Vec<Arc<StoredEvent>>, last_seq: u64) -> Self {
-        let mut h = EventHistory::new(limit);
+    pub fn restore(
+        limit: usize,
+        max_bytes: usize,
+        events: Vec<Arc<StoredEvent>>,
+        last_seq: u64,
+    ) -> Self {
+        let mut h = EventHistory::new(limit, max_bytes);
         h.last_seq = last_seq;
         let skip = events.len().saturating_sub(limit);
-        h.events.extend(events.into_iter().skip(skip));
+        for event in events.into_iter().skip(skip) {
+            h.bytes += event.weight();
+            h.events.push_back(event);
+        }
+        h.evict();
         h
+    }
+
+    /// Bytes the window holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -99,9 +121,22 @@ impl EventHistory {
     pub fn push(&mut self, event: Arc<StoredEvent>) -> Vec<Arc<StoredEvent>> {
         debug_assert_eq!(event.seq, self.last_seq + 1);
         self.last_seq = event.seq;
+        self.bytes += event.weight();
         self.events.push_back(event);
-        let over = self.events.len().saturating_sub(self.limit);
-        self.events.drain(..over).collect()
+        self.evict()
+    }
+
+    /// Drops the oldest events until both bounds hold.
+    fn evict(&mut self) -> Vec<Arc<StoredEvent>> {
+        let mut out = Vec::new();
+        while self.events.len() > self.limit || self.bytes > self.max_bytes {
+            let Some(oldest) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.weight();
+            out.push(oldest);
+        }
+        out
     }
 
     /// A copy of the window, oldest first.
@@ -111,6 +146,7 @@ impl EventHistory {
 
     /// Empties the window (for a final flush); the counter stays.
     pub fn take_all(&mut self) -> Vec<Arc<StoredEvent>> {
+        self.bytes = 0;
         self.events.drain(..).collect()
     }
 
@@ -133,15 +169,16 @@ mod tests {
     use serde_json::Value;
 
     fn ev(seq: u64) -> Arc<StoredEvent> {
-        Arc::new(StoredEvent {
+        Arc::new(StoredEvent::new(
+            "r",
+            "e",
             seq,
-            timestamp: 0,
-            from: "u".into(),
-            data: Value::Null,
-            meta: None,
-            epoch: 0,
-            json: "{}".into(),
-        })
+            0,
+            0,
+            "u".into(),
+            &Value::Null,
+            None::<&Value>,
+        ))
     }
 
     #[test]
@@ -167,7 +204,7 @@ mod tests {
 
     #[test]
     fn window_evicts_oldest_and_pages_newest_first() {
-        let mut h = EventHistory::new(3);
+        let mut h = EventHistory::new(3, usize::MAX);
         let mut evicted = vec![];
         for seq in 1..=5 {
             evicted.extend(h.push(ev(seq)).into_iter().map(|e| e.seq));
@@ -188,8 +225,33 @@ mod tests {
     }
 
     #[test]
+    fn window_is_bounded_by_bytes_too() {
+        let weight = ev(1).weight();
+        let mut h = EventHistory::new(100, 3 * weight);
+        let mut evicted = vec![];
+        for seq in 1..=5 {
+            evicted.extend(h.push(ev(seq)).into_iter().map(|e| e.seq));
+        }
+        assert_eq!(evicted, vec![1, 2]);
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.bytes(), 3 * weight);
+        assert_eq!(h.first_seq_in_memory(), 3);
+        // A budget smaller than one event keeps none in memory; the counter goes on.
+        let mut tiny = EventHistory::new(100, weight - 1);
+        assert_eq!(tiny.push(ev(1)).len(), 1);
+        assert!(tiny.is_empty());
+        assert_eq!(
+            (tiny.last_seq(), tiny.first_seq_in_memory(), tiny.bytes()),
+            (1, 2, 0)
+        );
+        let restored = EventHistory::restore(100, 2 * weight, (1..=4).map(ev).collect(), 4);
+        assert_eq!((restored.len(), restored.bytes()), (2, 2 * weight));
+        assert_eq!(restored.first_seq_in_memory(), 3);
+    }
+
+    #[test]
     fn restore_keeps_the_newest() {
-        let h = EventHistory::restore(2, vec![ev(7), ev(8), ev(9)], 9);
+        let h = EventHistory::restore(2, usize::MAX, vec![ev(7), ev(8), ev(9)], 9);
         assert_eq!(h.first_seq_in_memory(), 8);
         assert_eq!(h.last_seq(), 9);
     }

@@ -92,6 +92,7 @@ pub async fn run_with_hooks(
         sessions: Default::default(),
         store: store_health,
         hooks,
+        per_ip: http::PerIp::new(settings.config.server.max_connections_per_ip),
     };
     if settings.config.api.keys.is_empty() {
         log::info!("server API off: no api.keys or DIALOGUE_API_KEYS configured");
@@ -111,6 +112,8 @@ pub async fn run_with_hooks(
             .configure(http::configure)
     })
     .workers(workers)
+    // Slowloris: a request whose headers take longer is answered 408 and closed.
+    .client_request_timeout(Duration::from_millis(server_cfg.header_timeout))
     // Small frames (events, acks, pings) must leave at once: without TCP_NODELAY, Nagle's
     // algorithm and the peer's delayed ACK hold them back up to ~40 ms.
     .on_connect(|conn, _| {

@@ -11,7 +11,7 @@ use crate::actors::messages::{CounterMark, StoredEvent};
 use crate::store::{self, BatchRef, WriteError, WriteJob};
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -39,9 +39,9 @@ pub struct SpilledEvent {
     pub epoch: u64,
     pub timestamp: i64,
     pub from: String,
-    pub data: Value,
+    pub data: Box<RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meta: Option<Value>,
+    pub meta: Option<Box<RawValue>>,
 }
 
 impl Record {
@@ -57,8 +57,8 @@ impl Record {
                     epoch: e.epoch,
                     timestamp: e.timestamp,
                     from: e.from.to_string(),
-                    data: e.data.clone(),
-                    meta: e.meta.clone(),
+                    data: e.data_raw().to_owned(),
+                    meta: e.meta_raw().map(ToOwned::to_owned),
                 })
                 .collect(),
             high_water: None,
@@ -140,8 +140,8 @@ async fn replay_record(db: &DatabaseConnection, mut record: Record) -> Result<us
                 e.epoch,
                 e.timestamp,
                 e.from.into(),
-                e.data,
-                e.meta,
+                &*e.data,
+                e.meta.as_deref(),
             ))
         })
         .collect();

@@ -391,14 +391,13 @@ async fn sqlite_compare<C: ConnectionTrait>(
         let meta: Option<String> = row.try_get("", "meta")?;
         let epoch: i64 = row.try_get("", "epoch")?;
         let same_origin = from == *e.from && timestamp == e.timestamp && epoch == e.epoch as i64;
-        let stored =
-            if same_origin && data == to_json(&e.data) && meta == e.meta.as_ref().map(to_json) {
-                Stored::Same
-            } else if same_origin && data == "null" && meta.as_deref() == Some(TOMBSTONE_META) {
-                Stored::OwnTombstone
-            } else {
-                Stored::Different
-            };
+        let stored = if same_origin && data == e.data_json() && meta.as_deref() == e.meta_json() {
+            Stored::Same
+        } else if same_origin && data == "null" && meta.as_deref() == Some(TOMBSTONE_META) {
+            Stored::OwnTombstone
+        } else {
+            Stored::Different
+        };
         out.push((e.seq, stored));
     }
     Ok(out)
@@ -466,14 +465,14 @@ fn pg_rows_json(batches: &[&BatchRef<'_>]) -> String {
     struct Row<'a> {
         room_id: &'a str,
         event_name: &'a str,
-        event_data: &'a serde_json::Value,
+        event_data: &'a serde_json::value::RawValue,
         from_user: &'a str,
         timestamp: i64,
         seq: u64,
         epoch: u64,
         /// Absent (SQL NULL) when there is none; a JSON `null` stays one.
         #[serde(skip_serializing_if = "Option::is_none")]
-        meta: Option<&'a serde_json::Value>,
+        meta: Option<&'a serde_json::value::RawValue>,
     }
     let rows: Vec<Row<'_>> = batches
         .iter()
@@ -481,12 +480,12 @@ fn pg_rows_json(batches: &[&BatchRef<'_>]) -> String {
         .map(|(b, e)| Row {
             room_id: b.room_id,
             event_name: b.event,
-            event_data: &e.data,
+            event_data: e.data_raw(),
             from_user: &e.from,
             timestamp: e.timestamp,
             seq: e.seq,
             epoch: e.epoch,
-            meta: e.meta.as_ref(),
+            meta: e.meta_raw(),
         })
         .collect();
     to_json(&rows)
@@ -540,11 +539,11 @@ FROM jsonb_array_elements($1::jsonb) AS e
         [
             b.room_id.into(),
             b.event.into(),
-            to_json(&e.data).into(),
+            e.data_json().to_owned().into(),
             e.from.to_string().into(),
             e.timestamp.into(),
             (e.seq as i64).into(),
-            e.meta.as_ref().map(to_json).into(),
+            e.meta_json().map(str::to_owned).into(),
             (e.epoch as i64).into(),
         ]
     });
@@ -881,8 +880,8 @@ fn to_event(room_id: &str, row: message::Model) -> Arc<StoredEvent> {
         row.epoch.max(0) as u64,
         row.timestamp,
         row.from_user.into(),
-        row.event_data,
-        row.meta,
+        &row.event_data,
+        row.meta.as_ref(),
     ))
 }
 

@@ -246,19 +246,21 @@ fn idempotent_writes(backend: Backend) {
         ];
         let events: Vec<Arc<StoredEvent>> = (1..=5)
             .map(|seq| {
-                Arc::new(StoredEvent {
+                let meta = match seq {
+                    2 | 4 => Some(serde_json::json!({ "clientMsgId": seq })),
+                    3 => Some(serde_json::Value::Null),
+                    _ => None,
+                };
+                Arc::new(StoredEvent::new(
+                    "r",
+                    "e",
                     seq,
-                    timestamp: 1_700_000_000_000 + seq as i64,
-                    from: format!("user'{seq}").into(),
-                    data: data[seq as usize - 1].clone(),
-                    meta: match seq {
-                        2 | 4 => Some(serde_json::json!({ "clientMsgId": seq })),
-                        3 => Some(serde_json::Value::Null),
-                        _ => None,
-                    },
-                    epoch: 0,
-                    json: "{}".into(),
-                })
+                    0,
+                    1_700_000_000_000 + seq as i64,
+                    format!("user'{seq}").into(),
+                    &data[seq as usize - 1],
+                    meta.as_ref(),
+                ))
             })
             .collect();
         let batch = |events| BatchRef {
@@ -282,8 +284,8 @@ fn idempotent_writes(backend: Backend) {
         let back = dialogue::store::load_range(&db, "r", "e", 1, 5).await.unwrap();
         assert_eq!(back.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4, 3, 2, 1]);
         for (got, want) in back.iter().rev().zip(&events) {
-            assert_eq!(got.data, want.data, "seq {}", want.seq);
-            assert_eq!(got.meta, want.meta, "seq {}", want.seq);
+            assert_eq!(got.data_value(), want.data_value(), "seq {}", want.seq);
+            assert_eq!(got.meta_value(), want.meta_value(), "seq {}", want.seq);
             assert_eq!(got.from, want.from);
             assert_eq!(got.timestamp, want.timestamp);
         }

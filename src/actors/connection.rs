@@ -18,6 +18,7 @@ use crate::error::{DialogueError, ErrorCode};
 use crate::hooks::Hooks;
 use crate::http::polling::{PollingQueue, Sessions, SEPARATOR};
 use crate::http::websocket::{WsInboundError, WsMessage, WsSink};
+use crate::http::IpSlot;
 use crate::protocol::dialogue::{ack_ok, error_frames, parse_request, to_json, ClientRequest};
 use crate::protocol::engineio::{self, EioPacket};
 use crate::protocol::socketio::{self, SioKind, SioPacket};
@@ -139,6 +140,9 @@ pub struct Connection {
     hooks: Arc<dyn Hooks>,
     rooms: HashMap<String, Addr<RoomActor>>,
     queue: VecDeque<Work>,
+    /// Frame bytes of the client requests in `queue`, bounded by
+    /// `limits.maxQueuedRequestBytes` (a single request is always accepted).
+    queued_bytes: usize,
     /// A request other than a pipelined trigger is being handled.
     busy: bool,
     /// Pipelined triggers not answered yet, weighed as frame bytes + [`TRIGGER_OVERHEAD`].
@@ -150,6 +154,8 @@ pub struct Connection {
     awaiting_pong: bool,
     triggers: RateLimit,
     history_reads: RateLimit,
+    /// `limits.subscriptionsPerMinute`.
+    subscriptions: RateLimit,
     /// Binary attachments still to be skipped, the ack id of their refused packet, and
     /// whether it was an event (answered with an error) rather than an ack (ignored).
     skipping_binary: Option<(u32, Option<u64>, bool)>,
@@ -157,10 +163,13 @@ pub struct Connection {
     client_closed: bool,
     /// Closes the connection if no CONNECT comes in time (after the handshake or a `41`).
     connect_timer: Option<SpawnHandle>,
+    /// This session's place in the per-IP count, given back when the actor is dropped.
+    _ip_slot: Option<IpSlot>,
 }
 
 impl Connection {
     /// A session over `transport`, identified by the Engine.IO `sid`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: ConnId,
         sid: String,
@@ -169,6 +178,7 @@ impl Connection {
         hooks: Arc<dyn Hooks>,
         transport: Transport,
         sessions: Sessions,
+        ip_slot: Option<IpSlot>,
     ) -> Self {
         let limits = &settings.config.limits;
         Connection {
@@ -180,6 +190,7 @@ impl Connection {
                 limits.history_requests_per_minute,
                 Duration::from_secs(60),
             ),
+            subscriptions: RateLimit::new(limits.subscriptions_per_minute, Duration::from_secs(60)),
             settings,
             directory,
             transport,
@@ -189,12 +200,14 @@ impl Connection {
             identity: None,
             rooms: HashMap::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             busy: false,
             in_flight: Arc::default(),
             awaiting_pong: false,
             skipping_binary: None,
             client_closed: false,
             connect_timer: None,
+            _ip_slot: ip_slot,
         }
     }
 
@@ -402,6 +415,7 @@ impl Connection {
         }
         self.rooms.clear();
         self.queue.clear();
+        self.queued_bytes = 0;
         if let Some(identity) = self.identity.take() {
             self.hooks.on_disconnected(&identity);
             crate::metrics::METRICS.connections.dec();
@@ -518,6 +532,9 @@ impl Connection {
         let limited = match &request {
             ClientRequest::Trigger(_) => !self.triggers.allow(),
             ClientRequest::GetHistory(_) => !self.history_reads.allow(),
+            ClientRequest::Subscribe(_)
+            | ClientRequest::Unsubscribe(_)
+            | ClientRequest::SubscribeAll(_) => !self.subscriptions.allow(),
             _ => false,
         };
         if limited {
@@ -542,13 +559,16 @@ impl Connection {
                 }
             }
         }
-        if self.queue.len() >= MAX_QUEUED_REQUESTS {
+        let max_bytes = self.settings.config.limits.max_queued_request_bytes;
+        let over_bytes = !self.queue.is_empty() && self.queued_bytes + frame_len > max_bytes;
+        if self.queue.len() >= MAX_QUEUED_REQUESTS || over_bytes {
             let error = DialogueError::new(
                 ErrorCode::RateLimited,
                 "too many requests waiting; wait for answers before sending more",
             );
             return self.reply_error(ctx, ack, &error);
         }
+        self.queued_bytes += frame_len;
         self.queue.push_back(Work::Client {
             request,
             ack,
@@ -564,6 +584,9 @@ impl Connection {
             let Some(work) = self.queue.pop_front() else {
                 return;
             };
+            if let Work::Client { frame_len, .. } = &work {
+                self.queued_bytes -= frame_len;
+            }
             let Some(work) = self.pipeline(work, ctx) else {
                 continue;
             };
@@ -888,6 +911,25 @@ impl Connection {
         }
     }
 
+    /// Disconnects a WebSocket client whose socket has taken no bytes for
+    /// `server.writeTimeout` while some were waiting (it stopped reading).
+    fn check_write_progress(&mut self, ctx: &mut Context<Self>) {
+        let Transport::WebSocket(sink) = &self.transport else {
+            return;
+        };
+        let timeout = Duration::from_millis(self.settings.config.server.write_timeout);
+        if self.closing || sink.queue().stalled_for().is_none_or(|s| s < timeout) {
+            return;
+        }
+        log::warn!(
+            "connection {} ({}): no write progress for {} ms, disconnecting",
+            self.id,
+            self.identity.as_ref().map_or("-", |i| &*i.user_id),
+            timeout.as_millis()
+        );
+        self.close(ctx, CloseCode::Policy, "not reading");
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let server = &self.settings.config.server;
         let timeout = Duration::from_millis(server.ping_timeout);
@@ -949,6 +991,12 @@ impl Actor for Connection {
         let interval = Duration::from_millis(server.ping_interval);
         self.send(ctx, open.into());
         ctx.run_interval(interval, |act, ctx| act.heartbeat(ctx));
+        let write_timeout = self.settings.config.server.write_timeout;
+        if write_timeout > 0 {
+            // Checked four times per timeout: a stalled reader goes within 1.25 × the timeout.
+            let every = Duration::from_millis((write_timeout / 4).max(50));
+            ctx.run_interval(every, |act, ctx| act.check_write_progress(ctx));
+        }
         self.start_connect_timer(ctx);
     }
 

@@ -7,18 +7,27 @@
 use crate::actors::outbox::Outbox;
 use crate::auth::Identity;
 use crate::error::DialogueError;
-use crate::protocol::dialogue::{ack_ok, to_json, EventMessage, HistoryRange, RoomInfo};
+use crate::protocol::dialogue::{ack_ok, EventMessage, HistoryRange, RoomInfo};
 use crate::protocol::socketio;
 use actix::prelude::*;
 use bytestring::ByteString;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// Text this crate serialised itself, as raw JSON.
+fn raw(json: &str) -> &RawValue {
+    serde_json::from_str(json).unwrap_or(RawValue::NULL)
+}
 
 /// Process-unique id of a connection.
 pub type ConnId = u64;
 
-/// One stored event as history keeps it.
+/// One stored event as history keeps it: its `EventMessage` JSON text is the only copy of
+/// its `data` and `meta` (parsed again only where a value is needed).
 #[derive(Debug)]
 pub struct StoredEvent {
     pub seq: u64,
@@ -27,45 +36,88 @@ pub struct StoredEvent {
     /// Milliseconds since the Unix epoch.
     pub timestamp: i64,
     pub from: Arc<str>,
-    pub data: Value,
-    pub meta: Option<Value>,
     /// The serialised `EventMessage`, built once when the event was triggered and reused by
-    /// fan-out and every history page.
+    /// fan-out, every history page and the database write.
     pub json: Box<str>,
+    /// Where `data` is in `json`.
+    data: Range<usize>,
+    /// Where `meta` is in `json`, if the event has one.
+    meta: Option<Range<usize>>,
 }
 
+/// What an event weighs in memory besides its JSON text: the struct, its `Arc`, the sender
+/// id and the allocator's rounding (used by the byte budgets of windows and the backlog).
+pub const EVENT_OVERHEAD_BYTES: usize = 160;
+
 impl StoredEvent {
-    /// An event of `event` in `room_id`, with its `EventMessage` JSON.
+    /// An event of `event` in `room_id`, with its `EventMessage` JSON; `data` and `meta` are
+    /// anything serialisable as JSON (a parsed `Value` or raw JSON text).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub fn new<D: Serialize + ?Sized, M: Serialize + ?Sized>(
         room_id: &str,
         event: &str,
         seq: u64,
         epoch: u64,
         timestamp: i64,
         from: Arc<str>,
-        data: Value,
-        meta: Option<Value>,
+        data: &D,
+        meta: Option<&M>,
     ) -> StoredEvent {
-        let json = to_json(&EventMessage {
+        let written = EventMessage {
             event,
             room_id,
-            data: &data,
+            data,
             from: &from,
             timestamp,
-            meta: meta.as_ref(),
+            meta,
             seq,
             epoch,
-        });
+        }
+        .to_event_json();
         StoredEvent {
             seq,
             epoch,
             timestamp,
             from,
-            data,
-            meta,
-            json: json.into_boxed_str(),
+            json: written.json.into_boxed_str(),
+            data: written.data,
+            meta: written.meta,
         }
+    }
+
+    /// `data` as JSON text.
+    pub fn data_json(&self) -> &str {
+        &self.json[self.data.clone()]
+    }
+
+    /// `meta` as JSON text, if the event has one.
+    pub fn meta_json(&self) -> Option<&str> {
+        self.meta.clone().map(|range| &self.json[range])
+    }
+
+    /// `data` as raw JSON, to embed in another document unparsed.
+    pub fn data_raw(&self) -> &RawValue {
+        raw(self.data_json())
+    }
+
+    /// `meta` as raw JSON.
+    pub fn meta_raw(&self) -> Option<&RawValue> {
+        self.meta_json().map(raw)
+    }
+
+    /// `data` parsed (for a hook or an API answer that needs the value).
+    pub fn data_value(&self) -> Value {
+        serde_json::from_str(self.data_json()).unwrap_or(Value::Null)
+    }
+
+    /// `meta` parsed.
+    pub fn meta_value(&self) -> Option<Value> {
+        self.meta_json().and_then(|m| serde_json::from_str(m).ok())
+    }
+
+    /// Bytes this event holds in memory, for the byte budgets.
+    pub fn weight(&self) -> usize {
+        self.json.len() + EVENT_OVERHEAD_BYTES
     }
 
     /// What stands in for an event the database refused (kept in the quarantine table): same
@@ -79,8 +131,8 @@ impl StoredEvent {
             self.epoch,
             self.timestamp,
             self.from.clone(),
-            Value::Null,
-            Some(serde_json::json!({ "quarantined": true })),
+            &Value::Null,
+            Some(&serde_json::json!({ "quarantined": true })),
         )
     }
 }
@@ -456,12 +508,25 @@ pub struct PersistenceLink {
     pub backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// Above this backlog, history-enabled triggers are refused with STORAGE_UNAVAILABLE.
     pub max_backlog: usize,
+    /// What the backlog weighs in memory, in bytes (shared with the persistence actor).
+    pub backlog_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Above this many bytes the backlog refuses the same way.
+    pub max_backlog_bytes: usize,
     /// Rooms still claiming and restoring their state from the store (for `/readyz`).
     pub restoring: Arc<std::sync::atomic::AtomicUsize>,
     /// Rooms whose writer stopped (fenced by another owner, or a conflict): `/readyz` fails.
     pub stopped: Arc<std::sync::atomic::AtomicUsize>,
     /// The database took the last write: `stored` triggers are refused while it does not.
     pub available: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PersistenceLink {
+    /// The backlog is at one of its bounds (events or bytes): refuse what would add to it.
+    pub fn is_backlog_full(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.backlog.load(Relaxed) >= self.max_backlog
+            || self.backlog_bytes.load(Relaxed) >= self.max_backlog_bytes
+    }
 }
 
 // ---------------------------------------------------------------- shutdown

@@ -55,6 +55,8 @@ struct Batch {
     streams: Vec<StreamRows>,
     counters: Vec<CounterMark>,
     rows: usize,
+    /// What its events weigh in memory ([`StoredEvent::weight`]).
+    bytes: usize,
     /// Clients wait for its commit.
     urgent: bool,
 }
@@ -88,6 +90,8 @@ pub struct StoreHealth {
     pub available: Arc<AtomicBool>,
     /// Events waiting to be written.
     pub backlog: Arc<AtomicUsize>,
+    /// What they weigh in memory, in bytes.
+    pub backlog_bytes: Arc<AtomicUsize>,
     /// Rooms still claiming and restoring their state (they answer nothing until done).
     pub restoring: Arc<AtomicUsize>,
     /// Rooms whose writer stopped for good (fenced, or a conflict).
@@ -180,6 +184,8 @@ impl Persistence {
             release: addr.clone().recipient(),
             backlog: health.backlog.clone(),
             max_backlog: config.max_backlog,
+            backlog_bytes: health.backlog_bytes.clone(),
+            max_backlog_bytes: config.max_backlog_bytes,
             restoring: health.restoring.clone(),
             stopped: health.stopped.clone(),
             available: health.available.clone(),
@@ -240,12 +246,14 @@ impl Persistence {
                 .into_actor(self)
                 .map(move |(outcomes, error), act, ctx| {
                     let mut done_rows = 0;
+                    let mut done_bytes = 0;
                     let mut inserted = 0;
                     let mut left = Vec::new();
                     for (batch, outcome) in act.in_flight.drain(..).zip(outcomes) {
                         match outcome {
                             Some(outcome) => {
                                 done_rows += batch.rows;
+                                done_bytes += batch.bytes;
                                 inserted += batch.rows - outcome.quarantined.len();
                                 batch.reply.do_send(outcome);
                             }
@@ -261,6 +269,9 @@ impl Persistence {
                         .front()
                         .map_or(act.next_batch_id - 1, |b| b.id - 1);
                     act.health.backlog.fetch_sub(done_rows, Ordering::Relaxed);
+                    act.health
+                        .backlog_bytes
+                        .fetch_sub(done_bytes, Ordering::Relaxed);
                     METRICS.persist_backlog.set(act.backlog() as i64);
                     if done_rows > 0 || error.is_none() {
                         METRICS.persist_batches.inc();
@@ -865,7 +876,15 @@ impl Handler<PersistBatch> for Persistence {
 
     fn handle(&mut self, msg: PersistBatch, ctx: &mut Context<Self>) {
         let rows: usize = msg.streams.iter().map(|s| s.events.len()).sum();
+        let bytes: usize = msg
+            .streams
+            .iter()
+            .flat_map(|s| s.events.iter().map(|e| e.weight()))
+            .sum();
         self.health.backlog.fetch_add(rows, Ordering::Relaxed);
+        self.health
+            .backlog_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
         METRICS.persist_backlog.set(self.backlog() as i64);
         let id = self.next_batch_id;
         self.next_batch_id += 1;
@@ -877,6 +896,7 @@ impl Handler<PersistBatch> for Persistence {
             streams: msg.streams,
             counters: msg.counters,
             rows,
+            bytes,
             urgent: msg.urgent,
         });
         self.write_next(ctx);

@@ -72,6 +72,9 @@ impl RoomShared {
     }
 }
 
+/// Names a subscription list holds at most when `limits.maxEventTypesPerRoom` is 0.
+const MAX_SUBSCRIPTION_NAMES: usize = 1000;
+
 enum Subscriptions {
     All,
     Only(HashSet<String>),
@@ -119,7 +122,9 @@ impl EventState {
     fn new(room_id: &str, def: Arc<EventDef>, high_water: u64) -> Self {
         EventState {
             name: def.name.as_str().into(),
-            history: def.history_limit.map(EventHistory::new),
+            history: def
+                .history_limit
+                .map(|limit| EventHistory::new(limit, def.history_max_bytes)),
             counters: EventCounters::new(room_id, &def.name),
             def,
             last_assigned: high_water,
@@ -595,7 +600,12 @@ impl RoomActor {
             } else {
                 window.last_seq
             };
-            state.history = Some(EventHistory::restore(limit, events, last_seq));
+            state.history = Some(EventHistory::restore(
+                limit,
+                state.def.history_max_bytes,
+                events,
+                last_seq,
+            ));
             state.last_assigned = last_seq;
             if window.last_seq > 0 {
                 log::debug!(
@@ -794,17 +804,34 @@ impl Handler<SetSubscription> for RoomActor {
         let Some(member) = self.members.get_mut(&msg.conn) else {
             return Ok(());
         };
-        member.subscriptions = match (msg.event, msg.subscribed, &member.subscriptions) {
+        // A list of names (a `"*"` room's exceptions, or names subscribed to one by one) is
+        // bounded like the names a `"*"` room keeps.
+        let cap = match self.catalog.max_event_types_per_room {
+            0 => MAX_SUBSCRIPTION_NAMES,
+            cap => cap,
+        };
+        let too_many = || {
+            DialogueError::new(
+                ErrorCode::EventNotAllowed,
+                format!(
+                    "a subscription lists at most {cap} event names (limits.maxEventTypesPerRoom)"
+                ),
+            )
+        };
+        let current = std::mem::replace(&mut member.subscriptions, Subscriptions::All);
+        member.subscriptions = match (msg.event, msg.subscribed, current) {
             (None, true, _) => Subscriptions::All,
             (None, false, _) => Subscriptions::Only(HashSet::new()),
             (Some(_), true, Subscriptions::All) => Subscriptions::All,
-            (Some(event), true, Subscriptions::Only(set)) => {
-                let mut set = set.clone();
+            (Some(event), true, Subscriptions::Only(mut set)) => {
+                if set.len() >= cap && !set.contains(&event) {
+                    member.subscriptions = Subscriptions::Only(set);
+                    return Err(too_many());
+                }
                 set.insert(event);
                 Subscriptions::Only(set)
             }
-            (Some(event), true, Subscriptions::AllExcept(set)) => {
-                let mut set = set.clone();
+            (Some(event), true, Subscriptions::AllExcept(mut set)) => {
                 set.remove(&event);
                 Subscriptions::AllExcept(set)
             }
@@ -815,13 +842,15 @@ impl Handler<SetSubscription> for RoomActor {
                 }
                 None => Subscriptions::AllExcept(HashSet::from([event])),
             },
-            (Some(event), false, Subscriptions::Only(set)) => {
-                let mut set = set.clone();
+            (Some(event), false, Subscriptions::Only(mut set)) => {
                 set.remove(&event);
                 Subscriptions::Only(set)
             }
-            (Some(event), false, Subscriptions::AllExcept(set)) => {
-                let mut set = set.clone();
+            (Some(event), false, Subscriptions::AllExcept(mut set)) => {
+                if set.len() >= cap && !set.contains(&event) {
+                    member.subscriptions = Subscriptions::AllExcept(set);
+                    return Err(too_many());
+                }
                 set.insert(event);
                 Subscriptions::AllExcept(set)
             }
@@ -973,8 +1002,7 @@ impl RoomActor {
             return refuse(e, reply);
         }
         let room_id = self.shared.id.clone();
-        let backlog_full =
-            self.persistence.backlog.load(Ordering::Relaxed) >= self.persistence.max_backlog;
+        let backlog_full = self.persistence.is_backlog_full();
         let available = self.persistence.available.load(Ordering::Relaxed);
         let def = match self.event_def(&event) {
             Ok(def) => def,
@@ -1022,8 +1050,8 @@ impl RoomActor {
             epoch,
             now_ms(),
             identity.user_id.clone(),
-            data,
-            meta,
+            &data,
+            meta.as_ref(),
         ));
         let frame = SharedFrame::new(ByteString::from(encode_event(
             "dialogue:event",

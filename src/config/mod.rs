@@ -268,6 +268,9 @@ fn validate(config: &Config, text: &str) -> Result<EventCatalog, Vec<ConfigProbl
                     .as_ref()
                     .and_then(|h| h.durability)
                     .unwrap_or(config.database.durability);
+                if let Some(history) = &event.history {
+                    def.history_max_bytes = history.max_bytes;
+                }
                 catalog.insert(def)
             }
             Err(message) => problems.push(problem(

@@ -56,6 +56,17 @@ pub struct ServerConfig {
     pub max_outbound_bytes: usize,
     /// Milliseconds a graceful shutdown may spend writing in-memory history.
     pub shutdown_timeout: u64,
+    /// Milliseconds a client has to send a request's headers (slowloris); 408 after.
+    pub header_timeout: u64,
+    /// Milliseconds a client has to send a request body (a polling POST, an API call); 408
+    /// after.
+    pub body_timeout: u64,
+    /// Milliseconds a WebSocket may take no bytes while some wait for it before the client
+    /// is disconnected (it stopped reading); 0 = no limit.
+    pub write_timeout: u64,
+    /// Connections open at once from one IP address (WebSocket sessions and HTTP requests);
+    /// 0 = unlimited.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +82,10 @@ impl Default for ServerConfig {
             connect_timeout: 45_000,
             max_outbound_bytes: 4 * 1024 * 1024,
             shutdown_timeout: 10_000,
+            header_timeout: 5_000,
+            body_timeout: 10_000,
+            write_timeout: 30_000,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -84,6 +99,8 @@ pub struct DatabaseConfig {
     /// Accepted events kept in memory until written (e.g. while the database is
     /// unavailable); when full, new history-enabled triggers get STORAGE_UNAVAILABLE.
     pub max_backlog: usize,
+    /// The same bound in bytes of events (their JSON text plus a fixed overhead each).
+    pub max_backlog_bytes: usize,
     /// When a trigger is acknowledged and fanned out, unless an event overrides it.
     pub durability: Durability,
     /// Milliseconds a room's ownership lease lasts without renewal: another process may take
@@ -110,6 +127,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "sqlite://dialogue.db?mode=rwc".into(),
             max_backlog: 100_000,
+            max_backlog_bytes: 64 * 1024 * 1024,
             durability: Durability::Stored,
             lease_timeout: 10_000,
             spill_file: "dialogue-spill.jsonl".into(),
@@ -205,6 +223,11 @@ pub struct LimitsConfig {
     /// Distinct event names a `"*"` room keeps state for (EVENT_NOT_ALLOWED beyond); 0 =
     /// unlimited.
     pub max_event_types_per_room: usize,
+    /// Bytes of requests one connection may have waiting for earlier ones to finish
+    /// (RATE_LIMITED beyond; one request is always accepted).
+    pub max_queued_request_bytes: usize,
+    /// `dialogue:subscribe` / `dialogue:unsubscribe` calls per connection per minute.
+    pub subscriptions_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
@@ -218,6 +241,8 @@ impl Default for LimitsConfig {
             max_room_name_bytes: 100,
             max_room_description_bytes: 1000,
             max_event_types_per_room: 1000,
+            max_queued_request_bytes: 1024 * 1024,
+            subscriptions_per_minute: 120,
         }
     }
 }
@@ -273,6 +298,10 @@ pub struct HistoryConfig {
     #[serde(default = "default_history_limit")]
     #[schemars(with = "u32")]
     pub limit: Spanned<u32>,
+    /// Most bytes of events kept in memory per room (their JSON text plus a fixed overhead
+    /// each); the oldest leave memory first, and stay in the database.
+    #[serde(default = "default_window_bytes")]
+    pub max_bytes: usize,
     /// Overrides `database.durability` for this event type.
     #[serde(default)]
     pub durability: Option<Durability>,
@@ -280,6 +309,10 @@ pub struct HistoryConfig {
 
 fn yes() -> bool {
     true
+}
+
+fn default_window_bytes() -> usize {
+    crate::events::DEFAULT_WINDOW_BYTES
 }
 
 fn default_history_limit() -> Spanned<u32> {

@@ -5,7 +5,7 @@
 // Handlers return early with a ready `HttpResponse` as their error; its size does not matter.
 #![allow(clippy::result_large_err)]
 
-use super::AppState;
+use super::{AppState, BodyError};
 use crate::actors::messages::{
     CreateRoom, DeleteRoom, GetHistory, ListRooms, LookupRoom, Reply, Trigger, Triggered,
 };
@@ -188,25 +188,28 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<
 }
 
 /// Reads a request body of at most `limit` bytes; a larger one is answered 413 with the JSON
-/// error (and not read further).
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, HttpResponse> {
-    use futures_util::StreamExt;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            error(&DialogueError::invalid(format!(
-                "the body could not be read: {e}"
-            )))
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(error(&DialogueError::new(
+/// error (and not read further), a slow one 408.
+async fn read_body(
+    payload: web::Payload,
+    limit: usize,
+    state: &AppState,
+) -> Result<web::BytesMut, HttpResponse> {
+    super::read_body(payload, limit, &state.settings)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(limit) => error(&DialogueError::new(
                 ErrorCode::PayloadTooLarge,
                 format!("the body is over {limit} bytes"),
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+            )),
+            BodyError::TimedOut => plain_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "INVALID_REQUEST",
+                "the body did not arrive within server.bodyTimeout",
+            ),
+            BodyError::Read(e) => error(&DialogueError::invalid(format!(
+                "the body could not be read: {e}"
+            ))),
+        })
 }
 
 /// Room bodies are small: names, descriptions and lists of event names.
@@ -224,7 +227,7 @@ async fn trigger(
     let (room_id, event) = path.into_inner();
     let max = state.settings.config.limits.max_payload_bytes;
     // data + meta may be `max` bytes; `from` and the JSON around them get a little more.
-    let body = match read_body(payload, max.saturating_add(4096)).await {
+    let body = match read_body(payload, max.saturating_add(4096), &state).await {
         Ok(body) => body,
         Err(r) => return r,
     };
@@ -305,7 +308,7 @@ async fn create_room(
     if let Err(r) = authorize(&req, &state) {
         return r;
     }
-    let body = match read_body(payload, MAX_ROOM_BODY).await {
+    let body = match read_body(payload, MAX_ROOM_BODY, &state).await {
         Ok(body) => body,
         Err(r) => return r,
     };

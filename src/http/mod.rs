@@ -18,6 +18,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use polling::Sessions;
 use serde::Deserialize;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use websocket::{WsInbound, WsMessage, WsSink};
@@ -35,6 +36,108 @@ pub struct AppState {
     pub store: Arc<StoreHealth>,
     /// Authentication and access decisions.
     pub hooks: Arc<dyn Hooks>,
+    /// Sessions open per client IP (`server.maxConnectionsPerIp`).
+    pub per_ip: PerIp,
+}
+
+/// Counts the Socket.IO sessions open from each IP address, up to a bound.
+#[derive(Clone, Default)]
+pub struct PerIp {
+    /// 0 = unlimited (nothing is counted).
+    max: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+/// An address has `server.maxConnectionsPerIp` sessions open already.
+#[derive(Debug)]
+pub struct TooManyFromIp;
+
+impl TooManyFromIp {
+    /// HTTP 429 with an Engine.IO-style JSON error.
+    fn response(&self) -> HttpResponse {
+        HttpResponse::TooManyRequests().json(serde_json::json!({
+            "code": 3,
+            "message": "Too many connections from this address (server.maxConnectionsPerIp)",
+        }))
+    }
+}
+
+/// One session's place in [`PerIp`], given back when dropped (with the connection actor).
+pub struct IpSlot {
+    ip: IpAddr,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+impl PerIp {
+    pub fn new(max: usize) -> Self {
+        PerIp {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    /// A place for one more session from `ip`; `Err` when it has `max` open already.
+    pub fn acquire(&self, ip: Option<IpAddr>) -> Result<Option<IpSlot>, TooManyFromIp> {
+        let Some(ip) = ip.filter(|_| self.max > 0) else {
+            return Ok(None);
+        };
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return Err(TooManyFromIp);
+        }
+        *count += 1;
+        Ok(Some(IpSlot {
+            ip,
+            open: self.open.clone(),
+        }))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Why a request body was not read whole.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Over this many bytes (not read further).
+    TooLarge(usize),
+    /// Not complete within `server.bodyTimeout`.
+    TimedOut,
+    /// The connection failed.
+    Read(String),
+}
+
+/// Reads a request body of at most `limit` bytes within `server.bodyTimeout`.
+pub async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    settings: &Settings,
+) -> Result<web::BytesMut, BodyError> {
+    let timeout = std::time::Duration::from_millis(settings.config.server.body_timeout);
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
 }
 
 /// Registers the routes.
@@ -122,7 +225,12 @@ fn transport_error(e: TransportError) -> HttpResponse {
     }
 }
 
-fn new_connection(state: &AppState, sid: String, transport: Transport) -> Connection {
+fn new_connection(
+    state: &AppState,
+    sid: String,
+    transport: Transport,
+    slot: Option<IpSlot>,
+) -> Connection {
     Connection::new(
         state.next_conn.fetch_add(1, Ordering::Relaxed),
         sid,
@@ -131,7 +239,13 @@ fn new_connection(state: &AppState, sid: String, transport: Transport) -> Connec
         state.hooks.clone(),
         transport,
         state.sessions.clone(),
+        slot,
     )
+}
+
+/// A place for a new session from the request's address.
+fn ip_slot(req: &HttpRequest, state: &AppState) -> Result<Option<IpSlot>, TooManyFromIp> {
+    state.per_ip.acquire(req.peer_addr().map(|a| a.ip()))
 }
 
 fn new_sid() -> String {
@@ -150,12 +264,16 @@ async fn socket_io_get(
     match (kind, sid) {
         (Kind::Polling, None) => {
             // Handshake: a new session whose first GET collects the open packet.
+            let slot = match ip_slot(&req, &state) {
+                Ok(slot) => slot,
+                Err(refused) => return refused.response(),
+            };
             let sid = new_sid();
             let transport = Transport::Polling {
                 queue: Default::default(),
                 probe: None,
             };
-            let conn = new_connection(&state, sid.clone(), transport);
+            let conn = new_connection(&state, sid.clone(), transport, slot);
             let addr = conn.start();
             state.sessions.insert(sid.clone(), addr);
             match state.sessions.get(&sid) {
@@ -192,13 +310,20 @@ async fn websocket(
         Ok(response) => response,
         Err(_) => return eio_error(3, "Bad request"),
     };
+    let slot = match upgrade {
+        None => match ip_slot(req, state) {
+            Ok(slot) => slot,
+            Err(refused) => return refused.response(),
+        },
+        Some(_) => None,
+    };
     let server = &state.settings.config.server;
     let (sink, body) = WsSink::new(server.max_outbound_bytes);
     let mut inbound = WsInbound::new(payload, server.max_payload as usize);
     match upgrade {
         None => {
             let sid = new_sid();
-            let conn = new_connection(state, sid.clone(), Transport::WebSocket(sink));
+            let conn = new_connection(state, sid.clone(), Transport::WebSocket(sink), slot);
             // Registered like a polling session: a polling request with this sid gets 400 Bad
             // request, a further WebSocket is closed at once.
             let sessions = state.sessions.clone();
@@ -211,12 +336,12 @@ async fn websocket(
         Some(addr) => match addr.send(UpgradeStart { sink }).await {
             Ok(Ok(())) => {
                 // The session's actor may live on another worker: forward what the socket
-                // says.
+                // says, one message at a time (the socket is not read further until the
+                // actor took the last one: backpressure, as on a WebSocket session).
                 actix_rt::spawn(async move {
                     while let Some(msg) = inbound.next().await {
                         let closing = matches!(msg, Ok(WsMessage::Close) | Err(_));
-                        addr.do_send(UpgradeFrame { msg });
-                        if closing {
+                        if addr.send(UpgradeFrame { msg }).await.is_err() || closing {
                             return;
                         }
                     }
@@ -243,7 +368,7 @@ async fn websocket(
 
 async fn socket_io_post(
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let sid = match check_query(&req) {
@@ -257,20 +382,21 @@ async fn socket_io_post(
     };
     // Read the body, refusing (not buffering) anything over maxPayload.
     let max = state.settings.config.server.max_payload as usize;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return eio_error(3, "Bad request");
-        };
-        if body.len() + chunk.len() > max {
+    let body = match read_body(payload, max, &state.settings).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge(_)) => {
             session.addr.do_send(CloseSession {
                 reason: "POST body over maxPayload",
             });
             return HttpResponse::PayloadTooLarge()
                 .json(serde_json::json!({ "code": 3, "message": "Payload too large" }));
         }
-        body.extend_from_slice(&chunk);
-    }
+        Err(BodyError::TimedOut) => {
+            return HttpResponse::RequestTimeout()
+                .json(serde_json::json!({ "code": 3, "message": "Request body timeout" }));
+        }
+        Err(BodyError::Read(_)) => return eio_error(3, "Bad request"),
+    };
     let Ok(body) = String::from_utf8(body.to_vec()) else {
         session.addr.do_send(CloseSession {
             reason: "POST body is not UTF-8",
@@ -294,13 +420,20 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let backlog = state.store.backlog.load(Ordering::Relaxed);
     let restoring = state.store.restoring.load(Ordering::Relaxed);
     let stopped = state.store.stopped.load(Ordering::Relaxed);
-    let max = state.settings.config.database.max_backlog;
-    let ready = available && backlog < max && restoring == 0 && stopped == 0;
+    let backlog_bytes = state.store.backlog_bytes.load(Ordering::Relaxed);
+    let database = &state.settings.config.database;
+    let ready = available
+        && backlog < database.max_backlog
+        && backlog_bytes < database.max_backlog_bytes
+        && restoring == 0
+        && stopped == 0;
     let body = serde_json::json!({
         "ready": ready,
         "database": if available { "available" } else { "unavailable" },
         "backlog": backlog,
-        "maxBacklog": max,
+        "maxBacklog": database.max_backlog,
+        "backlogBytes": backlog_bytes,
+        "maxBacklogBytes": database.max_backlog_bytes,
         "roomsRestoring": restoring,
         "roomsStopped": stopped,
     });

@@ -14,6 +14,7 @@ use futures_core::Stream;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 /// A complete inbound message, after reassembling fragments.
 #[derive(Debug)]
@@ -190,6 +191,9 @@ struct QueueState {
     close: Option<CloseReason>,
     /// The close frame went out, or the socket is gone.
     ended: bool,
+    /// Since when bytes have been waiting without the writer taking any (the socket does
+    /// not accept more); `None` while the writer keeps up.
+    waiting_since: Option<Instant>,
 }
 
 impl WsQueue {
@@ -218,6 +222,9 @@ impl WsQueue {
                 s.refusing = true;
                 return Err(SlowClient);
             }
+            if s.buf.is_empty() {
+                s.waiting_since = Some(Instant::now());
+            }
             encode(&mut s.buf);
             s.waker.take()
         };
@@ -243,6 +250,15 @@ impl WsQueue {
         self.push(data.len() + 10, |buf| {
             Parser::write_message(buf, data, OpCode::Pong, true, false)
         })
+    }
+
+    /// How long bytes have been waiting with none taken by the socket (a reader that
+    /// stalled); `None` when nothing waits.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        let s = self.state();
+        s.waiting_since
+            .filter(|_| !s.buf.is_empty() && !s.ended)
+            .map(|since| since.elapsed())
     }
 
     /// Sends a close frame after what is queued, then ends the response.
@@ -331,6 +347,7 @@ impl Stream for WsOutboxBody {
             this.done = true;
         }
         if !s.buf.is_empty() {
+            s.waiting_since = None;
             return Poll::Ready(Some(Ok(s.buf.split().freeze())));
         }
         if this.done {
@@ -415,6 +432,23 @@ mod tests {
         assert_eq!(&chunk[..data.len()], &data[..]);
         assert_eq!(chunk[data.len()], 0x88);
         assert_eq!(poll(&mut body), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_queue_the_writer_does_not_take_counts_as_stalled() {
+        let (mut sink, mut body) = WsSink::new(1 << 20);
+        let queue = sink.queue();
+        assert_eq!(queue.stalled_for(), None, "nothing waits");
+        sink.text("42[\"a\"]").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        sink.text("42[\"b\"]").unwrap();
+        let stalled = queue.stalled_for().expect("bytes wait");
+        assert!(
+            stalled >= Duration::from_millis(20),
+            "since the first byte: {stalled:?}"
+        );
+        assert!(poll(&mut body).is_ready());
+        assert_eq!(queue.stalled_for(), None, "the writer took everything");
     }
 
     #[test]

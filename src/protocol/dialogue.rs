@@ -234,28 +234,74 @@ pub fn history_range(
     }
 }
 
-/// An event as clients receive it and history stores it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventMessage<'a> {
+/// An event as clients receive it and history stores it: the JSON object
+/// `{"event","roomId","data","from","timestamp","meta"?,"seq","epoch"?}`.
+#[derive(Debug, Clone)]
+pub struct EventMessage<'a, D: Serialize + ?Sized, M: Serialize + ?Sized> {
     pub event: &'a str,
     pub room_id: &'a str,
-    pub data: &'a Value,
+    pub data: &'a D,
     pub from: &'a str,
     /// Milliseconds since the Unix epoch.
     pub timestamp: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub meta: Option<&'a Value>,
+    /// Omitted when absent.
+    pub meta: Option<&'a M>,
     /// Per (room, event) sequence number, from 1, without gaps.
     pub seq: u64,
     /// The room's epoch: it grows after an unclean stop, so `(epoch, seq)` never names two
     /// different events. Omitted while 0.
-    #[serde(skip_serializing_if = "is_zero")]
     pub epoch: u64,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+/// The serialised [`EventMessage`] and where its `data` and `meta` values sit in the text, so
+/// the text is the only copy of them anyone needs to keep.
+#[derive(Debug)]
+pub struct EventJson {
+    pub json: String,
+    pub data: std::ops::Range<usize>,
+    pub meta: Option<std::ops::Range<usize>>,
+}
+
+impl<D: Serialize + ?Sized, M: Serialize + ?Sized> EventMessage<'_, D, M> {
+    /// Writes the JSON object, recording where `data` and `meta` are.
+    pub fn to_event_json(&self) -> EventJson {
+        fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> std::ops::Range<usize> {
+            let start = out.len();
+            if serde_json::to_writer(&mut *out, value).is_err() {
+                out.truncate(start);
+                out.extend_from_slice(b"null");
+            }
+            start..out.len()
+        }
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(br#"{"event":"#);
+        put(&mut out, self.event);
+        out.extend_from_slice(br#","roomId":"#);
+        put(&mut out, self.room_id);
+        out.extend_from_slice(br#","data":"#);
+        let data = put(&mut out, self.data);
+        out.extend_from_slice(br#","from":"#);
+        put(&mut out, self.from);
+        out.extend_from_slice(br#","timestamp":"#);
+        put(&mut out, &self.timestamp);
+        let meta = self.meta.map(|meta| {
+            out.extend_from_slice(br#","meta":"#);
+            put(&mut out, meta)
+        });
+        out.extend_from_slice(br#","seq":"#);
+        put(&mut out, &self.seq);
+        if self.epoch != 0 {
+            out.extend_from_slice(br#","epoch":"#);
+            put(&mut out, &self.epoch);
+        }
+        out.push(b'}');
+        EventJson {
+            // serde_json writes UTF-8 only.
+            json: String::from_utf8(out).unwrap_or_default(),
+            data,
+            meta,
+        }
+    }
 }
 
 /// A room as `dialogue:rooms` and `dialogue:roomCreated` describe it.
@@ -319,6 +365,49 @@ mod tests {
     use super::*;
     use crate::error::ErrorCode;
     use serde_json::json;
+
+    #[test]
+    fn event_json_is_the_wire_object_and_locates_data_and_meta() {
+        let data = json!({"text": "\"data\":1 é", "n": [1, 2.5, null]});
+        let meta = json!({"k": "v"});
+        let full = EventMessage {
+            event: "data",
+            room_id: "r\"1",
+            data: &data,
+            from: "u",
+            timestamp: -5,
+            meta: Some(&meta),
+            seq: 7,
+            epoch: 2,
+        }
+        .to_event_json();
+        let parsed: Value = serde_json::from_str(&full.json).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"event": "data", "roomId": "r\"1", "data": data, "from": "u",
+                   "timestamp": -5, "meta": meta, "seq": 7, "epoch": 2})
+        );
+        assert_eq!(&full.json[full.data.clone()], data.to_string());
+        assert_eq!(&full.json[full.meta.clone().unwrap()], meta.to_string());
+
+        let bare = EventMessage {
+            event: "e",
+            room_id: "r",
+            data: &Value::Null,
+            from: "u",
+            timestamp: 1,
+            meta: None::<&Value>,
+            seq: 1,
+            epoch: 0,
+        }
+        .to_event_json();
+        assert_eq!(
+            bare.json,
+            r#"{"event":"e","roomId":"r","data":null,"from":"u","timestamp":1,"seq":1}"#
+        );
+        assert_eq!(&bare.json[bare.data], "null");
+        assert!(bare.meta.is_none());
+    }
 
     #[test]
     fn parses_requests_and_reports_bad_shapes() {
