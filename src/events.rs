@@ -23,6 +23,9 @@ pub struct EventDef {
     pub history_max_bytes: usize,
     /// When a trigger of this event is acknowledged and fanned out.
     pub durability: Durability,
+    /// Declared in the configuration (not an ad-hoc name in a `"*"` room): its metric
+    /// series carry its name.
+    pub declared: bool,
 }
 
 impl EventDef {
@@ -49,6 +52,7 @@ impl EventDef {
             history_limit,
             history_max_bytes: DEFAULT_WINDOW_BYTES,
             durability: Durability::Stored,
+            declared: true,
         })
     }
 
@@ -61,6 +65,7 @@ impl EventDef {
             history_limit: None,
             history_max_bytes: DEFAULT_WINDOW_BYTES,
             durability,
+            declared: false,
         }
     }
 

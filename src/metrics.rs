@@ -7,7 +7,8 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
-use std::sync::LazyLock;
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Every metric of the service.
 pub struct Metrics {
@@ -163,6 +164,44 @@ impl Metrics {
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
+/// The `room` (and `event`) label value of series counted together: rooms beyond
+/// `metrics.maxRoomSeries`, and undeclared events of `"*"` rooms.
+pub const OTHER: &str = "_other";
+
+/// Rooms whose series carry their own label, and how many may.
+struct RoomSeries {
+    max: usize,
+    labelled: HashSet<Arc<str>>,
+}
+
+static ROOM_SERIES: LazyLock<Mutex<RoomSeries>> = LazyLock::new(|| {
+    Mutex::new(RoomSeries {
+        max: 0,
+        labelled: HashSet::new(),
+    })
+});
+
+fn room_series() -> std::sync::MutexGuard<'static, RoomSeries> {
+    ROOM_SERIES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sets `metrics.maxRoomSeries` (0 = every room labelled).
+pub fn set_max_room_series(max: usize) {
+    room_series().max = max;
+}
+
+/// The `room` label of a room's series: its id while fewer than `metrics.maxRoomSeries`
+/// rooms have one, else [`OTHER`].
+pub fn room_label(room: &Arc<str>) -> Arc<str> {
+    let mut series = room_series();
+    if series.labelled.contains(room) || series.max == 0 || series.labelled.len() < series.max {
+        series.labelled.insert(room.clone());
+        room.clone()
+    } else {
+        OTHER.into()
+    }
+}
+
 /// Counters of one (room, event), cached by the room.
 #[derive(Clone)]
 pub struct EventCounters {
@@ -190,10 +229,16 @@ impl EventCounters {
     }
 }
 
-/// Drops the series of a deleted room.
-pub fn remove_room(room: &str, events: impl Iterator<Item = impl AsRef<str>>) {
-    for event in events {
-        EventCounters::remove(room, event.as_ref());
+/// Drops the series of a deleted room (by its label) and frees its label for another room;
+/// the aggregated [`OTHER`] series stay.
+pub fn remove_room(label: &str, events: impl Iterator<Item = impl AsRef<str>>) {
+    if label == OTHER {
+        return;
     }
-    let _ = METRICS.joins.remove_label_values(&[room]);
+    for event in events {
+        EventCounters::remove(label, event.as_ref());
+    }
+    EventCounters::remove(label, OTHER);
+    let _ = METRICS.joins.remove_label_values(&[label]);
+    room_series().labelled.remove(label);
 }

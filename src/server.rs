@@ -46,6 +46,7 @@ pub async fn run_with_hooks(
     for warning in settings.warnings() {
         log::warn!("{warning}");
     }
+    crate::metrics::set_max_room_series(settings.config.metrics.max_room_series);
 
     let db_url = settings.config.database.url.clone();
     let db = store::connect(&db_url).await.map_err(|e| {

@@ -119,13 +119,19 @@ struct EventState {
 }
 
 impl EventState {
-    fn new(room_id: &str, def: Arc<EventDef>, high_water: u64) -> Self {
+    /// `label`: the room's metric label ([`crate::metrics::room_label`]).
+    fn new(label: &str, def: Arc<EventDef>, high_water: u64) -> Self {
+        let event_label = if def.declared {
+            def.name.as_str()
+        } else {
+            crate::metrics::OTHER
+        };
         EventState {
             name: def.name.as_str().into(),
             history: def
                 .history_limit
                 .map(|limit| EventHistory::new(limit, def.history_max_bytes)),
-            counters: EventCounters::new(room_id, &def.name),
+            counters: EventCounters::new(label, event_label),
             def,
             last_assigned: high_water,
             reserved: high_water,
@@ -206,6 +212,9 @@ pub struct RoomActor {
     persistence: PersistenceLink,
     hooks: Arc<dyn Hooks>,
     joins: prometheus::IntCounter,
+    /// The `room` label of its metric series (its id, or `_other` beyond
+    /// `metrics.maxRoomSeries`).
+    metric_label: Arc<str>,
     /// This room instance's lease token in the database.
     owner: Arc<str>,
     /// The room's epoch, from the lease (grows after an unclean stop).
@@ -238,12 +247,13 @@ impl RoomActor {
         persistence: PersistenceLink,
         hooks: Arc<dyn Hooks>,
     ) -> Self {
+        let metric_label = crate::metrics::room_label(&shared.id);
         let mut events = HashMap::new();
         match &shared.events {
             Some(list) => {
                 for name in list {
                     if let Some(def) = catalog.get(name) {
-                        events.insert(name.clone(), EventState::new(&shared.id, def.clone(), 0));
+                        events.insert(name.clone(), EventState::new(&metric_label, def.clone(), 0));
                     }
                 }
             }
@@ -252,7 +262,10 @@ impl RoomActor {
             None => {
                 for name in catalog.names() {
                     if let Some(def) = catalog.get(name).filter(|d| d.history_limit.is_some()) {
-                        events.insert(name.to_owned(), EventState::new(&shared.id, def.clone(), 0));
+                        events.insert(
+                            name.to_owned(),
+                            EventState::new(&metric_label, def.clone(), 0),
+                        );
                     }
                 }
             }
@@ -260,7 +273,8 @@ impl RoomActor {
         // Counted from construction (before the server listens) until `claim` ends.
         persistence.restoring.fetch_add(1, Ordering::Relaxed);
         RoomActor {
-            joins: METRICS.joins.with_label_values(&[&shared.id]),
+            joins: METRICS.joins.with_label_values(&[&metric_label]),
+            metric_label,
             shared,
             catalog,
             members: HashMap::new(),
@@ -360,7 +374,7 @@ impl RoomActor {
         }
         self.members.clear();
         self.set_size();
-        crate::metrics::remove_room(&self.shared.id, self.events.keys());
+        crate::metrics::remove_room(&self.metric_label, self.events.keys());
         let release = self.persistence.release.send(ReleaseRoom {
             room_id: self.shared.id.clone(),
             owner: self.owner.clone(),
@@ -412,7 +426,7 @@ impl RoomActor {
         if !self.events.contains_key(event) {
             let def = self.event_def(event)?;
             let high_water = self.restored_counters.get(event).copied().unwrap_or(0);
-            let state = EventState::new(&self.shared.id, def, high_water);
+            let state = EventState::new(&self.metric_label, def, high_water);
             self.events.insert(event.to_owned(), state);
         }
         self.events.get_mut(event).ok_or_else(|| {

@@ -157,6 +157,11 @@ impl Settings {
                     .map(str::to_owned),
             );
         }
+        if let Ok(key) = std::env::var("DIALOGUE_METRICS_KEY") {
+            if !key.is_empty() {
+                self.config.metrics.key = Some(key);
+            }
+        }
         if let Ok(url) = std::env::var("DATABASE_URL") {
             if !url.is_empty() {
                 self.config.database.url = url;

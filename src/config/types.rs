@@ -25,6 +25,8 @@ pub struct Config {
     pub cors: CorsConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Event types, by name.
     #[serde(default)]
     pub events: BTreeMap<String, EventConfig>,
@@ -253,6 +255,26 @@ impl Default for LimitsConfig {
 pub struct ApiConfig {
     /// Bearer keys; `DIALOGUE_API_KEYS` (comma-separated) adds more. None = API off.
     pub keys: Vec<String>,
+}
+
+/// The Prometheus endpoint (`/metrics`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Bearer key `/metrics` requires; `DIALOGUE_METRICS_KEY` overrides. None = open.
+    pub key: Option<String>,
+    /// Rooms whose series carry their own `room` label; the others are counted together
+    /// under `room="_other"` (as are undeclared events of `"*"` rooms). 0 = no bound.
+    pub max_room_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            key: None,
+            max_room_series: 1000,
+        }
+    }
 }
 
 /// Cross-origin access for browsers (long-polling and the HTTP API).

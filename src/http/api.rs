@@ -76,6 +76,11 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
             "the server API is off: configure api.keys or DIALOGUE_API_KEYS",
         ));
     }
+    check_bearer(req, keys)
+}
+
+/// Checks `Authorization: Bearer <key>` against `keys` (401 with the JSON error otherwise).
+pub(super) fn check_bearer(req: &HttpRequest, keys: &[String]) -> Result<(), HttpResponse> {
     let given = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)

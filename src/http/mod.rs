@@ -444,7 +444,13 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn metrics() -> HttpResponse {
+/// The Prometheus text; behind a bearer key when `metrics.key` is set.
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(key) = &state.settings.config.metrics.key {
+        if let Err(refused) = api::check_bearer(&req, std::slice::from_ref(key)) {
+            return refused;
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::metrics::METRICS.render())
