@@ -111,6 +111,8 @@ pub struct EventCatalog {
     /// Distinct event names a `"*"` room keeps state for (`limits.maxEventTypesPerRoom`;
     /// 0 = unlimited).
     pub max_event_types_per_room: usize,
+    /// Bytes of events one history page or join history holds (`limits.maxPageBytes`).
+    pub max_page_bytes: usize,
 }
 
 impl EventCatalog {

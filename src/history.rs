@@ -49,6 +49,46 @@ pub fn cursor_to_seqs(last_seq: u64, before: u64, limit: u64) -> SeqRange {
     SeqRange { lo, hi }
 }
 
+/// The bytes a history page (or a join's history) may still take
+/// ([`crate::config::Config::max_page_bytes`]). Its first event is always admitted, so that
+/// every event can be read whatever its size.
+#[derive(Debug, Clone, Copy)]
+pub struct PageBudget {
+    left: usize,
+    empty: bool,
+}
+
+impl PageBudget {
+    pub fn new(max_bytes: usize) -> Self {
+        PageBudget {
+            left: max_bytes,
+            empty: true,
+        }
+    }
+
+    /// Takes `weight` bytes if they fit (or if nothing was taken yet).
+    pub fn admit(&mut self, weight: usize) -> bool {
+        if !self.empty && weight > self.left {
+            return false;
+        }
+        self.left = self.left.saturating_sub(weight);
+        self.empty = false;
+        true
+    }
+
+    /// The newest-first `events` that fit, in order; stops at the first that does not.
+    pub fn take<'a, I>(&mut self, events: I) -> Vec<Arc<StoredEvent>>
+    where
+        I: IntoIterator<Item = &'a Arc<StoredEvent>>,
+    {
+        events
+            .into_iter()
+            .take_while(|e| self.admit(e.weight()))
+            .cloned()
+            .collect()
+    }
+}
+
 /// One event type's window in one room.
 #[derive(Debug)]
 pub struct EventHistory {
@@ -247,6 +287,22 @@ mod tests {
         let restored = EventHistory::restore(100, 2 * weight, (1..=4).map(ev).collect(), 4);
         assert_eq!((restored.len(), restored.bytes()), (2, 2 * weight));
         assert_eq!(restored.first_seq_in_memory(), 3);
+    }
+
+    #[test]
+    fn a_page_budget_admits_its_first_event_whatever_its_size() {
+        let weight = ev(1).weight();
+        let events: Vec<_> = (1..=5).rev().map(ev).collect();
+        assert_eq!(PageBudget::new(2 * weight).take(&events).len(), 2);
+        assert_eq!(PageBudget::new(2 * weight + 1).take(&events).len(), 2);
+        assert_eq!(
+            PageBudget::new(0).take(&events).len(),
+            1,
+            "the first always"
+        );
+        let mut budget = PageBudget::new(weight);
+        assert!(budget.admit(weight));
+        assert!(!budget.admit(1), "spent");
     }
 
     #[test]

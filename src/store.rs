@@ -3,12 +3,13 @@
 //! SQLite and PostgreSQL, inside or outside a transaction.
 
 use crate::actors::messages::{CounterMark, StoredEvent};
+use crate::history::PageBudget;
 use crate::protocol::dialogue::to_json;
 use entity::message::{self, Column, Entity as Messages};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, StreamTrait, TransactionTrait,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -885,39 +886,60 @@ fn to_event(room_id: &str, row: message::Model) -> Arc<StoredEvent> {
     ))
 }
 
-/// Events `lo..=hi` of one (room, event), newest first: an index range, never OFFSET.
-pub async fn load_range<C: ConnectionTrait>(
+/// Events `lo..=hi` of one (room, event), newest first: an index range, never OFFSET. Rows
+/// are streamed and the reading stops at the first that `budget` does not admit, so a page
+/// of large events never sits in memory whole.
+pub async fn load_range<C: ConnectionTrait + StreamTrait + Send>(
     db: &C,
     room_id: &str,
     event: &str,
     lo: u64,
     hi: u64,
+    budget: PageBudget,
 ) -> Result<Vec<Arc<StoredEvent>>, DbErr> {
     let rows = Messages::find()
         .filter(Column::RoomId.eq(room_id))
         .filter(Column::EventName.eq(event))
         .filter(Column::Seq.between(lo as i64, hi as i64))
-        .order_by_desc(Column::Seq)
-        .all(db)
-        .await?;
-    Ok(rows.into_iter().map(|r| to_event(room_id, r)).collect())
+        .order_by_desc(Column::Seq);
+    newest_within(db, room_id, rows, budget).await
 }
 
-/// The newest `limit` events of one (room, event), newest first.
-pub async fn load_latest<C: ConnectionTrait>(
+/// The newest `limit` events of one (room, event) that fit in `max_bytes`, newest first (a
+/// window to restore).
+pub async fn load_latest<C: ConnectionTrait + StreamTrait + Send>(
     db: &C,
     room_id: &str,
     event: &str,
     limit: u64,
+    max_bytes: usize,
 ) -> Result<Vec<Arc<StoredEvent>>, DbErr> {
     let rows = Messages::find()
         .filter(Column::RoomId.eq(room_id))
         .filter(Column::EventName.eq(event))
         .order_by_desc(Column::Seq)
-        .limit(limit.max(1))
-        .all(db)
-        .await?;
-    Ok(rows.into_iter().map(|r| to_event(room_id, r)).collect())
+        .limit(limit.max(1));
+    newest_within(db, room_id, rows, PageBudget::new(max_bytes)).await
+}
+
+/// Streams `rows` into events until `budget` refuses one.
+async fn newest_within<C: ConnectionTrait + StreamTrait + Send>(
+    db: &C,
+    room_id: &str,
+    rows: sea_orm::Select<Messages>,
+    mut budget: PageBudget,
+) -> Result<Vec<Arc<StoredEvent>>, DbErr> {
+    use futures_util::StreamExt;
+    let mut stream = std::pin::pin!(rows.stream(db).await?);
+    let mut events = Vec::new();
+    while let Some(row) = stream.next().await {
+        let event = to_event(room_id, row?);
+        if !budget.admit(event.weight()) {
+            break;
+        }
+        events.push(event);
+    }
+    Ok(events)
 }
 
 #[cfg(test)]

@@ -230,6 +230,7 @@ fn room_deletion_persists_first(backend: Backend) {
 /// written.
 fn idempotent_writes(backend: Backend) {
     use dialogue::actors::messages::StoredEvent;
+    use dialogue::history::PageBudget;
     use dialogue::store::{insert_batches, BatchRef};
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
@@ -281,7 +282,8 @@ fn idempotent_writes(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(rows, 5);
-        let back = dialogue::store::load_range(&db, "r", "e", 1, 5).await.unwrap();
+        let all = PageBudget::new(usize::MAX);
+        let back = dialogue::store::load_range(&db, "r", "e", 1, 5, all).await.unwrap();
         assert_eq!(back.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4, 3, 2, 1]);
         for (got, want) in back.iter().rev().zip(&events) {
             assert_eq!(got.data_value(), want.data_value(), "seq {}", want.seq);
@@ -289,6 +291,12 @@ fn idempotent_writes(backend: Backend) {
             assert_eq!(got.from, want.from);
             assert_eq!(got.timestamp, want.timestamp);
         }
+        // Reading stops at the page's byte budget: the newest that fit.
+        let two = back[0].weight() + back[1].weight();
+        let newest = dialogue::store::load_range(&db, "r", "e", 1, 5, PageBudget::new(two))
+            .await
+            .unwrap();
+        assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4]);
     });
 }
 

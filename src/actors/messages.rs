@@ -449,6 +449,8 @@ pub struct LoadRange {
     pub event: Arc<str>,
     pub lo: u64,
     pub hi: u64,
+    /// The answer holds the newest events of the range that fit (all of them when they do).
+    pub budget: crate::history::PageBudget,
 }
 
 /// Takes ownership of a room in the database (its lease) and loads what the room starts
@@ -459,8 +461,8 @@ pub struct LoadRange {
 pub struct ClaimRoom {
     pub room_id: Arc<str>,
     pub owner: Arc<str>,
-    /// History-enabled events with their window sizes.
-    pub windows: Vec<(Arc<str>, u64)>,
+    /// History-enabled events with their window bounds (events, bytes).
+    pub windows: Vec<(Arc<str>, u64, usize)>,
     /// Events without history (their counters are restored).
     pub counters: Vec<Arc<str>>,
 }

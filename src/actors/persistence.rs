@@ -923,14 +923,16 @@ impl Handler<LoadRange> for Persistence {
                 unwritten.into_iter().map(|e| (e.seq, e)).collect();
             if by_seq.len() < wanted {
                 let db = db.ok_or_else(|| unavailable("no database connection"))?;
-                let stored = store::load_range(&db, &msg.room_id, &msg.event, msg.lo, msg.hi)
+                let (room, event) = (&msg.room_id, &msg.event);
+                let stored = store::load_range(&db, room, event, msg.lo, msg.hi, msg.budget)
                     .await
                     .map_err(unavailable)?;
                 for e in stored {
                     by_seq.entry(e.seq).or_insert(e);
                 }
             }
-            Ok(by_seq.into_values().rev().collect())
+            let mut budget = msg.budget;
+            Ok(budget.take(by_seq.values().rev()))
         })
     }
 }
@@ -953,8 +955,8 @@ impl Handler<ClaimRoom> for Persistence {
                 .await
                 .map_err(|e| format!("the database is unavailable: {e}"))??;
             let mut windows = Vec::new();
-            for (event, limit) in msg.windows {
-                let events = store::load_latest(&db, &msg.room_id, &event, limit)
+            for (event, limit, max_bytes) in msg.windows {
+                let events = store::load_latest(&db, &msg.room_id, &event, limit, max_bytes)
                     .await
                     .map_err(|e| format!("cannot read '{event}' history: {e}"))?;
                 let last_seq = events.first().map_or(0, |e| e.seq);

@@ -15,7 +15,7 @@ use crate::auth::Identity;
 use crate::config::Durability;
 use crate::error::{DialogueError, ErrorCode};
 use crate::events::{EventCatalog, EventDef};
-use crate::history::{cursor_to_seqs, offsets_to_seqs, EventHistory, SeqRange};
+use crate::history::{cursor_to_seqs, offsets_to_seqs, EventHistory, PageBudget, SeqRange};
 use crate::hooks::Hooks;
 use crate::metrics::{EventCounters, METRICS};
 use crate::protocol::dialogue::{to_json, HistoryRange, RoomInfo};
@@ -513,6 +513,8 @@ impl RoomActor {
             events.extend(history.newest_first(range));
         }
         events.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then(b.seq.cmp(&a.seq)));
+        // The newest that fit in a page (`limits.maxPageBytes`).
+        let events = PageBudget::new(self.catalog.max_page_bytes).take(events);
         let mut json = String::from("{\"roomId\":");
         json.push_str(&to_json(&self.room_id()));
         json.push_str(",\"events\":[");
@@ -575,7 +577,10 @@ impl RoomActor {
             windows: self
                 .events
                 .values()
-                .filter_map(|state| Some((state.name.clone(), state.def.history_limit? as u64)))
+                .filter_map(|state| {
+                    let limit = state.def.history_limit? as u64;
+                    Some((state.name.clone(), limit, state.def.history_max_bytes))
+                })
                 .collect(),
             counters: self
                 .events
@@ -736,6 +741,7 @@ impl Handler<Join> for RoomActor {
                     event,
                     lo: range.lo,
                     hi: range.hi,
+                    budget: PageBudget::new(self.catalog.max_page_bytes),
                 })
             })
             .collect();
@@ -1159,9 +1165,24 @@ impl Handler<GetHistory> for RoomActor {
             HistoryRange::Offsets { start, end } => offsets_to_seqs(last_seq, start, end),
             HistoryRange::Before { before, limit } => cursor_to_seqs(last_seq, before, limit),
         };
+        // A page holds at most `limits.maxPageBytes` of events: a larger one is refused (the
+        // client asks for fewer) rather than built.
+        let max_bytes = self.catalog.max_page_bytes;
+        let too_large = move || {
+            DialogueError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "this page would be over {max_bytes} bytes (limits.maxPageBytes); ask for fewer events"
+                ),
+            )
+        };
+        let mut budget = PageBudget::new(max_bytes);
         let from_memory: Vec<Arc<StoredEvent>> = history
-            .map(|h| h.newest_first(range).cloned().collect())
+            .map(|h| budget.take(h.newest_first(range)))
             .unwrap_or_default();
+        if history.is_some_and(|h| h.newest_first(range).count() > from_memory.len()) {
+            return Box::pin(async move { Err(too_large()) });
+        }
         let first_in_memory = history.map_or(1, EventHistory::first_seq_in_memory);
         let deep = (!range.is_empty() && range.lo < first_in_memory).then(|| SeqRange {
             lo: range.lo,
@@ -1173,6 +1194,7 @@ impl Handler<GetHistory> for RoomActor {
                 event: state.name.clone(),
                 lo: deep.lo,
                 hi: deep.hi,
+                budget,
             })
         });
         let event = msg.event;
@@ -1189,6 +1211,9 @@ impl Handler<GetHistory> for RoomActor {
                     )
                 })??;
                 events.extend(older);
+                if (events.len() as u64) < range.len() {
+                    return Err(too_large());
+                }
             }
             let json = page_json(&room_id, &event, request, last_seq, range, &events);
             METRICS.history_reads.with_label_values(&[source]).inc();

@@ -245,6 +245,7 @@ fn validate(config: &Config, text: &str) -> Result<EventCatalog, Vec<ConfigProbl
     let mut catalog = EventCatalog::default();
     catalog.default_durability = config.database.durability;
     catalog.max_event_types_per_room = config.limits.max_event_types_per_room;
+    catalog.max_page_bytes = config.max_page_bytes();
 
     for (name, event) in &config.events {
         let mut limit = None;

@@ -35,6 +35,15 @@ pub struct Config {
     pub rooms: BTreeMap<String, RoomConfig>,
 }
 
+impl Config {
+    /// `limits.maxPageBytes`, or half of `server.maxOutboundBytes`.
+    pub fn max_page_bytes(&self) -> usize {
+        self.limits
+            .max_page_bytes
+            .unwrap_or(self.server.max_outbound_bytes / 2)
+    }
+}
+
 /// Listening socket, worker threads and Engine.IO transport settings.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -230,6 +239,9 @@ pub struct LimitsConfig {
     pub max_queued_request_bytes: usize,
     /// `dialogue:subscribe` / `dialogue:unsubscribe` calls per connection per minute.
     pub subscriptions_per_minute: u32,
+    /// Bytes of events one history page (or a join's history) may hold; absent = half of
+    /// `server.maxOutboundBytes`, so that a page always fits the client's queue.
+    pub max_page_bytes: Option<usize>,
 }
 
 impl Default for LimitsConfig {
@@ -245,6 +257,7 @@ impl Default for LimitsConfig {
             max_event_types_per_room: 1000,
             max_queued_request_bytes: 1024 * 1024,
             subscriptions_per_minute: 120,
+            max_page_bytes: None,
         }
     }
 }
