@@ -40,7 +40,8 @@ impl Identity {
     /// milliseconds since the Unix epoch; `None` without one (open mode).
     pub fn expires_at_ms(&self) -> Option<i64> {
         let exp = self.claims.get("exp")?.as_f64()?;
-        Some((exp * 1000.0) as i64 + JWT_LEEWAY_SECONDS as i64 * 1000)
+        // A float-to-int `as` saturates; the sum must too (an `exp` past year 292 million).
+        Some(((exp * 1000.0) as i64).saturating_add(JWT_LEEWAY_SECONDS as i64 * 1000))
     }
 
     /// The identity of server-side callers (the HTTP API), recorded as `user_id`.
@@ -211,6 +212,25 @@ impl AccessRule {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn expiry_of_a_far_future_exp_saturates() {
+        // Regression (fuzzing): exp * 1000 saturated to i64::MAX, then adding the leeway
+        // overflowed (a panic in debug builds, a session ended at once in release).
+        let at = |exp: Value| {
+            Identity {
+                claims: json!({ "exp": exp }),
+                ..Identity::user("u")
+            }
+            .expires_at_ms()
+        };
+        assert_eq!(at(json!(9_223_372_036_854_771u64)), Some(i64::MAX));
+        assert_eq!(at(json!(u64::MAX)), Some(i64::MAX));
+        assert_eq!(at(json!(1e300)), Some(i64::MAX));
+        assert_eq!(at(json!(-1e300)), Some(i64::MIN + 5000));
+        assert_eq!(at(json!(1_700_000_000)), Some(1_700_000_005_000));
+        assert_eq!(at(json!("soon")), None);
+    }
 
     #[test]
     fn open_mode_takes_user_id_or_falls_back() {

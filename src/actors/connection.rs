@@ -16,7 +16,7 @@ use crate::auth::Identity;
 use crate::config::Settings;
 use crate::error::{DialogueError, ErrorCode};
 use crate::hooks::Hooks;
-use crate::http::polling::{PollingQueue, Sessions, SEPARATOR};
+use crate::http::polling::{records, PollingQueue, Record, Sessions};
 use crate::http::websocket::{WsInboundError, WsMessage, WsSink};
 use crate::http::IpSlot;
 use crate::protocol::dialogue::{ack_ok, error_frames, parse_request, to_json, ClientRequest};
@@ -1144,14 +1144,13 @@ impl Handler<PostPackets> for Connection {
         if !matches!(self.transport, Transport::Polling { .. }) {
             return Err(TransportError::WrongTransport);
         }
-        for packet in msg.body.split(SEPARATOR) {
+        for record in records(&msg.body) {
             if self.closing {
                 break;
             }
-            if packet.starts_with('b') {
-                self.on_binary(ctx); // base64 binary attachment
-            } else {
-                self.on_text(ctx, packet);
+            match record {
+                Record::Binary(_) => self.on_binary(ctx),
+                Record::Text(packet) => self.on_text(ctx, packet),
             }
         }
         if self.closing && !self.client_closed {

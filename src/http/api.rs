@@ -12,7 +12,7 @@ use crate::actors::messages::{
 use crate::actors::room::RoomActor;
 use crate::auth::Identity;
 use crate::error::{DialogueError, ErrorCode};
-use crate::protocol::dialogue::history_range;
+use crate::protocol::dialogue::{history_range, HistoryRange};
 use crate::protocol::storable;
 use actix::Addr;
 use actix_web::http::StatusCode;
@@ -381,6 +381,19 @@ struct HistoryQuery {
     limit: Option<u64>,
 }
 
+/// The history range of a `GET …/history/{event}` query string (`start`/`end` or
+/// `before`/`limit`); anything else, a number that is not a `u64` included, is INVALID_REQUEST.
+pub fn parse_history_query(query: &str) -> Result<HistoryRange, DialogueError> {
+    let query = web::Query::<HistoryQuery>::from_query(query)
+        .map_err(|e| {
+            DialogueError::invalid(format!(
+                "query: start/end or before/limit, non-negative integers: {e}"
+            ))
+        })?
+        .into_inner();
+    history_range(query.start, query.end, query.before, query.limit)
+}
+
 async fn history(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -389,15 +402,7 @@ async fn history(
     if let Err(r) = authorize(&req, &state) {
         return r;
     }
-    let query = match web::Query::<HistoryQuery>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(e) => {
-            return error(&DialogueError::invalid(format!(
-                "query: start/end or before/limit, non-negative integers: {e}"
-            )))
-        }
-    };
-    let range = match history_range(query.start, query.end, query.before, query.limit) {
+    let range = match parse_history_query(req.query_string()) {
         Ok(range) => range,
         Err(e) => return error(&e),
     };

@@ -15,6 +15,26 @@ use tokio::sync::oneshot;
 /// Separates packets in a polling payload.
 pub const SEPARATOR: char = '\x1e';
 
+/// One packet of a POST body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// An Engine.IO text packet, to decode with [`crate::protocol::engineio::decode`].
+    Text(&'a str),
+    /// `b<base64>`: a binary attachment. Its base64 is never decoded: the server refuses binary
+    /// payloads and only counts their attachments.
+    Binary(&'a str),
+}
+
+/// Splits a POST body into its packets (separated by [`SEPARATOR`]); an empty record is an
+/// empty text packet, which the Engine.IO decoder refuses. Allocates nothing.
+pub fn records(body: &str) -> impl Iterator<Item = Record<'_>> {
+    body.split(SEPARATOR)
+        .map(|record| match record.strip_prefix('b') {
+            Some(base64) => Record::Binary(base64),
+            None => Record::Text(record),
+        })
+}
+
 /// A polling session's outbound side, kept by its connection actor.
 #[derive(Default)]
 pub struct PollingQueue {
@@ -177,6 +197,21 @@ pub async fn post(session: &SessionEntry, body: String) -> Result<(), TransportE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_post_bodies_into_records() {
+        let body = "40\x1ebAQID\x1e\x1e42[\"a\"]";
+        assert_eq!(
+            records(body).collect::<Vec<_>>(),
+            vec![
+                Record::Text("40"),
+                Record::Binary("AQID"),
+                Record::Text(""),
+                Record::Text("42[\"a\"]"),
+            ]
+        );
+        assert_eq!(records("").collect::<Vec<_>>(), vec![Record::Text("")]);
+    }
 
     #[test]
     fn queue_joins_packets_and_answers_a_waiting_poll() {
