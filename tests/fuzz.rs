@@ -43,7 +43,7 @@ use dialogue::protocol::dialogue::{
 };
 use dialogue::protocol::engineio::{self, EioPacket, Handshake};
 use dialogue::protocol::socketio::{self, SioKind, SioPacket, MAX_ATTACHMENTS, RESERVED_EVENTS};
-use dialogue::protocol::storable;
+use dialogue::protocol::{parsed_json_weight, storable};
 use futures_core::Stream;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
@@ -584,13 +584,14 @@ fn pipeline(frame: &str) -> Outcome {
     if packet.kind != SioKind::Event {
         return Outcome::Packet;
     }
-    let Some(Value::Array(args)) = &packet.data else {
+    let Some(Value::Array(args)) = packet.data else {
         panic!("an EVENT decoded without an array: {packet:?}");
     };
-    let Some(Value::String(name)) = args.first() else {
-        panic!("an EVENT decoded without a name: {packet:?}");
+    let mut args = args.into_iter();
+    let Some(Value::String(name)) = args.next() else {
+        panic!("an EVENT decoded without a name");
     };
-    let request = parse_request(name, args.get(1))
+    let request = parse_request(&name, args.next())
         .and_then(|request| request.check_storable(data).map(|()| request));
     if let Err(e) = &request {
         assert_eq!(e.code, ErrorCode::InvalidRequest, "{e}");
@@ -1130,12 +1131,19 @@ proptest! {
     fn frame_pipeline(frame in eio_text()) {
         let (_, peak) = peak_bytes(|| pipeline(&frame));
         assert_bounded("pipeline", frame.len(), peak);
+        // The connection weighs a message by this estimate before parsing it (refusing one
+        // over 8 × maxPayload, bounding what it keeps waiting): the parse stays under twice it.
+        let estimate = parsed_json_weight(&frame);
+        prop_assert!(
+            peak <= 2 * estimate + 64 * 1024,
+            "{} bytes parsed at peak, estimated {}", peak, estimate
+        );
     }
 
     /// The request parser on values (not text): every error is INVALID_REQUEST.
     #[test]
     fn parse_request_values(name in dialogue_name(), arg in prop::option::of(arb_value())) {
-        match parse_request(&name, arg.as_ref()) {
+        match parse_request(&name, arg.clone()) {
             Err(e) => prop_assert_eq!(e.code, ErrorCode::InvalidRequest),
             Ok(request) => {
                 let raw = arg.map(|a| a.to_string()).unwrap_or_default();
@@ -1479,6 +1487,11 @@ fn known_inputs() {
     let (outcome, peak) = peak_bytes(|| pipeline(&frame));
     assert!(matches!(outcome, Outcome::Request(Ok(_))), "{outcome:?}");
     assert_bounded("objects in a trigger", frame.len(), peak);
+    let estimate = parsed_json_weight(&frame);
+    assert!(
+        peak <= 2 * estimate && estimate <= 4 * peak,
+        "the connection's estimate {estimate} against {peak} bytes measured"
+    );
     assert!(
         peak > 100 * frame.len(),
         "measured {peak}: update decode_budget's comment"

@@ -22,7 +22,7 @@ use crate::http::IpSlot;
 use crate::protocol::dialogue::{ack_ok, error_frames, parse_request, to_json, ClientRequest};
 use crate::protocol::engineio::{self, EioPacket};
 use crate::protocol::socketio::{self, SioKind, SioPacket};
-use crate::protocol::storable;
+use crate::protocol::{self, storable};
 use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use bytestring::ByteString;
@@ -32,10 +32,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A message may take at most this many times `server.maxPayload` once parsed (estimated by
+/// [`protocol::parsed_json_weight`]); a larger one closes the connection.
+const PARSED_PAYLOAD_FACTOR: usize = 8;
+
 /// Requests a client may have waiting before further ones are refused.
 const MAX_QUEUED_REQUESTS: usize = 256;
 
-/// What a pipelined trigger weighs besides its frame: the message and its answer.
+/// What a pipelined trigger weighs besides its parsed request: the message and its answer.
 const TRIGGER_OVERHEAD: usize = 256;
 
 /// A token bucket: `rate` per `per`, bursts up to `rate`. A rate of 0 never limits.
@@ -78,8 +82,8 @@ enum Work {
     Client {
         request: ClientRequest,
         ack: Option<u64>,
-        /// Bytes of the frame it came in.
-        frame_len: usize,
+        /// What it takes in memory ([`protocol::parsed_json_weight`] of its frame).
+        weight: usize,
     },
     AutoJoin {
         room_id: String,
@@ -286,7 +290,22 @@ impl Connection {
 
     fn on_text(&mut self, ctx: &mut Context<Self>, text: &str) {
         match engineio::decode(text) {
-            Ok(EioPacket::Message(data)) => self.on_socketio(ctx, data, text.len()),
+            Ok(EioPacket::Message(data)) => {
+                // What the message will take once parsed, estimated before parsing: a message
+                // that would take more than `PARSED_PAYLOAD_FACTOR` × maxPayload closes the
+                // connection, as a frame over maxPayload does.
+                let weight = protocol::parsed_json_weight(data);
+                let max = self.settings.config.server.max_payload as usize;
+                if weight > max.saturating_mul(PARSED_PAYLOAD_FACTOR) {
+                    log::info!(
+                        "closing connection {}: a message of {} bytes would take about {weight} bytes parsed",
+                        self.id,
+                        text.len()
+                    );
+                    return self.close(ctx, CloseCode::Size, "message too complex");
+                }
+                self.on_socketio(ctx, data, text.len(), weight)
+            }
             Ok(EioPacket::Pong(_)) => self.awaiting_pong = false,
             Ok(EioPacket::Ping(data)) => {
                 let pong = format!("3{data}");
@@ -307,7 +326,15 @@ impl Connection {
         }
     }
 
-    fn on_socketio(&mut self, ctx: &mut Context<Self>, data: &str, frame_len: usize) {
+    /// One Socket.IO packet; `frame_len` is its frame's length, `weight` what it takes once
+    /// parsed ([`protocol::parsed_json_weight`]).
+    fn on_socketio(
+        &mut self,
+        ctx: &mut Context<Self>,
+        data: &str,
+        frame_len: usize,
+        weight: usize,
+    ) {
         if self.skipping_binary.is_some() {
             return self.violation(ctx, "a text packet while binary attachments are due");
         }
@@ -335,7 +362,7 @@ impl Connection {
                 if self.identity.is_none() || packet.nsp != "/" {
                     return self.violation(ctx, "event on a namespace that is not connected");
                 }
-                self.on_event(ctx, packet, data, frame_len);
+                self.on_event(ctx, packet, data, frame_len, weight);
             }
             SioKind::BinaryEvent | SioKind::BinaryAck => {
                 if self.identity.is_none() {
@@ -511,6 +538,7 @@ impl Connection {
         packet: SioPacket,
         raw: &str,
         frame_len: usize,
+        weight: usize,
     ) {
         let ack = packet.id;
         let Some(Value::Array(args)) = packet.data else {
@@ -521,7 +549,7 @@ impl Connection {
             Some(Value::String(name)) => name,
             _ => return,
         };
-        let request = match parse_request(&name, args.next().as_ref()) {
+        let request = match parse_request(&name, args.next()) {
             Ok(request) => request,
             Err(error) => return self.reply_error(ctx, ack, &error),
         };
@@ -560,7 +588,7 @@ impl Connection {
             }
         }
         let max_bytes = self.settings.config.limits.max_queued_request_bytes;
-        let over_bytes = !self.queue.is_empty() && self.queued_bytes + frame_len > max_bytes;
+        let over_bytes = !self.queue.is_empty() && self.queued_bytes + weight > max_bytes;
         if self.queue.len() >= MAX_QUEUED_REQUESTS || over_bytes {
             let error = DialogueError::new(
                 ErrorCode::RateLimited,
@@ -568,11 +596,11 @@ impl Connection {
             );
             return self.reply_error(ctx, ack, &error);
         }
-        self.queued_bytes += frame_len;
+        self.queued_bytes += weight;
         self.queue.push_back(Work::Client {
             request,
             ack,
-            frame_len,
+            weight,
         });
         self.process_next(ctx);
     }
@@ -584,8 +612,8 @@ impl Connection {
             let Some(work) = self.queue.pop_front() else {
                 return;
             };
-            if let Work::Client { frame_len, .. } = &work {
-                self.queued_bytes -= frame_len;
+            if let Work::Client { weight, .. } = &work {
+                self.queued_bytes -= weight;
             }
             let Some(work) = self.pipeline(work, ctx) else {
                 continue;
@@ -606,27 +634,27 @@ impl Connection {
         let Work::Client {
             request: ClientRequest::Trigger(t),
             ack,
-            frame_len,
+            weight,
         } = work
         else {
             return Some(work);
         };
-        let weight = frame_len + TRIGGER_OVERHEAD;
+        let held = weight + TRIGGER_OVERHEAD;
         let bound = self.settings.config.server.max_outbound_bytes / 4;
         let room = match self.rooms.get(&t.room_id) {
-            Some(room) if self.in_flight.load(Ordering::Relaxed) + weight <= bound => room,
+            Some(room) if self.in_flight.load(Ordering::Relaxed) + held <= bound => room,
             _ => {
                 let request = ClientRequest::Trigger(t);
                 return Some(Work::Client {
                     request,
                     ack,
-                    frame_len,
+                    weight,
                 });
             }
         };
         let identity = self.identity();
         let in_flight = self.in_flight.clone();
-        let reply = AckTo::new(ack, self.outbox(ctx), t.room_id, in_flight, weight);
+        let reply = AckTo::new(ack, self.outbox(ctx), t.room_id, in_flight, held);
         room.do_send(Trigger {
             conn: Some(self.id),
             identity,

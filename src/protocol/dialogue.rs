@@ -96,9 +96,10 @@ pub enum ClientRequest {
 fn payload<T: for<'de> Deserialize<'de>>(
     name: &str,
     shape: &str,
-    arg: Option<&Value>,
+    arg: Option<Value>,
 ) -> Result<T, DialogueError> {
     let arg = arg.ok_or_else(|| DialogueError::invalid(format!("{name} expects {shape}")))?;
+    // By value: the packet's strings move into the request instead of being copied.
     T::deserialize(arg).map_err(|e| DialogueError::invalid(format!("{name} expects {shape}: {e}")))
 }
 
@@ -147,7 +148,7 @@ impl ClientRequest {
 }
 
 /// Parses the event `name` with its first argument.
-pub fn parse_request(name: &str, arg: Option<&Value>) -> Result<ClientRequest, DialogueError> {
+pub fn parse_request(name: &str, arg: Option<Value>) -> Result<ClientRequest, DialogueError> {
     const ROOM: &str = "{roomId: string}";
     const EVENT: &str = "{roomId: string, eventName: string}";
     Ok(match name {
@@ -411,14 +412,14 @@ mod tests {
 
     #[test]
     fn parses_requests_and_reports_bad_shapes() {
-        let r = parse_request("dialogue:join", Some(&json!({"roomId": "general"}))).unwrap();
+        let r = parse_request("dialogue:join", Some(json!({"roomId": "general"}))).unwrap();
         assert!(matches!(r, ClientRequest::Join(RoomRef { room_id }) if room_id == "general"));
-        let e = parse_request("dialogue:join", Some(&json!({"room": "x"}))).unwrap_err();
+        let e = parse_request("dialogue:join", Some(json!({"room": "x"}))).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         assert!(e.message.contains("roomId"), "{}", e.message);
         let e = parse_request("dialogue:join", None).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequest);
-        let e = parse_request("dialogue:trigger", Some(&json!("text"))).unwrap_err();
+        let e = parse_request("dialogue:trigger", Some(json!("text"))).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         let e = parse_request("hello", None).unwrap_err();
         assert!(e.message.contains("unknown event"));
@@ -432,7 +433,7 @@ mod tests {
     fn refuses_what_the_database_cannot_store() {
         let check = |name: &str, raw: &str| {
             let value: Value = serde_json::from_str(raw).unwrap();
-            parse_request(name, Some(&value))
+            parse_request(name, Some(value.clone()))
                 .unwrap()
                 .check_storable(raw)
         };
@@ -471,7 +472,7 @@ mod tests {
         let data = json!({"t": "a\u{0}"});
         let r = parse_request(
             trigger,
-            Some(&json!({"roomId": "r", "event": "e", "data": data})),
+            Some(json!({"roomId": "r", "event": "e", "data": data})),
         );
         assert!(r.unwrap().check_storable("{}").is_ok());
 

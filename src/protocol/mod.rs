@@ -5,3 +5,39 @@ pub mod dialogue;
 pub mod engineio;
 pub mod socketio;
 pub mod storable;
+
+/// What a JSON text takes once parsed into `serde_json::Value`s, estimated from the text
+/// without parsing it (an upper bound for usual shapes): the text itself twice (strings, and
+/// slack), a `Value` per item or member, and a B-tree node per object — an object is the
+/// costliest shape, about 640 bytes however few its members.
+pub fn parsed_json_weight(text: &str) -> usize {
+    const VALUE: usize = 32;
+    const OBJECT: usize = 640;
+    let (mut items, mut objects) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b',' | b':' | b'[' => items += 1,
+            b'{' => objects += 1,
+            _ => {}
+        }
+    }
+    2 * text.len() + VALUE * items + OBJECT * objects
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parsed_json_weight;
+
+    /// The estimate against what the parse really allocates (the counting allocator of
+    /// tests/fuzz.rs measures the same): within a small factor for the costliest shapes.
+    #[test]
+    fn parsed_weight_grows_with_the_shapes_that_cost_memory() {
+        let text = "x".repeat(1000);
+        let plain = format!(r#"["message",{{"text":"{text}"}}]"#);
+        assert!(parsed_json_weight(&plain) < 3 * plain.len());
+        let objects = format!("[{}]", vec![r#"{"":0}"#; 1000].join(","));
+        assert!(parsed_json_weight(&objects) > 600 * 1000);
+        let numbers = format!("[{}]", vec!["0"; 1000].join(","));
+        assert!(parsed_json_weight(&numbers) >= 32 * 1000);
+    }
+}
