@@ -236,6 +236,14 @@ async fn trigger(
         Ok(body) => body,
         Err(r) => return r,
     };
+    // As on a connection: a body that would take more than 8 × maxPayload once parsed.
+    let weight = crate::protocol::parsed_json_weight(&body);
+    if weight > 8 * state.settings.config.server.max_payload as usize {
+        return error(&DialogueError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body would take about {weight} bytes parsed (too many JSON objects)"),
+        ));
+    }
     let body: TriggerBody = match parse_json(&body, "{data, from?, meta?}") {
         Ok(b) => b,
         Err(r) => return r,

@@ -10,11 +10,12 @@ pub mod storable;
 /// without parsing it (an upper bound for usual shapes): the text itself twice (strings, and
 /// slack), a `Value` per item or member, and a B-tree node per object — an object is the
 /// costliest shape, about 640 bytes however few its members.
-pub fn parsed_json_weight(text: &str) -> usize {
+pub fn parsed_json_weight(text: impl AsRef<[u8]>) -> usize {
+    let text = text.as_ref();
     const VALUE: usize = 32;
     const OBJECT: usize = 640;
     let (mut items, mut objects) = (0usize, 0usize);
-    for b in text.bytes() {
+    for &b in text {
         match b {
             b',' | b':' | b'[' => items += 1,
             b'{' => objects += 1,
