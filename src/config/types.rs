@@ -36,11 +36,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// `limits.maxPageBytes`, or half of `server.maxOutboundBytes`.
+    /// `limits.maxPageBytes`, or a quarter of `server.maxOutboundBytes`.
     pub fn max_page_bytes(&self) -> usize {
         self.limits
             .max_page_bytes
-            .unwrap_or(self.server.max_outbound_bytes / 2)
+            .unwrap_or(self.server.max_outbound_bytes / 4)
     }
 }
 
@@ -239,8 +239,9 @@ pub struct LimitsConfig {
     pub max_queued_request_bytes: usize,
     /// `dialogue:subscribe` / `dialogue:unsubscribe` calls per connection per minute.
     pub subscriptions_per_minute: u32,
-    /// Bytes of events one history page (or a join's history) may hold; absent = half of
-    /// `server.maxOutboundBytes`, so that a page always fits the client's queue.
+    /// Bytes of events one history page (or a join's history) may hold; absent = a quarter of
+    /// `server.maxOutboundBytes`, so that a page — sent as the event and in the ack — always
+    /// fits the client's queue.
     pub max_page_bytes: Option<usize>,
 }
 
