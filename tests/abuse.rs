@@ -8,9 +8,6 @@
 //! the server's RSS stays under the bound the README states for the configuration
 //! ([`Budget::bound`]), both from Node while the attack runs and from here afterwards.
 //!
-//! Tests marked NEW depend on configuration keys or behaviour main does not have yet; until
-//! it does they fail (mostly at start-up: an unknown key is a configuration error).
-//!
 //! An HS256 secret shorter than 32 bytes refusing to start is tested in
 //! `tests/config_errors.rs` (`serve_refuses_a_short_jwt_secret`).
 
@@ -23,17 +20,16 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;
 
-/// What the README's memory bound depends on, with the defaults of every key:
+/// What the README's memory bound ("Limits and security") depends on, with the defaults of
+/// every key:
 ///
-/// RSS ≤ 64 MiB + 2 × (Σ windows + database.maxBacklogBytes + connections ×
-/// (server.maxOutboundBytes + limits.maxQueuedRequestBytes + server.maxPayload)),
-///
-/// a window being min(history.maxBytes, limit × (limits.maxPayloadBytes + 512)) for each
-/// (room, event with history).
+/// RSS ≤ 64 MiB + W + B + C × P, W = Σ history.maxBytes over (room, event with history),
+/// B = database.maxBacklogBytes, C = connections open at once, and
+/// P = server.maxOutboundBytes + limits.maxPageBytes + limits.maxQueuedRequestBytes
+///     + server.maxOutboundBytes / 4 + 16 × server.maxPayload.
 struct Budget {
     /// (history.limit, history.maxBytes) of each (room, event with history).
     windows: Vec<(u64, u64)>,
-    max_payload_bytes: u64,
     max_backlog_bytes: u64,
     /// Socket.IO connections open at once, at most.
     connections: u64,
@@ -49,11 +45,10 @@ impl Default for Budget {
     fn default() -> Self {
         Budget {
             windows: Vec::new(),
-            max_payload_bytes: 1_000_000,
             max_backlog_bytes: 64 * MIB,
             connections: 8,
             max_outbound_bytes: 4 * MIB,
-            max_queued_request_bytes: 4 * MIB,
+            max_queued_request_bytes: MIB,
             max_payload: 1_000_000,
         }
     }
@@ -68,14 +63,15 @@ impl Budget {
     }
 
     fn bound(&self) -> u64 {
-        let windows: u64 = self
-            .windows
-            .iter()
-            .map(|&(limit, max_bytes)| max_bytes.min(limit * (self.max_payload_bytes + 512)))
-            .sum();
-        let per_connection =
-            self.max_outbound_bytes + self.max_queued_request_bytes + self.max_payload;
-        64 * MIB + 2 * (windows + self.max_backlog_bytes + self.connections * per_connection)
+        let windows: u64 = self.windows.iter().map(|&(_, max_bytes)| max_bytes).sum();
+        // limits.maxPageBytes is left at its default: a quarter of maxOutboundBytes.
+        let page = self.max_outbound_bytes / 4;
+        let per_connection = self.max_outbound_bytes
+            + page
+            + self.max_queued_request_bytes
+            + self.max_outbound_bytes / 4
+            + 16 * self.max_payload;
+        64 * MIB + windows + self.max_backlog_bytes + self.connections * per_connection
     }
 }
 
@@ -185,7 +181,7 @@ fn abuse_jwt_tokens() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Attack 6. NEW: history.maxBytes; stored events keep only their JSON text.
+// Attack 6: history.maxBytes; stored events keep only their JSON text.
 
 const HISTORY_BYTES: &str = r#"
 server: { host: 127.0.0.1, port: 0, maxPayload: 2000000 }
@@ -233,7 +229,7 @@ rooms:
   picky: { name: Picky, events: ["*"], defaultSubscriptions: [known] }
 "#;
 
-/// NEW behaviour (no new key): 5,000 distinct names unsubscribed (or subscribed) in a "*" room
+/// 5,000 distinct names unsubscribed (or subscribed) in a "*" room
 /// are bounded by limits.maxEventTypesPerRoom.
 #[test]
 fn abuse_subscription_set_is_bounded() {
@@ -256,7 +252,7 @@ rooms:
   watch: { name: Watch, events: [chat] }
 "#;
 
-/// NEW: limits.subscriptionsPerMinute.
+/// limits.subscriptionsPerMinute.
 #[test]
 fn abuse_subscription_rate() {
     let mut server = TestServer::start(SUBSCRIPTIONS_RATE);
@@ -270,7 +266,7 @@ fn abuse_subscription_rate() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Attack 8. NEW: server.headerTimeout, server.bodyTimeout.
+// Attack 8: server.headerTimeout, server.bodyTimeout.
 
 const SLOWLORIS: &str = r#"
 server: { host: 127.0.0.1, port: 0, headerTimeout: 1000, bodyTimeout: 1500 }
@@ -294,7 +290,7 @@ fn abuse_slowloris() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Attack 9. NEW: server.writeTimeout.
+// Attack 9: server.writeTimeout.
 
 const STALLED: &str = r#"
 server: { host: 127.0.0.1, port: 0, writeTimeout: 2000, maxOutboundBytes: 67108864 }
@@ -325,7 +321,7 @@ fn abuse_stalled_reader() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Attack 10. NEW: server.maxConnectionsPerIp.
+// Attack 10: server.maxConnectionsPerIp.
 
 const PER_IP: &str = r#"
 server: { host: 127.0.0.1, port: 0, maxConnectionsPerIp: 20 }
@@ -347,7 +343,7 @@ fn abuse_connections_per_ip() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Attack 11. NEW: metrics.key, metrics.maxRoomSeries.
+// Attack 11: metrics.key, metrics.maxRoomSeries.
 
 const METRICS: &str = r#"
 server: { host: 127.0.0.1, port: 0 }
@@ -368,7 +364,7 @@ fn abuse_metrics_series() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Attack 12. NEW: limits.maxQueuedRequestBytes.
+// Attack 12: limits.maxQueuedRequestBytes.
 
 const QUEUED_BYTES: &str = r#"
 server: { host: 127.0.0.1, port: 0, maxOutboundBytes: 2097152 }
@@ -395,7 +391,7 @@ fn abuse_queued_request_bytes() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Attack 13. NEW: database.maxBacklogBytes.
+// Attack 13: database.maxBacklogBytes.
 
 fn backlog_config(url: &str) -> String {
     format!(

@@ -8,8 +8,7 @@
 // GET /readyz answers 200; the server's RSS (/proc/SERVER_PID/status VmRSS) is under RSS_BOUND,
 // which tests/abuse.rs computes from the configuration with the README's formula.
 //
-// Tests marked NEW depend on configuration keys or behaviour main does not have yet; the key
-// is named at the top of the test.
+// The configuration key each attack is bounded by is named at the top of its test.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
@@ -532,7 +531,7 @@ phase("jwt: an exp beyond any clock is refused or honoured, never a crash", asyn
 });
 
 // --------------------------------------------------------------------------- history-bytes
-// NEW: history.maxBytes (per room and event window, default 1 MiB); stored events keep their
+// history.maxBytes (per room and event window, default 1 MiB); stored events keep their
 // JSON text only (no parsed copy). Configuration (tests/abuse.rs HISTORY_BYTES): `big`
 // {limit: 100, maxBytes: 2000000} in rooms r1, r2, r3; `keep` {limit: 100, maxBytes:
 // 100000000} in room vault; `warm` without history in r1.
@@ -602,7 +601,7 @@ phase("history-bytes: three rooms x 100 events of 900 KB stay within history.max
 const SUBSCRIPTION_CAP = 50;
 
 phase('subscriptions-bound: 5,000 distinct names in one connection\'s subscriptions of a "*" room', async () => {
-  // NEW behaviour, no new key: a connection's set of names in a "*" room is bounded by
+  // a connection's set of names in a "*" room is bounded by
   // limits.maxEventTypesPerRoom (beyond: ok:false); limits.subscriptionsPerMinute (default
   // 120) may refuse them earlier with RATE_LIMITED.
   const by = await bystander({ prefix: "subs" });
@@ -637,7 +636,7 @@ phase('subscriptions-bound: 5,000 distinct names in one connection\'s subscripti
 });
 
 phase("subscriptions-rate: dialogue:subscribe/unsubscribe beyond limits.subscriptionsPerMinute get RATE_LIMITED", async () => {
-  // NEW: limits.subscriptionsPerMinute (10 in this configuration; default 120, 0 = unlimited).
+  // limits.subscriptionsPerMinute (10 in this configuration; default 120, 0 = unlimited).
   const by = await bystander({ prefix: "rate" });
   by.start();
   const a = await connect("toggler");
@@ -662,7 +661,7 @@ phase("subscriptions-rate: dialogue:subscribe/unsubscribe beyond limits.subscrip
 });
 
 // --------------------------------------------------------------------------- slowloris
-// NEW: server.headerTimeout (1000 here; default 5000) and server.bodyTimeout (1500 here;
+// server.headerTimeout (1000 here; default 5000) and server.bodyTimeout (1500 here;
 // default 10000).
 
 const HEADER_TIMEOUT = 1000;
@@ -748,7 +747,7 @@ phase("slowloris: unfinished headers and bodies are closed in time; 200 of them 
 });
 
 // --------------------------------------------------------------------------- stalled
-// NEW: server.writeTimeout (2000 here; default 30000): a connection whose socket takes no
+// server.writeTimeout (2000 here; default 30000): a connection whose socket takes no
 // bytes for that long is disconnected, though it is under server.maxOutboundBytes (64 MiB
 // here, so only the timeout can act). Rooms `busy` [blob] and `watch` [chat].
 
@@ -794,7 +793,7 @@ phase("stalled: a WebSocket client that stops reading is disconnected after serv
 });
 
 // --------------------------------------------------------------------------- per-ip
-// NEW: server.maxConnectionsPerIp (20 here; default 0 = unlimited), counted in Engine.IO
+// server.maxConnectionsPerIp (20 here; default 0 = unlimited), counted in Engine.IO
 // sessions (the handshake is refused), not in plain HTTP requests such as /readyz.
 
 const PER_IP = 20;
@@ -829,7 +828,7 @@ phase("per-ip: the 21st concurrent connection from 127.0.0.1 is refused, and acc
 });
 
 // --------------------------------------------------------------------------- metrics
-// NEW: metrics.key (a bearer key for /metrics) and metrics.maxRoomSeries (5 here): rooms
+// metrics.key (a bearer key for /metrics) and metrics.maxRoomSeries (5 here): rooms
 // beyond it are counted under room="_other".
 
 const METRICS_KEY = "metrics-key-0123456789";
@@ -865,7 +864,7 @@ phase("metrics: /metrics needs its key; per-room series are capped with an _othe
 });
 
 // --------------------------------------------------------------------------- queued-bytes
-// NEW: limits.maxQueuedRequestBytes (4 MiB): the bytes of a connection's requests waiting for
+// limits.maxQueuedRequestBytes (4 MiB): the bytes of a connection's requests waiting for
 // their turn; beyond, RATE_LIMITED "too many requests waiting". server.maxOutboundBytes is
 // 2 MiB here, so a quarter of it (the pipelining bound) is below one 900 KB trigger and every
 // trigger waits for the one before.
@@ -903,7 +902,7 @@ phase("queued-bytes: 100 pipelined 900 KB triggers: the queue is bounded in byte
 });
 
 // --------------------------------------------------------------------------- backlog
-// NEW: database.maxBacklogBytes (8 MiB here; default 64 MiB). tests/abuse.rs locks the SQLite
+// database.maxBacklogBytes (8 MiB here; default 64 MiB). tests/abuse.rs locks the SQLite
 // file between backlog-warm and backlog-fill, and releases it before backlog-recovered.
 // database.durability: accepted, database.maxBacklog 100000 (the count bound cannot act).
 
@@ -956,8 +955,12 @@ phase("backlog-recovered: after the lock, every acknowledged event is in the his
   await join(c, "vault");
   const seqs = [];
   let before = acked.at(-1) + 1;
-  for (let i = 0; i < 20 && before > 1; i++) {
-    const page = await ask(c, "dialogue:getHistory", { roomId: "vault", eventName: "big", before, limit: 10 }, 60_000);
+  // A page holds at most limits.maxPageBytes (a quarter of the 4 MiB outbound queue): four
+  // 200 KB events fit, ten do not (that page is refused with PAYLOAD_TOO_LARGE).
+  const tooBig = await ask(c, "dialogue:getHistory", { roomId: "vault", eventName: "big", before, limit: 10 });
+  assert.deepEqual([tooBig.ok, tooBig.code], [false, "PAYLOAD_TOO_LARGE"], JSON.stringify(tooBig).slice(0, 300));
+  for (let i = 0; i < 60 && before > 1; i++) {
+    const page = await ask(c, "dialogue:getHistory", { roomId: "vault", eventName: "big", before, limit: 4 }, 60_000);
     assert.equal(page.ok, true, JSON.stringify(page).slice(0, 300));
     if (!page.events.length) break;
     seqs.push(...page.events.map((e) => e.seq));
