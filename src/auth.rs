@@ -179,11 +179,21 @@ impl Authenticator {
                     }
                     _ => return Err("invalid token: `sub` must be a non-empty string".into()),
                 };
-                Ok(Identity {
+                let identity = Identity {
                     user_id: user_id.into(),
                     claims: data.claims,
                     trusted: false,
-                })
+                };
+                // The library checks `exp` in whole seconds: refuse by the same millisecond
+                // deadline that ends a session, so a token that just ended one cannot open
+                // another.
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                if identity.expires_at_ms().is_some_and(|at| at <= now_ms) {
+                    return Err("invalid token: ExpiredSignature".into());
+                }
+                Ok(identity)
             }
         }
     }
