@@ -56,6 +56,8 @@ pub fn cursor_to_seqs(last_seq: u64, before: u64, limit: u64) -> SeqRange {
 pub struct PageBudget {
     left: usize,
     empty: bool,
+    /// An event was refused: the page is not whole.
+    cut: bool,
 }
 
 impl PageBudget {
@@ -63,17 +65,29 @@ impl PageBudget {
         PageBudget {
             left: max_bytes,
             empty: true,
+            cut: false,
         }
     }
 
     /// Takes `weight` bytes if they fit (or if nothing was taken yet).
     pub fn admit(&mut self, weight: usize) -> bool {
         if !self.empty && weight > self.left {
+            self.cut = true;
             return false;
         }
         self.left = self.left.saturating_sub(weight);
         self.empty = false;
         true
+    }
+
+    /// Some event did not fit.
+    pub fn was_cut(&self) -> bool {
+        self.cut
+    }
+
+    /// Marks the page as not whole (a part of it was cut elsewhere).
+    pub fn mark_cut(&mut self) {
+        self.cut = true;
     }
 
     /// The newest-first `events` that fit, in order; stops at the first that does not.
@@ -302,7 +316,9 @@ mod tests {
         );
         let mut budget = PageBudget::new(weight);
         assert!(budget.admit(weight));
+        assert!(!budget.was_cut());
         assert!(!budget.admit(1), "spent");
+        assert!(budget.was_cut());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 /// Every metric of the service.
@@ -171,13 +171,15 @@ pub const OTHER: &str = "_other";
 /// Rooms whose series carry their own label, and how many may.
 struct RoomSeries {
     max: usize,
-    labelled: HashSet<Arc<str>>,
+    /// Room instances using each label: a room deleted and created again with the same id
+    /// shares it until the old instance is gone.
+    labelled: HashMap<Arc<str>, usize>,
 }
 
 static ROOM_SERIES: LazyLock<Mutex<RoomSeries>> = LazyLock::new(|| {
     Mutex::new(RoomSeries {
         max: 0,
-        labelled: HashSet::new(),
+        labelled: HashMap::new(),
     })
 });
 
@@ -194,8 +196,9 @@ pub fn set_max_room_series(max: usize) {
 /// rooms have one, else [`OTHER`].
 pub fn room_label(room: &Arc<str>) -> Arc<str> {
     let mut series = room_series();
-    if series.labelled.contains(room) || series.max == 0 || series.labelled.len() < series.max {
-        series.labelled.insert(room.clone());
+    let known = series.labelled.contains_key(room);
+    if &**room != OTHER && (known || series.max == 0 || series.labelled.len() < series.max) {
+        *series.labelled.entry(room.clone()).or_insert(0) += 1;
         room.clone()
     } else {
         OTHER.into()
@@ -229,16 +232,26 @@ impl EventCounters {
     }
 }
 
-/// Drops the series of a deleted room (by its label) and frees its label for another room;
-/// the aggregated [`OTHER`] series stay.
+/// Drops the series of a deleted room (by its label) and frees its label for another room,
+/// once no other instance of the room uses it; the aggregated [`OTHER`] series stay.
 pub fn remove_room(label: &str, events: impl Iterator<Item = impl AsRef<str>>) {
     if label == OTHER {
         return;
+    }
+    // Held until the series are gone, so that a room taking the label meanwhile keeps its own.
+    let mut series = room_series();
+    match series.labelled.get_mut(label) {
+        Some(users) if *users > 1 => {
+            *users -= 1;
+            return;
+        }
+        _ => {
+            series.labelled.remove(label);
+        }
     }
     for event in events {
         EventCounters::remove(label, event.as_ref());
     }
     EventCounters::remove(label, OTHER);
     let _ = METRICS.joins.remove_label_values(&[label]);
-    room_series().labelled.remove(label);
 }

@@ -106,6 +106,8 @@ pub async fn run_with_hooks(
     let addr = listener.local_addr()?;
     let workers = threads(server_cfg.workers);
     let cors = settings.config.cors.clone();
+    let write_timeout =
+        (server_cfg.write_timeout > 0).then(|| Duration::from_millis(server_cfg.write_timeout));
     let server = HttpServer::new(move || {
         App::new()
             .wrap(http::cors(&cors))
@@ -117,9 +119,14 @@ pub async fn run_with_hooks(
     .client_request_timeout(Duration::from_millis(server_cfg.header_timeout))
     // Small frames (events, acks, pings) must leave at once: without TCP_NODELAY, Nagle's
     // algorithm and the peer's delayed ACK hold them back up to ~40 ms.
-    .on_connect(|conn, _| {
+    .on_connect(move |conn, _| {
         if let Some(tcp) = conn.downcast_ref::<actix_rt::net::TcpStream>() {
             let _ = tcp.set_nodelay(true);
+            // The kernel ends a connection whose sent bytes stay unacknowledged this long (a
+            // peer that stopped reading or vanished), also after the server closed it.
+            if let Some(timeout) = write_timeout {
+                let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout));
+            }
         }
     })
     .disable_signals()

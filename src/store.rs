@@ -887,15 +887,15 @@ fn to_event(room_id: &str, row: message::Model) -> Arc<StoredEvent> {
 }
 
 /// Events `lo..=hi` of one (room, event), newest first: an index range, never OFFSET. Rows
-/// are streamed and the reading stops at the first that `budget` does not admit, so a page
-/// of large events never sits in memory whole.
+/// are streamed and the reading stops at the first that `budget` does not admit (then
+/// [`PageBudget::was_cut`] says so), so a page of large events never sits in memory whole.
 pub async fn load_range<C: ConnectionTrait + StreamTrait + Send>(
     db: &C,
     room_id: &str,
     event: &str,
     lo: u64,
     hi: u64,
-    budget: PageBudget,
+    budget: &mut PageBudget,
 ) -> Result<Vec<Arc<StoredEvent>>, DbErr> {
     let rows = Messages::find()
         .filter(Column::RoomId.eq(room_id))
@@ -919,7 +919,7 @@ pub async fn load_latest<C: ConnectionTrait + StreamTrait + Send>(
         .filter(Column::EventName.eq(event))
         .order_by_desc(Column::Seq)
         .limit(limit.max(1));
-    newest_within(db, room_id, rows, PageBudget::new(max_bytes)).await
+    newest_within(db, room_id, rows, &mut PageBudget::new(max_bytes)).await
 }
 
 /// Streams `rows` into events until `budget` refuses one.
@@ -927,7 +927,7 @@ async fn newest_within<C: ConnectionTrait + StreamTrait + Send>(
     db: &C,
     room_id: &str,
     rows: sea_orm::Select<Messages>,
-    mut budget: PageBudget,
+    budget: &mut PageBudget,
 ) -> Result<Vec<Arc<StoredEvent>>, DbErr> {
     use futures_util::StreamExt;
     let mut stream = std::pin::pin!(rows.stream(db).await?);

@@ -282,8 +282,11 @@ fn idempotent_writes(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(rows, 5);
-        let all = PageBudget::new(usize::MAX);
-        let back = dialogue::store::load_range(&db, "r", "e", 1, 5, all).await.unwrap();
+        let mut all = PageBudget::new(usize::MAX);
+        let back = dialogue::store::load_range(&db, "r", "e", 1, 5, &mut all)
+            .await
+            .unwrap();
+        assert!(!all.was_cut());
         assert_eq!(back.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4, 3, 2, 1]);
         for (got, want) in back.iter().rev().zip(&events) {
             assert_eq!(got.data_value(), want.data_value(), "seq {}", want.seq);
@@ -293,10 +296,12 @@ fn idempotent_writes(backend: Backend) {
         }
         // Reading stops at the page's byte budget: the newest that fit.
         let two = back[0].weight() + back[1].weight();
-        let newest = dialogue::store::load_range(&db, "r", "e", 1, 5, PageBudget::new(two))
+        let mut budget = PageBudget::new(two);
+        let newest = dialogue::store::load_range(&db, "r", "e", 1, 5, &mut budget)
             .await
             .unwrap();
         assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4]);
+        assert!(budget.was_cut());
     });
 }
 
@@ -630,6 +635,34 @@ fn sqlite_refused_row_is_quarantined() {
 #[test]
 fn sqlite_conflicting_row_stops_the_writer() {
     conflicting_row_stops_the_writer(Backend::Sqlite);
+}
+
+/// History switched on for an event that had only a counter: the seqs before it were never
+/// stored, and pages over them answer what exists (a hole is not a page over its byte bound).
+#[test]
+fn sqlite_history_enabled_later_pages_over_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Backend::Sqlite.url(dir.path(), "gap");
+    let cfg = |history: &str| {
+        format!(
+            r#"
+server: {{ host: 127.0.0.1, port: 0 }}
+database: {{ url: "{url}" }}
+limits: {{ historyRequestsPerMinute: 0, triggersPerSecond: 0 }}
+events:
+  typing: {{ history: {history} }}
+  ping: {{ history: {{ enabled: false }} }}
+rooms:
+  counters: {{ events: [typing, ping] }}
+"#
+        )
+    };
+    let mut server = TestServer::start_in(dir.path(), &cfg("{ enabled: false }"), &[]);
+    run_node_tests("persistence.test.mjs", &server, &[("PHASE", "counters")]);
+    server.terminate(std::time::Duration::from_secs(20));
+    let server = TestServer::start_in(dir.path(), &cfg("{ limit: 10 }"), &[]);
+    let r = run_node_tests("persistence.test.mjs", &server, &[("PHASE", "gap")]);
+    assert_eq!(r[0]["sent"], serde_json::json!([26, 27]), "{r:?}");
 }
 
 #[test]

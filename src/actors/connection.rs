@@ -109,6 +109,13 @@ enum Done {
         /// Ack payload fields, a JSON object.
         ack_json: String,
     },
+    Subscribed {
+        room_id: String,
+        /// Names the room's subscription list of this connection holds now.
+        listed: usize,
+        ack: Option<u64>,
+        ack_json: String,
+    },
     Failed {
         error: DialogueError,
         ack: Option<u64>,
@@ -143,6 +150,9 @@ pub struct Connection {
     identity: Option<Arc<Identity>>,
     hooks: Arc<dyn Hooks>,
     rooms: HashMap<String, Addr<RoomActor>>,
+    /// Names each joined room's subscription list holds (bounded in all, see
+    /// [`SetSubscription::others`]).
+    listed: HashMap<String, usize>,
     queue: VecDeque<Work>,
     /// Frame bytes of the client requests in `queue`, bounded by
     /// `limits.maxQueuedRequestBytes` (a single request is always accepted).
@@ -203,6 +213,7 @@ impl Connection {
             closing: false,
             identity: None,
             rooms: HashMap::new(),
+            listed: HashMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             busy: false,
@@ -238,7 +249,7 @@ impl Connection {
             self.identity.as_ref().map_or("-", |i| &*i.user_id),
             self.settings.config.server.max_outbound_bytes
         );
-        self.close(ctx, CloseCode::Policy, "outbound queue full");
+        self.abort(ctx, "outbound queue full");
     }
 
     /// Who this connection acts as (before CONNECT completes: its socket id as a user).
@@ -269,8 +280,18 @@ impl Connection {
     }
 
     fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+        self.end(ctx, code, reason, false);
+    }
+
+    /// Closes a client that is not reading: what is queued for it is dropped, not sent.
+    fn abort(&mut self, ctx: &mut Context<Self>, reason: &str) {
+        self.end(ctx, CloseCode::Policy, reason, true);
+    }
+
+    fn end(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str, discard: bool) {
         self.closing = true;
         match &mut self.transport {
+            Transport::WebSocket(sink) if discard => sink.abort(code, reason),
             Transport::WebSocket(sink) => sink.close(code, reason),
             Transport::Polling { queue, probe, .. } => {
                 queue.answer_waiting(engineio::CLOSE);
@@ -441,6 +462,7 @@ impl Connection {
             room.do_send(MemberGone { conn: self.id });
         }
         self.rooms.clear();
+        self.listed.clear();
         self.queue.clear();
         self.queued_bytes = 0;
         if let Some(identity) = self.identity.take() {
@@ -874,6 +896,12 @@ impl Connection {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Done>>> {
         let room = self.joined_room(room_id.clone());
         let conn = self.id;
+        let others = self
+            .listed
+            .iter()
+            .filter(|(id, _)| **id != room_id)
+            .map(|(_, n)| n)
+            .sum();
         Box::pin(async move {
             let room = match room.await {
                 Ok(room) => room,
@@ -883,15 +911,17 @@ impl Connection {
                 conn,
                 event: event.clone(),
                 subscribed,
+                others,
             };
             match room.send(change).await {
-                Ok(Ok(())) => Done::Reply {
-                    emit: None,
-                    ack,
+                Ok(Ok(listed)) => Done::Subscribed {
                     ack_json: to_json(&serde_json::json!({
                         "roomId": room_id,
                         "eventName": event,
                     })),
+                    room_id,
+                    listed,
+                    ack,
                 },
                 Ok(Err(error)) => Done::Failed { error, ack },
                 Err(_) => Done::Failed {
@@ -922,6 +952,18 @@ impl Connection {
                     self.send(ctx, socketio::encode_ack(id, &ack_ok(&json)).into());
                 }
                 self.rooms.remove(&room_id);
+                self.listed.remove(&room_id);
+            }
+            Done::Subscribed {
+                room_id,
+                listed,
+                ack,
+                ack_json,
+            } => {
+                self.listed.insert(room_id, listed);
+                if let Some(id) = ack {
+                    self.send(ctx, socketio::encode_ack(id, &ack_ok(&ack_json)).into());
+                }
             }
             Done::Reply {
                 emit,
@@ -955,7 +997,7 @@ impl Connection {
             self.identity.as_ref().map_or("-", |i| &*i.user_id),
             timeout.as_millis()
         );
-        self.close(ctx, CloseCode::Policy, "not reading");
+        self.abort(ctx, "not reading");
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -1059,7 +1101,7 @@ impl Connection {
                     Transport::Polling { .. } => false,
                 };
                 if full {
-                    self.close(ctx, CloseCode::Policy, "outbound queue full");
+                    self.abort(ctx, "outbound queue full");
                 }
             }
             Ok(WsMessage::Close) => self.close(ctx, CloseCode::Normal, "bye"),
@@ -1205,6 +1247,7 @@ impl Handler<ToConnection> for Connection {
             ToConnection::Frame { frame } => self.send(ctx, frame),
             ToConnection::RoomClosed { room_id } => {
                 self.rooms.remove(&room_id);
+                self.listed.remove(&room_id);
             }
             ToConnection::Overflowed => self.overflowed(ctx),
         }

@@ -177,14 +177,16 @@ pub struct MemberGone {
     pub conn: ConnId,
 }
 
-/// Changes a member's subscriptions.
+/// Changes a member's subscriptions; answers how many names its list holds now.
 #[derive(Message)]
-#[rtype(result = "Result<(), DialogueError>")]
+#[rtype(result = "Result<usize, DialogueError>")]
 pub struct SetSubscription {
     pub conn: ConnId,
     /// `None` = every event of the room (`subscribeAll`).
     pub event: Option<String>,
     pub subscribed: bool,
+    /// Names the connection's lists in its other rooms hold.
+    pub others: usize,
 }
 
 /// Triggers an event into the room: validate, number, keep in history, fan out. The answer
@@ -443,7 +445,7 @@ pub struct Quarantined {
 /// Reads stored events `lo..=hi` of one (room, event), newest first: those still waiting to
 /// be written as well as those in the database.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Arc<StoredEvent>>, DialogueError>")]
+#[rtype(result = "Result<LoadedPage, DialogueError>")]
 pub struct LoadRange {
     pub room_id: Arc<str>,
     pub event: Arc<str>,
@@ -451,6 +453,14 @@ pub struct LoadRange {
     pub hi: u64,
     /// The answer holds the newest events of the range that fit (all of them when they do).
     pub budget: crate::history::PageBudget,
+}
+
+/// The answer to [`LoadRange`]: the events found, newest first.
+#[derive(Debug, Default)]
+pub struct LoadedPage {
+    pub events: Vec<Arc<StoredEvent>>,
+    /// The byte budget left some out (else every stored event of the range is here).
+    pub cut: bool,
 }
 
 /// Takes ownership of a room in the database (its lease) and loads what the room starts

@@ -911,7 +911,7 @@ fn unavailable(e: impl std::fmt::Display) -> DialogueError {
 }
 
 impl Handler<LoadRange> for Persistence {
-    type Result = ResponseFuture<Result<Vec<Arc<StoredEvent>>, DialogueError>>;
+    type Result = ResponseFuture<Result<LoadedPage, DialogueError>>;
 
     fn handle(&mut self, msg: LoadRange, _: &mut Context<Self>) -> Self::Result {
         // Everything evicted before this request is either waiting here or already written.
@@ -921,18 +921,26 @@ impl Handler<LoadRange> for Persistence {
         Box::pin(async move {
             let mut by_seq: BTreeMap<u64, Arc<StoredEvent>> =
                 unwritten.into_iter().map(|e| (e.seq, e)).collect();
+            let mut loaded_cut = false;
             if by_seq.len() < wanted {
                 let db = db.ok_or_else(|| unavailable("no database connection"))?;
                 let (room, event) = (&msg.room_id, &msg.event);
-                let stored = store::load_range(&db, room, event, msg.lo, msg.hi, msg.budget)
+                // The same budget bounds what the reading holds; the cut is made below.
+                let mut reading = msg.budget;
+                let stored = store::load_range(&db, room, event, msg.lo, msg.hi, &mut reading)
                     .await
                     .map_err(unavailable)?;
+                loaded_cut = reading.was_cut();
                 for e in stored {
                     by_seq.entry(e.seq).or_insert(e);
                 }
             }
             let mut budget = msg.budget;
-            Ok(budget.take(by_seq.values().rev()))
+            let events = budget.take(by_seq.values().rev());
+            Ok(LoadedPage {
+                events,
+                cut: budget.was_cut() || loaded_cut,
+            })
         })
     }
 }

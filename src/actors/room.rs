@@ -72,7 +72,8 @@ impl RoomShared {
     }
 }
 
-/// Names a subscription list holds at most when `limits.maxEventTypesPerRoom` is 0.
+/// Names a connection's subscription lists hold at most when `limits.maxEventTypesPerRoom`
+/// is 0.
 const MAX_SUBSCRIPTION_NAMES: usize = 1000;
 
 enum Subscriptions {
@@ -83,6 +84,14 @@ enum Subscriptions {
 }
 
 impl Subscriptions {
+    /// Names the list holds.
+    fn listed(&self) -> usize {
+        match self {
+            Subscriptions::All => 0,
+            Subscriptions::Only(set) | Subscriptions::AllExcept(set) => set.len(),
+        }
+    }
+
     fn contains(&self, event: &str) -> bool {
         match self {
             Subscriptions::All => true,
@@ -733,6 +742,8 @@ impl Handler<Join> for RoomActor {
         }
         // The older part of the join history comes from the store. The room waits for it, so
         // no event can reach the new member before its history.
+        // The join history is one page: each event's reading gets its share of the budget.
+        let share = self.catalog.max_page_bytes / deep.len().max(1);
         let loads: Vec<_> = deep
             .into_iter()
             .map(|(event, range)| {
@@ -741,7 +752,7 @@ impl Handler<Join> for RoomActor {
                     event,
                     lo: range.lo,
                     hi: range.hi,
-                    budget: PageBudget::new(self.catalog.max_page_bytes),
+                    budget: PageBudget::new(share),
                 })
             })
             .collect();
@@ -752,7 +763,7 @@ impl Handler<Join> for RoomActor {
                 let mut result = Ok(());
                 for r in results {
                     match r {
-                        Ok(Ok(events)) => deep.extend(events),
+                        Ok(Ok(page)) => deep.extend(page.events),
                         Ok(Err(e)) => result = Err(e),
                         Err(_) => {
                             result = Err(DialogueError::new(
@@ -804,7 +815,8 @@ impl Handler<MemberGone> for RoomActor {
 }
 
 impl Handler<SetSubscription> for RoomActor {
-    type Result = Result<(), DialogueError>;
+    /// The number of names the member's list holds now.
+    type Result = Result<usize, DialogueError>;
 
     fn handle(&mut self, msg: SetSubscription, _: &mut Context<Self>) -> Self::Result {
         self.check_member(Some(msg.conn))?;
@@ -822,34 +834,46 @@ impl Handler<SetSubscription> for RoomActor {
             .as_ref()
             .map(|list| list.iter().cloned().collect());
         let Some(member) = self.members.get_mut(&msg.conn) else {
-            return Ok(());
+            return Ok(0);
         };
-        // A list of names (a `"*"` room's exceptions, or names subscribed to one by one) is
-        // bounded like the names a `"*"` room keeps.
+        // The names a connection's subscription lists hold, over all its rooms, are bounded
+        // like the names a `"*"` room keeps: `msg.others` are those of its other rooms.
         let cap = match self.catalog.max_event_types_per_room {
             0 => MAX_SUBSCRIPTION_NAMES,
             cap => cap,
         };
-        let too_many = || {
-            DialogueError::new(
+        let growth = match (&msg.event, msg.subscribed, &member.subscriptions) {
+            (Some(event), true, Subscriptions::Only(set))
+            | (Some(event), false, Subscriptions::AllExcept(set)) => {
+                usize::from(!set.contains(event))
+            }
+            (Some(_), false, Subscriptions::All) => all_events
+                .as_ref()
+                .map_or(1, |all| all.len().saturating_sub(1)),
+            _ => 0,
+        };
+        if growth > 0 && msg.others + member.subscriptions.listed() + growth > cap {
+            return Err(DialogueError::new(
                 ErrorCode::EventNotAllowed,
                 format!(
-                    "a subscription lists at most {cap} event names (limits.maxEventTypesPerRoom)"
+                    "a connection's subscriptions list at most {cap} event names in all (limits.maxEventTypesPerRoom)"
                 ),
-            )
-        };
+            ));
+        }
         let current = std::mem::replace(&mut member.subscriptions, Subscriptions::All);
         member.subscriptions = match (msg.event, msg.subscribed, current) {
             (None, true, _) => Subscriptions::All,
             (None, false, _) => Subscriptions::Only(HashSet::new()),
             (Some(_), true, Subscriptions::All) => Subscriptions::All,
-            (Some(event), true, Subscriptions::Only(mut set)) => {
-                if set.len() >= cap && !set.contains(&event) {
-                    member.subscriptions = Subscriptions::Only(set);
-                    return Err(too_many());
-                }
+            (Some(event), true, Subscriptions::Only(mut set))
+            | (Some(event), false, Subscriptions::AllExcept(mut set)) => {
+                let only = msg.subscribed;
                 set.insert(event);
-                Subscriptions::Only(set)
+                if only {
+                    Subscriptions::Only(set)
+                } else {
+                    Subscriptions::AllExcept(set)
+                }
             }
             (Some(event), true, Subscriptions::AllExcept(mut set)) => {
                 set.remove(&event);
@@ -866,16 +890,8 @@ impl Handler<SetSubscription> for RoomActor {
                 set.remove(&event);
                 Subscriptions::Only(set)
             }
-            (Some(event), false, Subscriptions::AllExcept(mut set)) => {
-                if set.len() >= cap && !set.contains(&event) {
-                    member.subscriptions = Subscriptions::AllExcept(set);
-                    return Err(too_many());
-                }
-                set.insert(event);
-                Subscriptions::AllExcept(set)
-            }
         };
-        Ok(())
+        Ok(member.subscriptions.listed())
     }
 }
 
@@ -1180,7 +1196,7 @@ impl Handler<GetHistory> for RoomActor {
         let from_memory: Vec<Arc<StoredEvent>> = history
             .map(|h| budget.take(h.newest_first(range)))
             .unwrap_or_default();
-        if history.is_some_and(|h| h.newest_first(range).count() > from_memory.len()) {
+        if budget.was_cut() {
             return Box::pin(async move { Err(too_large()) });
         }
         let first_in_memory = history.map_or(1, EventHistory::first_seq_in_memory);
@@ -1210,10 +1226,10 @@ impl Handler<GetHistory> for RoomActor {
                         "the history store is not running",
                     )
                 })??;
-                events.extend(older);
-                if (events.len() as u64) < range.len() {
+                if older.cut {
                     return Err(too_large());
                 }
+                events.extend(older.events);
             }
             let json = page_json(&room_id, &event, request, last_seq, range, &events);
             METRICS.history_reads.with_label_values(&[source]).inc();

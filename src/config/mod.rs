@@ -84,6 +84,20 @@ impl Settings {
     pub fn warnings(&self) -> Vec<String> {
         let c = &self.config;
         let mut out = Vec::new();
+        // A page goes out twice (event and ack), and holds at least one event.
+        let outbound = c.server.max_outbound_bytes;
+        if c.max_page_bytes() > outbound / 2 {
+            out.push(format!(
+                "limits.maxPageBytes ({}) is over half of server.maxOutboundBytes ({outbound}): a full history page disconnects its reader as not reading",
+                c.max_page_bytes()
+            ));
+        }
+        if c.limits.max_payload_bytes.saturating_add(4096) > outbound / 2 {
+            out.push(format!(
+                "limits.maxPayloadBytes ({}) is over a quarter of server.maxOutboundBytes ({outbound}): a page of one such event may disconnect its reader",
+                c.limits.max_payload_bytes
+            ));
+        }
         if c.auth.mode != AuthMode::Open {
             return out;
         }

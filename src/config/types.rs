@@ -67,15 +67,16 @@ pub struct ServerConfig {
     pub max_outbound_bytes: usize,
     /// Milliseconds a graceful shutdown may spend writing in-memory history.
     pub shutdown_timeout: u64,
-    /// Milliseconds a client has to send a request's headers (slowloris); 408 after.
+    /// Milliseconds a client has to send the headers of the first request on a connection
+    /// (slowloris); 408 after. 0 = no limit.
     pub header_timeout: u64,
     /// Milliseconds a client has to send a request body (a polling POST, an API call); 408
-    /// after.
+    /// after. 0 = no limit.
     pub body_timeout: u64,
     /// Milliseconds a WebSocket may take no bytes while some wait for it before the client
     /// is disconnected (it stopped reading); 0 = no limit.
     pub write_timeout: u64,
-    /// Connections open at once from one IP address (WebSocket sessions and HTTP requests);
+    /// Socket.IO sessions (WebSocket or long-polling) open at once from one IP address;
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
 }

@@ -117,7 +117,7 @@ pub enum BodyError {
     Read(String),
 }
 
-/// Reads a request body of at most `limit` bytes within `server.bodyTimeout`.
+/// Reads a request body of at most `limit` bytes within `server.bodyTimeout` (0 = no limit).
 pub async fn read_body(
     mut payload: web::Payload,
     limit: usize,
@@ -135,6 +135,9 @@ pub async fn read_body(
         }
         Ok(body)
     };
+    if timeout.is_zero() {
+        return read.await;
+    }
     tokio::time::timeout(timeout, read)
         .await
         .unwrap_or(Err(BodyError::TimedOut))

@@ -263,10 +263,23 @@ impl WsQueue {
 
     /// Sends a close frame after what is queued, then ends the response.
     fn close(&self, code: CloseCode, description: &str) {
+        self.close_frame(code, description, false);
+    }
+
+    /// Drops what is queued and sends the close frame: for a client that is not reading,
+    /// whose bytes would only be held on its behalf.
+    fn abort(&self, code: CloseCode, description: &str) {
+        self.close_frame(code, description, true);
+    }
+
+    fn close_frame(&self, code: CloseCode, description: &str, discard: bool) {
         let waker = {
             let mut s = self.state();
             if s.close.is_some() || s.ended {
                 return;
+            }
+            if discard {
+                s.buf = BytesMut::new();
             }
             s.refusing = true;
             s.close = Some(CloseReason {
@@ -280,6 +293,9 @@ impl WsQueue {
         }
     }
 }
+
+/// Largest chunk handed to the HTTP writer at once.
+const MAX_CHUNK: usize = 64 * 1024;
 
 /// A server-to-client text frame (unmasked), encoded once for any number of recipients.
 pub fn encode_text(text: &str) -> Bytes {
@@ -324,6 +340,11 @@ impl WsSink {
     pub fn close(&mut self, code: CloseCode, description: &str) {
         self.queue.close(code, description);
     }
+
+    /// Drops what is queued, sends a close frame and ends the response.
+    pub fn abort(&mut self, code: CloseCode, description: &str) {
+        self.queue.abort(code, description);
+    }
 }
 
 /// The response body of a WebSocket connection: whatever is queued, as one chunk per poll.
@@ -344,13 +365,17 @@ impl Stream for WsOutboxBody {
         if let Some(reason) = s.close.take() {
             Parser::write_close(&mut s.buf, Some(reason), false);
             s.ended = true;
-            this.done = true;
         }
         if !s.buf.is_empty() {
-            s.waiting_since = None;
-            return Poll::Ready(Some(Ok(s.buf.split().freeze())));
+            // Bounded chunks: the HTTP writer asks for the next only once the socket took
+            // most of the last, so bytes left here are bytes the socket has not taken yet.
+            let n = s.buf.len().min(MAX_CHUNK);
+            let chunk = s.buf.split_to(n).freeze();
+            s.waiting_since = (!s.buf.is_empty()).then(Instant::now);
+            return Poll::Ready(Some(Ok(chunk)));
         }
-        if this.done {
+        if s.ended {
+            this.done = true;
             return Poll::Ready(None);
         }
         match &s.waker {
@@ -449,6 +474,40 @@ mod tests {
         );
         assert!(poll(&mut body).is_ready());
         assert_eq!(queue.stalled_for(), None, "the writer took everything");
+    }
+
+    #[test]
+    fn output_leaves_in_bounded_chunks_and_bytes_left_behind_count_as_waiting() {
+        let (mut sink, mut body) = WsSink::new(1 << 20);
+        let queue = sink.queue();
+        let big = "x".repeat(MAX_CHUNK + 100);
+        sink.text(&big).unwrap();
+        let Poll::Ready(Some(first)) = poll(&mut body) else {
+            panic!("a chunk");
+        };
+        assert_eq!(first.len(), MAX_CHUNK);
+        assert!(
+            queue.stalled_for().is_some(),
+            "the rest waits for the socket"
+        );
+        let Poll::Ready(Some(rest)) = poll(&mut body) else {
+            panic!("the rest");
+        };
+        assert_eq!(first.len() + rest.len(), encode_text(&big).len());
+        assert_eq!(queue.stalled_for(), None);
+    }
+
+    #[test]
+    fn an_abort_drops_what_is_queued_and_closes() {
+        let (mut sink, mut body) = WsSink::new(1 << 20);
+        sink.text(&"x".repeat(100_000)).unwrap();
+        sink.abort(CloseCode::Policy, "not reading");
+        let Poll::Ready(Some(close)) = poll(&mut body) else {
+            panic!("the close frame");
+        };
+        assert_eq!(close[0], 0x88, "only the close frame is left");
+        assert!(close.len() < 64);
+        assert_eq!(poll(&mut body), Poll::Ready(None));
     }
 
     #[test]
