@@ -84,7 +84,7 @@ impl EventDef {
                 } else {
                     pointer
                 };
-                format!("{pointer}: {e}")
+                shorten(format!("{pointer}: {e}"))
             })
             .collect();
         if problems.is_empty() {
@@ -99,6 +99,18 @@ impl EventDef {
                 ),
             ))
         }
+    }
+}
+
+/// The longest description of one validation problem, in characters: the validator quotes
+/// the failing value, which may be the whole event.
+const MAX_PROBLEM_CHARS: usize = 200;
+
+/// `text` cut to [`MAX_PROBLEM_CHARS`] characters, marked with `…` when cut.
+fn shorten(text: String) -> String {
+    match text.char_indices().nth(MAX_PROBLEM_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
     }
 }
 
@@ -153,6 +165,14 @@ mod tests {
         assert!(err.message.contains("/username"), "{}", err.message);
         let err = def.validate(&json!({"text": "x"})).unwrap_err();
         assert!(err.message.contains("username"), "{}", err.message);
+        // The validator quotes the failing value: each problem is cut short, so a large
+        // event does not come back many times over in its error.
+        let big = "é".repeat(100_000);
+        let err = def
+            .validate(&json!({"text": 1, "username": [big]}))
+            .unwrap_err();
+        assert!(err.message.len() < 1000, "{} bytes", err.message.len());
+        assert!(err.message.contains("/username") && err.message.contains('…'));
     }
 
     #[test]
