@@ -125,6 +125,8 @@ pub struct EventCatalog {
     pub max_event_types_per_room: usize,
     /// Bytes of events one history page or join history holds (`limits.maxPageBytes`).
     pub max_page_bytes: usize,
+    /// Events a join with `since` replays at most (`limits.maxResumeEvents`).
+    pub max_resume_events: usize,
 }
 
 impl EventCatalog {

@@ -205,7 +205,10 @@ impl EventHistory {
     }
 
     /// The in-memory part of `range`, newest first.
-    pub fn newest_first(&self, range: SeqRange) -> impl Iterator<Item = &Arc<StoredEvent>> {
+    pub fn newest_first(
+        &self,
+        range: SeqRange,
+    ) -> impl DoubleEndedIterator<Item = &Arc<StoredEvent>> {
         let first = self.first_seq_in_memory();
         let (lo, hi) = (range.lo.max(first), range.hi.min(self.last_seq));
         let (from, to) = if range.is_empty() || lo > hi {

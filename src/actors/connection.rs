@@ -96,6 +96,8 @@ enum Done {
     Joined {
         room_id: String,
         room: Addr<RoomActor>,
+        /// The resume report of a join with `since`.
+        resume: Option<Value>,
         ack: Option<u64>,
     },
     Left {
@@ -724,7 +726,7 @@ impl Connection {
         let directory = self.directory.clone();
         let (request, ack) = match work {
             Work::AutoJoin { room_id, room } => {
-                return Box::pin(join(room, room_id, conn, identity, outbox, None));
+                return Box::pin(join(room, room_id, None, conn, identity, outbox, None));
             }
             Work::Client { request, ack, .. } => (request, ack),
         };
@@ -749,7 +751,7 @@ impl Connection {
                             ack,
                         };
                     };
-                    join(room, r.room_id, conn, identity, outbox, ack).await
+                    join(room, r.room_id, r.since, conn, identity, outbox, ack).await
                 })
             }
             ClientRequest::Leave(r) => {
@@ -934,14 +936,24 @@ impl Connection {
 
     fn finish(&mut self, ctx: &mut Context<Self>, done: Done) {
         match done {
-            Done::Joined { room_id, room, ack } => {
+            Done::Joined {
+                room_id,
+                room,
+                resume,
+                ack,
+            } => {
                 if self.identity.is_none() {
                     // The client left the namespace while this join ran.
                     room.do_send(MemberGone { conn: self.id });
                     return;
                 }
                 if let Some(id) = ack {
-                    let json = to_json(&serde_json::json!({ "roomId": room_id }));
+                    let json = match resume {
+                        Some(resume) => {
+                            to_json(&serde_json::json!({ "roomId": room_id, "resume": resume }))
+                        }
+                        None => to_json(&serde_json::json!({ "roomId": room_id })),
+                    };
                     self.send(ctx, socketio::encode_ack(id, &ack_ok(&json)).into());
                 }
                 self.rooms.insert(room_id, room);
@@ -1018,6 +1030,7 @@ impl Connection {
 async fn join(
     room: Addr<RoomActor>,
     room_id: String,
+    since: Option<std::collections::BTreeMap<String, u64>>,
     conn: ConnId,
     identity: Arc<Identity>,
     outbox: Outbox,
@@ -1028,10 +1041,16 @@ async fn join(
             conn,
             identity,
             outbox,
+            since,
         })
         .await
     {
-        Ok(Ok(())) => Done::Joined { room_id, room, ack },
+        Ok(Ok(resume)) => Done::Joined {
+            room_id,
+            room,
+            resume,
+            ack,
+        },
         Ok(Err(error)) => Done::Failed { error, ack },
         Err(_) => Done::Failed {
             error: DialogueError::room_not_found(&room_id),

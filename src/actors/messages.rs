@@ -153,14 +153,18 @@ pub enum ToConnection {
 
 // ---------------------------------------------------------------- connection → room
 
-/// Adds a member. On success the room itself sends `dialogue:joined` (and the join history)
-/// down `outbox`, so they precede any event fanned out afterwards.
+/// Adds a member. On success the room itself sends `dialogue:joined` and the join history —
+/// or, with `since`, the events the client missed — down `outbox`, so they precede any event
+/// fanned out afterwards. Answers the resume report for the ack (with `since`).
 #[derive(Message)]
-#[rtype(result = "Result<(), DialogueError>")]
+#[rtype(result = "Result<Option<serde_json::Value>, DialogueError>")]
 pub struct Join {
     pub conn: ConnId,
     pub identity: Arc<Identity>,
     pub outbox: Outbox,
+    /// The last seq the client has of each event (see
+    /// [`crate::protocol::dialogue::JoinRequest::since`]).
+    pub since: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Removes a member; the room sends `dialogue:left`.

@@ -22,7 +22,7 @@ use crate::protocol::dialogue::{to_json, HistoryRange, RoomInfo};
 use crate::protocol::socketio::encode_event;
 use actix::prelude::*;
 use bytestring::ByteString;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -533,7 +533,7 @@ impl RoomActor {
     }
 
     /// Adds the member and sends `dialogue:joined` and the join history.
-    fn complete_join(&mut self, msg: Join, deep: &[Arc<StoredEvent>]) -> Result<(), DialogueError> {
+    fn complete_join(&mut self, msg: Join, history: JoinHistory<'_>) -> Result<(), DialogueError> {
         if let Some(max) = self.shared.max_size {
             if self.members.len() >= max as usize {
                 return Err(DialogueError::new(
@@ -544,8 +544,18 @@ impl RoomActor {
         }
         let subscriptions = self.default_subscriptions();
         self.send_to(&msg.outbox, "dialogue:joined", &self.joined_json());
-        if let Some(history) = self.join_history(&subscriptions, deep) {
-            self.send_to(&msg.outbox, "dialogue:history", &history);
+        match history {
+            JoinHistory::Sync(deep) => {
+                if let Some(history) = self.join_history(&subscriptions, deep) {
+                    self.send_to(&msg.outbox, "dialogue:history", &history);
+                }
+            }
+            JoinHistory::Replay(events) => {
+                for event in events {
+                    self.send_to(&msg.outbox, "dialogue:event", &event.json);
+                }
+            }
+            JoinHistory::Nothing => {}
         }
         self.hooks.on_joined(&msg.identity, &self.shared.id);
         log::debug!("{} joined room '{}'", msg.identity.user_id, self.shared.id);
@@ -719,9 +729,9 @@ impl Actor for RoomActor {
 }
 
 impl Handler<Join> for RoomActor {
-    type Result = ResponseFuture<Result<(), DialogueError>>;
+    type Result = ResponseFuture<Result<Option<serde_json::Value>, DialogueError>>;
 
-    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, mut msg: Join, ctx: &mut Context<Self>) -> Self::Result {
         self.hand_over();
         if self.closed {
             let gone = DialogueError::room_not_found(&self.shared.id);
@@ -730,50 +740,107 @@ impl Handler<Join> for RoomActor {
         if let Some(member) = self.members.get(&msg.conn) {
             // Joining twice is harmless: confirm again, change nothing.
             self.send_to(&member.outbox, "dialogue:joined", &self.joined_json());
-            return Box::pin(async { Ok(()) });
+            return Box::pin(async { Ok(None) });
         }
         if let Err(e) = self.hooks.before_join(&msg.identity, &self.shared.info()) {
             return Box::pin(async move { Err(e) });
         }
+        if let Some(since) = msg.since.take() {
+            return self.resume(msg, since, ctx);
+        }
         let deep = self.deep_join_ranges(&self.default_subscriptions());
         if deep.is_empty() {
-            let result = self.complete_join(msg, &[]);
-            return Box::pin(async move { result });
+            let result = self.complete_join(msg, JoinHistory::Sync(&[]));
+            return Box::pin(async move { result.map(|()| None) });
         }
-        // The older part of the join history comes from the store. The room waits for it, so
-        // no event can reach the new member before its history.
         // The join history is one page: each event's reading gets its share of the budget.
         let share = self.catalog.max_page_bytes / deep.len().max(1);
-        let loads: Vec<_> = deep
+        let deep = deep
             .into_iter()
-            .map(|(event, range)| {
+            .map(|(event, range)| (event, range, PageBudget::new(share)))
+            .collect();
+        self.join_after_loading(deep, ctx, move |act, pages| {
+            let deep: Vec<_> = pages?.into_iter().flat_map(|p| p.events).collect();
+            act.complete_join(msg, JoinHistory::Sync(&deep))
+                .map(|()| None)
+        })
+    }
+}
+
+/// Merges streams (each in seq order) into one by time, keeping each stream's order.
+fn merge_streams(streams: Vec<Vec<Arc<StoredEvent>>>) -> Vec<Arc<StoredEvent>> {
+    let total = streams.iter().map(Vec::len).sum();
+    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<Arc<StoredEvent>>>> = streams
+        .into_iter()
+        .map(|s| s.into_iter().peekable())
+        .collect();
+    let mut out = Vec::with_capacity(total);
+    loop {
+        let next = heads
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| s.peek().map(|e| (e.timestamp, i)))
+            .min();
+        let Some((_, i)) = next else {
+            return out;
+        };
+        out.extend(heads[i].next());
+    }
+}
+
+/// What a new member gets after `dialogue:joined`.
+enum JoinHistory<'a> {
+    /// `dialogue:history` (`syncHistoryOnJoin`), with `deep` older events from the store.
+    Sync(&'a [Arc<StoredEvent>]),
+    /// The events missed since the client's positions, as `dialogue:event`s in order.
+    Replay(&'a [Arc<StoredEvent>]),
+    /// Nothing (a resume that cannot be served: the client pages).
+    Nothing,
+}
+
+impl RoomActor {
+    /// Reads `ranges` from the store while the room waits — so no event can reach the new
+    /// member before what it is owed — then finishes the join with the pages read.
+    fn join_after_loading<F>(
+        &mut self,
+        ranges: Vec<(Arc<str>, SeqRange, PageBudget)>,
+        ctx: &mut Context<Self>,
+        finish: F,
+    ) -> ResponseFuture<Result<Option<serde_json::Value>, DialogueError>>
+    where
+        F: FnOnce(
+                &mut Self,
+                Result<Vec<LoadedPage>, DialogueError>,
+            ) -> Result<Option<serde_json::Value>, DialogueError>
+            + 'static,
+    {
+        let loads: Vec<_> = ranges
+            .into_iter()
+            .map(|(event, range, budget)| {
                 self.persistence.load.send(LoadRange {
                     room_id: self.shared.id.clone(),
                     event,
                     lo: range.lo,
                     hi: range.hi,
-                    budget: PageBudget::new(share),
+                    budget,
                 })
             })
             .collect();
         let (tx, rx) = tokio::sync::oneshot::channel();
         ctx.wait(futures_util::future::join_all(loads).into_actor(self).map(
             move |results, act, _| {
-                let mut deep = Vec::new();
-                let mut result = Ok(());
-                for r in results {
-                    match r {
-                        Ok(Ok(page)) => deep.extend(page.events),
-                        Ok(Err(e)) => result = Err(e),
-                        Err(_) => {
-                            result = Err(DialogueError::new(
+                let pages = results
+                    .into_iter()
+                    .map(|r| {
+                        r.unwrap_or_else(|_| {
+                            Err(DialogueError::new(
                                 ErrorCode::StorageUnavailable,
                                 "the history store is not running",
                             ))
-                        }
-                    }
-                }
-                let _ = tx.send(result.and_then(|()| act.complete_join(msg, &deep)));
+                        })
+                    })
+                    .collect();
+                let _ = tx.send(finish(act, pages));
             },
         ));
         Box::pin(async move {
@@ -783,6 +850,122 @@ impl Handler<Join> for RoomActor {
                     "the room closed",
                 ))
             })
+        })
+    }
+
+    /// A join with `since`: exactly the events after the client's positions — from the
+    /// window, and from the store when older — in seq order per event, then live events.
+    /// Events the member is not subscribed to, or without history, are not replayed. Too far
+    /// behind (over `limits.maxResumeEvents` events or `limits.maxPageBytes` bytes), or a
+    /// position the room never reached: the join succeeds without replay and the report says
+    /// why (the client pages as usual).
+    fn resume(
+        &mut self,
+        msg: Join,
+        since: BTreeMap<String, u64>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<Option<serde_json::Value>, DialogueError>> {
+        let subscriptions = self.default_subscriptions();
+        let mut plan: Vec<(Arc<str>, SeqRange)> = Vec::new();
+        let mut missed = 0u64;
+        for (name, &seen) in &since {
+            let Some(state) = self.events.get(name.as_str()) else {
+                continue;
+            };
+            let Some(history) = state
+                .history
+                .as_ref()
+                .filter(|_| subscriptions.contains(name))
+            else {
+                continue;
+            };
+            if seen > history.last_seq() {
+                let report = serde_json::json!({
+                    "resumed": false,
+                    "reason": "UNKNOWN_POSITION",
+                    "message": format!(
+                        "'{name}' is at seq {} here, not {seen}; read the history instead",
+                        history.last_seq()
+                    ),
+                });
+                let result = self.complete_join(msg, JoinHistory::Nothing);
+                return Box::pin(async move { result.map(|()| Some(report)) });
+            }
+            let range = SeqRange {
+                lo: seen + 1,
+                hi: history.last_seq(),
+            };
+            missed += range.len();
+            plan.push((state.name.clone(), range));
+        }
+        let max_events = self.catalog.max_resume_events as u64;
+        let too_far = move |why: String| {
+            serde_json::json!({
+                "resumed": false,
+                "reason": "TOO_FAR_BEHIND",
+                "missed": missed,
+                "message": why,
+            })
+        };
+        if missed > max_events {
+            let report = too_far(format!(
+                "{missed} events were missed; a resume replays at most {max_events} (limits.maxResumeEvents): read the history instead"
+            ));
+            let result = self.complete_join(msg, JoinHistory::Nothing);
+            return Box::pin(async move { result.map(|()| Some(report)) });
+        }
+        // The older parts come from the store, each with a share of the page budget.
+        let deep: Vec<_> = plan
+            .iter()
+            .filter_map(|(name, range)| {
+                let history = self.events.get(&**name)?.history.as_ref()?;
+                let first = history.first_seq_in_memory();
+                (!range.is_empty() && range.lo < first).then(|| {
+                    let older = SeqRange {
+                        lo: range.lo,
+                        hi: range.hi.min(first - 1),
+                    };
+                    (name.clone(), older)
+                })
+            })
+            .collect();
+        let max_bytes = self.catalog.max_page_bytes;
+        let share = max_bytes / deep.len().max(1);
+        let deep_names: Vec<Arc<str>> = deep.iter().map(|(name, _)| name.clone()).collect();
+        let deep = deep
+            .into_iter()
+            .map(|(name, range)| (name, range, PageBudget::new(share)))
+            .collect();
+        self.join_after_loading(deep, ctx, move |act, pages| {
+            // Per event: its stored part (oldest first), then its window part.
+            let mut stored: HashMap<Arc<str>, Vec<Arc<StoredEvent>>> = HashMap::new();
+            let mut cut = false;
+            for (name, page) in deep_names.into_iter().zip(pages?) {
+                cut |= page.cut;
+                stored.insert(name, page.events.into_iter().rev().collect());
+            }
+            let mut streams = Vec::new();
+            let mut counts = serde_json::Map::new();
+            for (name, range) in &plan {
+                let mut stream = stored.remove(name).unwrap_or_default();
+                if let Some(history) = act.events.get(&**name).and_then(|s| s.history.as_ref()) {
+                    stream.extend(history.newest_first(*range).rev().cloned());
+                }
+                counts.insert(name.to_string(), stream.len().into());
+                streams.push(stream);
+            }
+            let events = merge_streams(streams);
+            let bytes: usize = events.iter().map(|e| e.weight()).sum();
+            if cut || bytes > max_bytes {
+                let report = too_far(format!(
+                    "the missed events are over {max_bytes} bytes (limits.maxPageBytes): read the history instead"
+                ));
+                return act
+                    .complete_join(msg, JoinHistory::Nothing)
+                    .map(|()| Some(report));
+            }
+            act.complete_join(msg, JoinHistory::Replay(&events))
+                .map(|()| Some(serde_json::json!({ "resumed": true, "events": counts })))
         })
     }
 }

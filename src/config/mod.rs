@@ -260,6 +260,7 @@ fn validate(config: &Config, text: &str) -> Result<EventCatalog, Vec<ConfigProbl
     catalog.default_durability = config.database.durability;
     catalog.max_event_types_per_room = config.limits.max_event_types_per_room;
     catalog.max_page_bytes = config.max_page_bytes();
+    catalog.max_resume_events = config.limits.max_resume_events;
 
     for (name, event) in &config.events {
         let mut limit = None;

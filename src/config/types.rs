@@ -244,6 +244,9 @@ pub struct LimitsConfig {
     /// `server.maxOutboundBytes`, so that a page — sent as the event and in the ack — always
     /// fits the client's queue.
     pub max_page_bytes: Option<usize>,
+    /// Events a join with `since` replays at most; further behind, the join says so and the
+    /// client reads the history instead.
+    pub max_resume_events: usize,
 }
 
 impl Default for LimitsConfig {
@@ -260,6 +263,7 @@ impl Default for LimitsConfig {
             max_queued_request_bytes: 1024 * 1024,
             subscriptions_per_minute: 120,
             max_page_bytes: None,
+            max_resume_events: 10_000,
         }
     }
 }

@@ -18,6 +18,21 @@ pub struct RoomRef {
     pub room_id: String,
 }
 
+/// `dialogue:join {roomId, since?}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRequest {
+    pub room_id: String,
+    /// Resume: the last seq the client has of each event; the join then sends exactly the
+    /// events after them, in seq order, before any live event (instead of
+    /// `syncHistoryOnJoin`).
+    #[serde(default)]
+    pub since: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Event names one `since` may list.
+pub const MAX_SINCE_EVENTS: usize = 1000;
+
 /// `{roomId, eventName}` payloads: subscribe, unsubscribe.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,7 +96,7 @@ pub struct CreateRoomRequest {
 /// A client → server dialogue event, parsed and shape-checked.
 #[derive(Debug)]
 pub enum ClientRequest {
-    Join(RoomRef),
+    Join(JoinRequest),
     Leave(RoomRef),
     Subscribe(EventRef),
     SubscribeAll(RoomRef),
@@ -111,8 +126,14 @@ impl ClientRequest {
     /// (`\u0000`), so the usual trigger costs one substring search of its frame.
     pub fn check_storable(&self, raw: &str) -> Result<(), DialogueError> {
         match self {
-            ClientRequest::Join(r)
-            | ClientRequest::Leave(r)
+            ClientRequest::Join(j) => {
+                storable::check_room_id(&j.room_id)?;
+                for event in j.since.iter().flat_map(|since| since.keys()) {
+                    storable::EVENT_NAME.check("since", event)?;
+                }
+                Ok(())
+            }
+            ClientRequest::Leave(r)
             | ClientRequest::SubscribeAll(r)
             | ClientRequest::DeleteRoom(r) => storable::check_room_id(&r.room_id),
             ClientRequest::Subscribe(e) | ClientRequest::Unsubscribe(e) => {
@@ -152,7 +173,20 @@ pub fn parse_request(name: &str, arg: Option<Value>) -> Result<ClientRequest, Di
     const ROOM: &str = "{roomId: string}";
     const EVENT: &str = "{roomId: string, eventName: string}";
     Ok(match name {
-        "dialogue:join" => ClientRequest::Join(payload(name, ROOM, arg)?),
+        "dialogue:join" => {
+            let join: JoinRequest =
+                payload(name, "{roomId: string, since?: {eventName: seq}}", arg)?;
+            if join
+                .since
+                .as_ref()
+                .is_some_and(|s| s.len() > MAX_SINCE_EVENTS)
+            {
+                return Err(DialogueError::invalid(format!(
+                    "since lists at most {MAX_SINCE_EVENTS} events"
+                )));
+            }
+            ClientRequest::Join(join)
+        }
         "dialogue:leave" => ClientRequest::Leave(payload(name, ROOM, arg)?),
         "dialogue:subscribe" => ClientRequest::Subscribe(payload(name, EVENT, arg)?),
         "dialogue:subscribeAll" => ClientRequest::SubscribeAll(payload(name, ROOM, arg)?),
@@ -413,7 +447,27 @@ mod tests {
     #[test]
     fn parses_requests_and_reports_bad_shapes() {
         let r = parse_request("dialogue:join", Some(json!({"roomId": "general"}))).unwrap();
-        assert!(matches!(r, ClientRequest::Join(RoomRef { room_id }) if room_id == "general"));
+        assert!(
+            matches!(r, ClientRequest::Join(JoinRequest { room_id, since: None }) if room_id == "general")
+        );
+        let r = parse_request(
+            "dialogue:join",
+            Some(json!({"roomId": "general", "since": {"message": 41}})),
+        )
+        .unwrap();
+        let ClientRequest::Join(JoinRequest {
+            since: Some(since), ..
+        }) = r
+        else {
+            panic!("a join with since: {r:?}");
+        };
+        assert_eq!(since.get("message"), Some(&41));
+        let e = parse_request(
+            "dialogue:join",
+            Some(json!({"roomId": "general", "since": {"message": -1}})),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
         let e = parse_request("dialogue:join", Some(json!({"room": "x"}))).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         assert!(e.message.contains("roomId"), "{}", e.message);
