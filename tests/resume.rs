@@ -13,6 +13,7 @@ events:
   note: { history: { limit: 5 } }
 rooms:
   chat: { name: Chat, events: [message, note], syncHistoryOnJoin: 10 }
+  lobby: { name: Lobby, events: [note], syncHistoryOnJoin: 10, autoJoin: true }
 "#;
 
 #[test]

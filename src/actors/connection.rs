@@ -19,7 +19,9 @@ use crate::hooks::Hooks;
 use crate::http::polling::{records, PollingQueue, Record, Sessions};
 use crate::http::websocket::{WsInboundError, WsMessage, WsSink};
 use crate::http::IpSlot;
-use crate::protocol::dialogue::{ack_ok, error_frames, parse_request, to_json, ClientRequest};
+use crate::protocol::dialogue::{
+    ack_ok, error_frames, parse_request, to_json, ClientRequest, MAX_SINCE_EVENTS,
+};
 use crate::protocol::engineio::{self, EioPacket};
 use crate::protocol::socketio::{self, SioKind, SioPacket};
 use crate::protocol::{self, storable};
@@ -27,7 +29,7 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use bytestring::ByteString;
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +90,8 @@ enum Work {
     AutoJoin {
         room_id: String,
         room: Addr<RoomActor>,
+        /// The client's positions in this room, from its CONNECT `auth.since`.
+        since: Option<BTreeMap<String, u64>>,
     },
 }
 
@@ -504,6 +508,26 @@ impl Connection {
         if let Some(timer) = self.connect_timer.take() {
             ctx.cancel_future(timer);
         }
+        // Resume of the autoJoin rooms: `auth.since = {roomId: {event: seq}}`.
+        let since = match packet.data.as_ref().and_then(|auth| auth.get("since")) {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(since) => match serde_json::from_value::<BTreeMap<String, BTreeMap<String, u64>>>(
+                since.clone(),
+            ) {
+                Ok(since)
+                    if since.values().map(BTreeMap::len).sum::<usize>() <= MAX_SINCE_EVENTS =>
+                {
+                    since
+                }
+                _ => {
+                    let message = format!(
+                        "auth.since must be {{roomId: {{eventName: seq}}}} with at most {MAX_SINCE_EVENTS} positions"
+                    );
+                    let frame = socketio::encode_connect_error("/", &message);
+                    return self.send(ctx, frame.into());
+                }
+            },
+        };
         let identity = match self
             .hooks
             .authenticate(packet.data.as_ref(), &self.socket_id)
@@ -545,10 +569,16 @@ impl Connection {
             conn: self.id,
             outbox: self.outbox(ctx),
         });
-        ctx.spawn(opened.into_actor(self).map(|rooms, act, ctx| {
+        ctx.spawn(opened.into_actor(self).map(move |rooms, act, ctx| {
             let rooms = rooms.unwrap_or_default();
+            let mut since = since;
             for (room_id, room) in rooms.into_iter().rev() {
-                act.queue.push_front(Work::AutoJoin { room_id, room });
+                let since = since.remove(&room_id);
+                act.queue.push_front(Work::AutoJoin {
+                    room_id,
+                    room,
+                    since,
+                });
             }
             act.busy = false;
             act.process_next(ctx);
@@ -725,8 +755,12 @@ impl Connection {
         let outbox = self.outbox(ctx);
         let directory = self.directory.clone();
         let (request, ack) = match work {
-            Work::AutoJoin { room_id, room } => {
-                return Box::pin(join(room, room_id, None, conn, identity, outbox, None));
+            Work::AutoJoin {
+                room_id,
+                room,
+                since,
+            } => {
+                return Box::pin(join(room, room_id, since, conn, identity, outbox, None));
             }
             Work::Client { request, ack, .. } => (request, ack),
         };
@@ -1030,7 +1064,7 @@ impl Connection {
 async fn join(
     room: Addr<RoomActor>,
     room_id: String,
-    since: Option<std::collections::BTreeMap<String, u64>>,
+    since: Option<BTreeMap<String, u64>>,
     conn: ConnId,
     identity: Arc<Identity>,
     outbox: Outbox,

@@ -68,6 +68,7 @@ impl RoomShared {
             max_size: self.max_size,
             events: self.events.clone().unwrap_or_else(|| vec!["*".to_owned()]),
             created_by: self.created_by.as_ref().map(|u| u.to_string()),
+            created_by_id: self.created_by.as_ref().map(|u| u.to_string()),
         }
     }
 }
@@ -533,7 +534,14 @@ impl RoomActor {
     }
 
     /// Adds the member and sends `dialogue:joined` and the join history.
-    fn complete_join(&mut self, msg: Join, history: JoinHistory<'_>) -> Result<(), DialogueError> {
+    /// Adds the member and sends `dialogue:joined` (with the resume report of a join with
+    /// `since`) and what `history` says; answers the report for the ack.
+    fn complete_join(
+        &mut self,
+        msg: Join,
+        history: JoinHistory<'_>,
+        resume: Option<serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>, DialogueError> {
         if let Some(max) = self.shared.max_size {
             if self.members.len() >= max as usize {
                 return Err(DialogueError::new(
@@ -543,7 +551,11 @@ impl RoomActor {
             }
         }
         let subscriptions = self.default_subscriptions();
-        self.send_to(&msg.outbox, "dialogue:joined", &self.joined_json());
+        self.send_to(
+            &msg.outbox,
+            "dialogue:joined",
+            &self.joined_json(resume.as_ref()),
+        );
         match history {
             JoinHistory::Sync(deep) => {
                 if let Some(history) = self.join_history(&subscriptions, deep) {
@@ -569,7 +581,7 @@ impl RoomActor {
         );
         self.set_size();
         self.joins.inc();
-        Ok(())
+        Ok(resume)
     }
 
     fn default_subscriptions(&self) -> Subscriptions {
@@ -579,11 +591,16 @@ impl RoomActor {
         }
     }
 
-    fn joined_json(&self) -> String {
-        to_json(&serde_json::json!({
+    /// `dialogue:joined {roomId, roomName, resume?}`.
+    fn joined_json(&self, resume: Option<&serde_json::Value>) -> String {
+        let mut joined = serde_json::json!({
             "roomId": self.room_id(),
             "roomName": self.shared.name,
-        }))
+        });
+        if let Some(resume) = resume {
+            joined["resume"] = resume.clone();
+        }
+        to_json(&joined)
     }
 
     /// Claims the room in the database and restores each history window and counter before
@@ -739,7 +756,7 @@ impl Handler<Join> for RoomActor {
         }
         if let Some(member) = self.members.get(&msg.conn) {
             // Joining twice is harmless: confirm again, change nothing.
-            self.send_to(&member.outbox, "dialogue:joined", &self.joined_json());
+            self.send_to(&member.outbox, "dialogue:joined", &self.joined_json(None));
             return Box::pin(async { Ok(None) });
         }
         if let Err(e) = self.hooks.before_join(&msg.identity, &self.shared.info()) {
@@ -750,8 +767,8 @@ impl Handler<Join> for RoomActor {
         }
         let deep = self.deep_join_ranges(&self.default_subscriptions());
         if deep.is_empty() {
-            let result = self.complete_join(msg, JoinHistory::Sync(&[]));
-            return Box::pin(async move { result.map(|()| None) });
+            let result = self.complete_join(msg, JoinHistory::Sync(&[]), None);
+            return Box::pin(async move { result });
         }
         // The join history is one page: each event's reading gets its share of the budget.
         let share = self.catalog.max_page_bytes / deep.len().max(1);
@@ -761,8 +778,7 @@ impl Handler<Join> for RoomActor {
             .collect();
         self.join_after_loading(deep, ctx, move |act, pages| {
             let deep: Vec<_> = pages?.into_iter().flat_map(|p| p.events).collect();
-            act.complete_join(msg, JoinHistory::Sync(&deep))
-                .map(|()| None)
+            act.complete_join(msg, JoinHistory::Sync(&deep), None)
         })
     }
 }
@@ -888,8 +904,8 @@ impl RoomActor {
                         history.last_seq()
                     ),
                 });
-                let result = self.complete_join(msg, JoinHistory::Nothing);
-                return Box::pin(async move { result.map(|()| Some(report)) });
+                let result = self.complete_join(msg, JoinHistory::Nothing, Some(report));
+                return Box::pin(async move { result });
             }
             let range = SeqRange {
                 lo: seen + 1,
@@ -911,8 +927,8 @@ impl RoomActor {
             let report = too_far(format!(
                 "{missed} events were missed; a resume replays at most {max_events} (limits.maxResumeEvents): read the history instead"
             ));
-            let result = self.complete_join(msg, JoinHistory::Nothing);
-            return Box::pin(async move { result.map(|()| Some(report)) });
+            let result = self.complete_join(msg, JoinHistory::Nothing, Some(report));
+            return Box::pin(async move { result });
         }
         // The older parts come from the store, each with a share of the page budget.
         let deep: Vec<_> = plan
@@ -960,12 +976,10 @@ impl RoomActor {
                 let report = too_far(format!(
                     "the missed events are over {max_bytes} bytes (limits.maxPageBytes): read the history instead"
                 ));
-                return act
-                    .complete_join(msg, JoinHistory::Nothing)
-                    .map(|()| Some(report));
+                return act.complete_join(msg, JoinHistory::Nothing, Some(report));
             }
-            act.complete_join(msg, JoinHistory::Replay(&events))
-                .map(|()| Some(serde_json::json!({ "resumed": true, "events": counts })))
+            let report = serde_json::json!({ "resumed": true, "events": counts });
+            act.complete_join(msg, JoinHistory::Replay(&events), Some(report))
         })
     }
 }

@@ -356,6 +356,9 @@ pub struct RoomInfo {
     /// User who created the room at run time; absent for rooms from the configuration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// The same, under the name the dialogue-ts client reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by_id: Option<String>,
 }
 
 /// Serialises a value that cannot fail to serialise (plain structs of strings and JSON values).

@@ -287,6 +287,7 @@ test("rooms: list, create, announce, delete with permissions", async () => {
   assert.equal(created.ok, true);
   assert.equal(created.id, "made");
   assert.equal(created.createdBy, "creator");
+  assert.equal(created.createdById, "creator", "the field the dialogue-ts client reads");
   const announced = await b.waitFor("dialogue:roomCreated", (r) => r.id === "made");
   assert.equal(announced.name, "Made Here");
   await a.expectError("dialogue:createRoom", { id: "made", name: "Again" }, "ROOM_EXISTS");

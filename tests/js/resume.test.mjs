@@ -44,7 +44,7 @@ test("a rejoin with since gets exactly what it missed, from the window and the d
   // Replayed before the ack, in order, each once; no syncHistoryOnJoin history.
   assert.deepEqual(seqsOf(back, "note"), notes);
   assert.deepEqual(seqsOf(back, "message"), messages);
-  assert.deepEqual(back.all("dialogue:history"), []);
+  assert.deepEqual(back.all("dialogue:history").filter((h) => h.roomId === ROOM), []);
   const order = back.log.map((e) => e.event);
   assert.ok(order.indexOf("dialogue:joined") < order.indexOf("dialogue:event"), JSON.stringify(order));
 
@@ -106,4 +106,44 @@ test("too far behind, or a position the room never reached: the join succeeds an
   assert.deepEqual([bad.ok, bad.code], [false, "INVALID_REQUEST"]);
   writer.close();
   reader.close();
+});
+
+test("autoJoin rooms resume from the positions in the CONNECT auth", async () => {
+  const LOBBY = "lobby";
+  const lobbySeqs = (c) => c.all("dialogue:event").filter((e) => e.roomId === LOBBY).map((e) => e.seq);
+  const writer = await connect("lobby-writer");
+  await writer.waitFor("dialogue:joined", (j) => j.roomId === LOBBY);
+  const post = async (n) => {
+    const seqs = [];
+    for (let i = 0; i < n; i++) {
+      const r = await writer.request("dialogue:trigger", { roomId: LOBBY, event: "note", data: { i } });
+      assert.equal(r.ok, true, JSON.stringify(r));
+      seqs.push(r.seq);
+    }
+    return seqs;
+  };
+  const reader = await connect("lobby-reader");
+  await reader.waitFor("dialogue:joined", (j) => j.roomId === LOBBY);
+  const first = await post(3);
+  await reader.waitFor("dialogue:event", (e) => e.roomId === LOBBY && e.seq === first[2]);
+  reader.close();
+  const missed = await post(8); // the window keeps 5: three come from the database
+
+  const back = await connect(undefined, { auth: { userId: "lobby-reader", since: { [LOBBY]: { note: first[2] } } } });
+  const joined = await back.waitFor("dialogue:joined", (j) => j.roomId === LOBBY);
+  assert.deepEqual(joined.resume, { resumed: true, events: { note: 8 } });
+  await back.waitFor("dialogue:event", (e) => e.roomId === LOBBY && e.seq === missed[7]);
+  assert.deepEqual(lobbySeqs(back), missed);
+  assert.deepEqual(back.all("dialogue:history").filter((h) => h.roomId === LOBBY), [], "no join history");
+
+  // Without since: today's behaviour, the join history.
+  const fresh = await connect("lobby-fresh");
+  const history = await fresh.waitFor("dialogue:history", (h) => h.roomId === LOBBY);
+  assert.ok(history.events.length > 0);
+
+  // A malformed since is refused at CONNECT.
+  await assert.rejects(connect(undefined, { auth: { userId: "bad", since: { [LOBBY]: { note: "x" } } } }), /auth\.since/);
+  writer.close();
+  back.close();
+  fresh.close();
 });
