@@ -11,6 +11,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 pub mod pg;
+pub mod proxy;
 
 /// A running server; killed on drop.
 pub struct TestServer {
