@@ -4,7 +4,7 @@
 mod common;
 
 use common::proxy::ChaosProxy;
-use common::{run_node_tests, TestServer};
+use common::{run_node_tests, spawn_node_script, TestServer};
 use std::time::Duration;
 
 const CONFIG: &str = r#"
@@ -60,5 +60,55 @@ fn native_resume_through_a_chaos_proxy() {
     );
     assert_eq!(results.len(), 1, "{results:?}");
     assert!(server.is_running());
+    assert!(!server.log_contains("panicked"));
+}
+
+/// The same readers and writers across a graceful restart and a `kill -9` of the server
+/// (`durability: stored`): every event the server stored reaches every reader exactly once.
+#[test]
+fn native_resume_across_a_restart_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(dir.path(), CHAOS, &[]);
+    server.wait_ready();
+    let addr = |s: &TestServer| format!("127.0.0.1:{}", s.port).parse().unwrap();
+    let chaos = ChaosProxy::start(
+        addr(&server),
+        Duration::from_millis(300),
+        Duration::from_millis(1500),
+    );
+    let hour = Duration::from_secs(3600);
+    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let mut node = spawn_node_script(
+        "resume-restart.mjs",
+        &server.url,
+        &[
+            ("CHAOS_URL", chaos.url().as_str()),
+            ("STEADY_URL", steady.url().as_str()),
+            ("SECONDS_TO_WRITE", "9"),
+        ],
+    );
+    assert!(
+        node.wait_line("READY", Duration::from_secs(30)).is_some(),
+        "clients connected: {:?}",
+        node.output
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, _) = server.terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "graceful stop");
+    server = TestServer::start_in(dir.path(), CHAOS, &[]);
+    chaos.retarget(addr(&server));
+    steady.retarget(addr(&server));
+    std::thread::sleep(Duration::from_millis(2500));
+    server.kill9();
+    server = TestServer::start_in(dir.path(), CHAOS, &[]);
+    chaos.retarget(addr(&server));
+    steady.retarget(addr(&server));
+    let result = node.wait_line("RESULT", Duration::from_secs(90));
+    let output = node.output.lock().unwrap().join("\n");
+    let result = result.unwrap_or_else(|| panic!("no RESULT:\n{output}"));
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    eprintln!("restart and crash: {result}");
+    assert!(result["acked"].as_u64().unwrap() > 100, "{result}");
+    assert!(result["resumed"].as_u64().unwrap() > 0, "{result}");
     assert!(!server.log_contains("panicked"));
 }

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +13,8 @@ pub struct ChaosProxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
     cuts: Arc<AtomicUsize>,
+    /// Where new connections go (a restarted server listens elsewhere).
+    target: Arc<Mutex<SocketAddr>>,
 }
 
 impl ChaosProxy {
@@ -22,21 +24,33 @@ impl ChaosProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let stop = Arc::new(AtomicBool::new(false));
         let cuts = Arc::new(AtomicUsize::new(0));
-        let (stopping, counted) = (stop.clone(), cuts.clone());
+        let target = Arc::new(Mutex::new(target));
+        let (stopping, counted, to) = (stop.clone(), cuts.clone(), target.clone());
         thread::spawn(move || {
             for client in listener.incoming() {
                 if stopping.load(Ordering::Relaxed) {
                     return;
                 }
                 let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(target) else {
-                    continue;
+                let addr = *to.lock().unwrap_or_else(|e| e.into_inner());
+                let Ok(server) = TcpStream::connect(addr) else {
+                    continue; // the server is down: the client sees a refused connection
                 };
                 let lifetime = min + (max.saturating_sub(min)).mul_f64(random_unit());
                 forward(client, server, lifetime, counted.clone());
             }
         });
-        ChaosProxy { port, stop, cuts }
+        ChaosProxy {
+            port,
+            stop,
+            cuts,
+            target,
+        }
+    }
+
+    /// Sends new connections to `target` from now on.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
     }
 
     /// Connections cut so far.
