@@ -4,7 +4,7 @@
 mod common;
 
 use common::proxy::ChaosProxy;
-use common::{run_node_tests, spawn_node_script, TestServer};
+use common::{run_node_tests, run_python, spawn_node_script, TestServer};
 use std::time::Duration;
 
 const CONFIG: &str = r#"
@@ -111,4 +111,23 @@ fn native_resume_across_a_restart_and_a_crash() {
     assert!(result["acked"].as_u64().unwrap() > 100, "{result}");
     assert!(result["resumed"].as_u64().unwrap() > 0, "{result}");
     assert!(!server.log_contains("panicked"));
+}
+
+/// python-socketio readers behind the chaos proxy resume with `since` on every automatic
+/// reconnect and end with every event exactly once, in order.
+#[test]
+fn python_client_resumes_through_a_chaos_proxy() {
+    let server = TestServer::start(CHAOS);
+    let target = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let proxy = ChaosProxy::start(
+        target,
+        Duration::from_millis(300),
+        Duration::from_millis(1500),
+    );
+    run_python("resume.py", &server, &[proxy.url().as_str()]);
+    assert!(
+        proxy.cuts() >= 3,
+        "the proxy cut {} connections",
+        proxy.cuts()
+    );
 }
