@@ -16,6 +16,7 @@ DEFAULTS = {
     "MESSAGES": "100000", "DEEP_ROWS": "1000000", "HISTORY_SAMPLES": "500",
     "SCAN_PRELOAD": "5000", "RESTART_MESSAGES": "150", "SOAK_CONNECTIONS": "10000",
     "SOAK_ROOMS": "100", "SOAK_RATE": "1000", "SOAK_SECONDS": "300",
+    "JITTER_RECEIVERS": "1000", "JITTER_RATE": "100", "JITTER_SECONDS": "60",
 }
 
 
@@ -118,6 +119,18 @@ def figures(settings):
          f"{int(settings['RESTART_MESSAGES']):,} sent", "restart-kill9", field("lost"), "",
          ("==", 0, "0"), "—", "all"),
     ]
+    jitter = (f"Delivery under jitter ({int(settings['JITTER_RECEIVERS']):,} clients, 10 rooms, "
+              f"{int(settings['JITTER_RATE']):,} msg/s, {int(settings['JITTER_SECONDS']):,} s, "
+              "each connection cut every 1–5 s and resumed)")
+    f += [
+        (f"{jitter}: share of deliveries exactly once", "jitter", field("exactly_once_share"),
+         "", ("==", 1, "1 (100 %)"), "—", "all"),
+        (f"{jitter}: duplicates", "jitter", field("duplicates"), "", ("==", 0, "0"), "—", "all"),
+        (f"{jitter}: missing", "jitter", field("missing"), "", ("==", 0, "0"), "—", "all"),
+        (f"{jitter}: reconnects", "jitter", field("reconnects"), "", None, "—", "median"),
+        (f"{jitter}: cut to first replayed event p99 (includes the 1 s reconnect delay)",
+         "jitter", field("cut_to_replay_ms_p99"), "ms", None, "—", "median"),
+    ]
     return f
 
 
@@ -196,11 +209,11 @@ def main():
         return [r for r in rows if r["bench"] == bench]
 
     out = ["# Benchmarks", ""]
-    if reduced or a.scenarios.split() != "fanout latency idle persist history scan restart soak".split():
+    if reduced or a.scenarios.split() != "fanout latency idle persist history scan restart soak jitter".split():
         out += ["> **Smoke run, not the reference figures**: "
                 + (f"reduced settings ({', '.join(f'{k}={v}' for k, v in sorted(reduced.items()))})"
                    if reduced else "default settings")
-                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle persist history scan restart soak".split() else "")
+                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle persist history scan restart soak jitter".split() else "")
                 + ". Run `bench/run` with no overrides for figures to judge the targets by.", ""]
     out += [
         f"Measured {a.started} on commit `{a.commit}` by `bench/run`.",
@@ -268,6 +281,10 @@ def main():
             "- **soak**: `SOAK_CONNECTIONS` connections over `SOAK_ROOMS` rooms (one sender per "
             "room, the rest subscribers), `SOAK_RATE` msg/s in all for `SOAK_SECONDS`; RSS sampled "
             "every 5 s from the start of sending.",
+            "- **jitter**: `JITTER_RECEIVERS` clients in 10 rooms, each cutting its own connection "
+            "(no close handshake) after a random 1–5 s and connecting again 1 s later with "
+            "`dialogue:join {since}`; 4 senders trigger `JITTER_RATE` msg/s in all for "
+            "`JITTER_SECONDS`; then every client must hold every seq of its room once.",
             "", f"Raw results (one JSON line per run): `{a.results}`."]
     if failures:
         out += ["", "## Failed runs", ""] + [f"- {f}" for f in failures]

@@ -23,6 +23,8 @@ pub struct Client {
     next_id: AtomicU64,
     /// Received application events, when collected.
     events: Option<mpsc::UnboundedReceiver<Event>>,
+    /// The writer and reader tasks (aborted by [`Client::cut`]).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A received Socket.IO event frame, kept as the WebSocket message's own buffer (no copy).
@@ -72,7 +74,7 @@ impl Client {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
 
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
                 if sink.send(msg).await.is_err() {
                     break;
@@ -81,7 +83,7 @@ impl Client {
         });
         let reader_pending = pending.clone();
         let pong = out_tx.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             while let Some(Ok(msg)) = stream.next().await {
                 let Message::Text(frame) = msg else { continue };
@@ -130,6 +132,7 @@ impl Client {
             pending,
             next_id: AtomicU64::new(1),
             events: collect_events.then_some(ev_rx),
+            tasks: vec![writer, reader],
         })
     }
 
@@ -170,5 +173,13 @@ impl Client {
     /// Closes the connection.
     pub fn close(&self) {
         let _ = self.out.send(Message::Close(None));
+    }
+
+    /// Cuts the connection as a failing network would: the socket is dropped, with no
+    /// WebSocket or Engine.IO close.
+    pub fn cut(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }

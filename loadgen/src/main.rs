@@ -4,13 +4,14 @@
 //!
 //! Layout: [`client`] (one Socket.IO connection), [`fanout`] (fan-out and latency, also the
 //! connection set-up the others share), [`history`] (page latency, full scans), [`idle`],
-//! [`restart`], [`server`] (what is observed of the server process), [`stats`] (histogram,
+//! [`jitter`] (delivery with connections cut and resumed), [`restart`], [`server`] (what is observed of the server process), [`stats`] (histogram,
 //! percentiles); persistence and bulk loading are here.
 
 mod client;
 mod fanout;
 mod history;
 mod idle;
+mod jitter;
 mod restart;
 mod server;
 mod stats;
@@ -131,6 +132,33 @@ enum Scenario {
         /// Crash the server (SIGKILL) instead of stopping it.
         #[arg(long)]
         kill: bool,
+    },
+    /// Delivery under jitter: receivers in R rooms whose connections are cut every
+    /// `cut-min-ms`–`cut-max-ms` come back with a native resume while senders trigger at a
+    /// fixed rate: share of deliveries exactly once, duplicates, missing, cut → first replay.
+    Jitter {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "message")]
+        event: String,
+        #[arg(long, default_value_t = 1000)]
+        receivers: usize,
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        /// Messages per second in all.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 1000)]
+        cut_min_ms: u64,
+        #[arg(long, default_value_t = 5000)]
+        cut_max_ms: u64,
+        /// Milliseconds a cut receiver waits before connecting again.
+        #[arg(long, default_value_t = 1000)]
+        reconnect_ms: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
     },
     /// Inserts rows straight into the database (seq 1..=rows) to measure deep pages.
     Bulkload {
@@ -504,6 +532,33 @@ async fn main() -> std::process::ExitCode {
                 concurrency,
                 server_pid,
                 settle: Duration::from_millis(settle_ms),
+            })
+            .await
+        }
+        Scenario::Jitter {
+            target,
+            event,
+            receivers,
+            senders,
+            rate,
+            seconds,
+            cut_min_ms,
+            cut_max_ms,
+            reconnect_ms,
+            concurrency,
+        } => {
+            jitter::run(jitter::Options {
+                rooms: target.room_names(),
+                event,
+                url: target.url,
+                receivers,
+                senders,
+                rate,
+                seconds,
+                cut_min: Duration::from_millis(cut_min_ms),
+                cut_max: Duration::from_millis(cut_max_ms),
+                reconnect_delay: Duration::from_millis(reconnect_ms),
+                concurrency,
             })
             .await
         }
