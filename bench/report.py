@@ -17,6 +17,7 @@ DEFAULTS = {
     "SCAN_PRELOAD": "5000", "RESTART_MESSAGES": "150", "SOAK_CONNECTIONS": "10000",
     "SOAK_ROOMS": "100", "SOAK_RATE": "1000", "SOAK_SECONDS": "300",
     "JITTER_RECEIVERS": "1000", "JITTER_RATE": "100", "JITTER_SECONDS": "60",
+    "STORM_RECEIVERS": "10000",
 }
 
 
@@ -131,6 +132,15 @@ def figures(settings):
         (f"{jitter}: cut to first replayed event p99 (includes the 1 s reconnect delay)",
          "jitter", field("cut_to_replay_ms_p99"), "ms", None, "—", "median"),
     ]
+    storm = (f"Reconnect storm ({int(settings['STORM_RECEIVERS']):,} clients, "
+             f"{int(settings['SOAK_ROOMS']):,} rooms, 100 msg/s, SIGTERM and start again)")
+    f += [
+        (f"{storm}: seconds from the server ready again until every client resumed", "storm",
+         field("all_resumed_seconds"), "s", None, "—", "median"),
+        (f"{storm}: deliveries missed", "storm", field("missing"), "", ("==", 0, "0"), "—", "all"),
+        (f"{storm}: deliveries duplicated", "storm", field("duplicates"), "", ("==", 0, "0"), "—",
+         "all"),
+    ]
     return f
 
 
@@ -209,11 +219,11 @@ def main():
         return [r for r in rows if r["bench"] == bench]
 
     out = ["# Benchmarks", ""]
-    if reduced or a.scenarios.split() != "fanout latency idle persist history scan restart soak jitter".split():
+    if reduced or a.scenarios.split() != "fanout latency idle persist history scan restart soak jitter storm".split():
         out += ["> **Smoke run, not the reference figures**: "
                 + (f"reduced settings ({', '.join(f'{k}={v}' for k, v in sorted(reduced.items()))})"
                    if reduced else "default settings")
-                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle persist history scan restart soak jitter".split() else "")
+                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle persist history scan restart soak jitter storm".split() else "")
                 + ". Run `bench/run` with no overrides for figures to judge the targets by.", ""]
     out += [
         f"Measured {a.started} on commit `{a.commit}` by `bench/run`.",
@@ -285,6 +295,9 @@ def main():
             "(no close handshake) after a random 1–5 s and connecting again 1 s later with "
             "`dialogue:join {since}`; 4 senders trigger `JITTER_RATE` msg/s in all for "
             "`JITTER_SECONDS`; then every client must hold every seq of its room once.",
+            "- **storm**: `STORM_RECEIVERS` clients over `SOAK_ROOMS` rooms while 4 senders trigger "
+            "100 msg/s; SIGTERM, start again on the same port; each client reconnects and joins "
+            "with `since`; then 5 s more of sending and the same exactly-once check.",
             "", f"Raw results (one JSON line per run): `{a.results}`."]
     if failures:
         out += ["", "## Failed runs", ""] + [f"- {f}" for f in failures]

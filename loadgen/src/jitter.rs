@@ -38,46 +38,176 @@ struct Seen {
     seqs: Vec<u64>,
     connects: u64,
     refused_resumes: u64,
+    /// When a join with `since` last resumed.
+    last_resumed: Option<Instant>,
+}
+
+/// The receivers of a run and what they share.
+struct Crowd {
+    receivers: Vec<(String, Arc<Mutex<Seen>>)>,
+    stop: Arc<AtomicBool>,
+    replay_us: Arc<Histogram>,
+    failed_connects: Arc<AtomicU64>,
+}
+
+/// How the receivers behave.
+struct CrowdOptions<'a> {
+    url: &'a str,
+    rooms: &'a [String],
+    event: &'a str,
+    receivers: usize,
+    cut_min: Duration,
+    cut_max: Duration,
+    reconnect_delay: Duration,
+    concurrency: usize,
+}
+
+impl Crowd {
+    /// Starts the receivers and waits until each has joined once.
+    async fn start(o: CrowdOptions<'_>) -> Result<Crowd, String> {
+        let crowd = Crowd {
+            receivers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            replay_us: Arc::new(Histogram::default()),
+            failed_connects: Arc::new(AtomicU64::new(0)),
+        };
+        let mut crowd = crowd;
+        let gate = Arc::new(tokio::sync::Semaphore::new(o.concurrency.max(1)));
+        for i in 0..o.receivers {
+            let room = o.rooms[i % o.rooms.len()].clone();
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            crowd.receivers.push((room.clone(), seen.clone()));
+            let task = Receiver {
+                url: o.url.to_owned(),
+                user: format!("jitter-{i}"),
+                room,
+                event: o.event.to_owned(),
+                seen,
+                stop: crowd.stop.clone(),
+                replay_us: crowd.replay_us.clone(),
+                failed_connects: crowd.failed_connects.clone(),
+                cut_min: o.cut_min,
+                cut_max: o.cut_max,
+                reconnect_delay: o.reconnect_delay,
+                seed: 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1),
+            };
+            let gate = gate.clone();
+            tokio::spawn(async move { task.run(gate).await });
+        }
+        let started = Instant::now();
+        while !crowd.all(|s| s.connects > 0) {
+            if started.elapsed() > Duration::from_secs(180) {
+                return Err("receivers did not connect within 180 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(crowd)
+    }
+
+    fn all(&self, pred: impl Fn(&Seen) -> bool) -> bool {
+        self.receivers
+            .iter()
+            .all(|(_, s)| s.lock().is_ok_and(|s| pred(&s)))
+    }
+
+    /// Waits (up to 60 s) until every receiver holds the newest seq of its room, then stops
+    /// them and counts: each seq 1..=newest of its room, once.
+    async fn finish(&self, newest: &HashMap<String, u64>) -> Result<Tally, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline
+            && !self.receivers.iter().all(|(room, s)| {
+                s.lock()
+                    .is_ok_and(|s| s.seqs.iter().copied().max() == Some(newest[room]))
+            })
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let mut t = Tally::default();
+        for (room, seen) in &self.receivers {
+            let s = seen.lock().map_err(|_| "poisoned")?;
+            let hi = newest[room];
+            let mut count = vec![0u32; hi as usize + 1];
+            for &seq in &s.seqs {
+                if let Some(c) = count.get_mut(seq as usize) {
+                    *c += 1;
+                }
+            }
+            t.expected += hi;
+            for &c in &count[1..] {
+                match c {
+                    0 => t.missing += 1,
+                    1 => t.once += 1,
+                    n => {
+                        t.once += 1;
+                        t.duplicates += u64::from(n - 1);
+                    }
+                }
+            }
+            t.connects += s.connects;
+            t.refused_resumes += s.refused_resumes;
+        }
+        Ok(t)
+    }
+}
+
+/// Deliveries counted at the end of a run.
+#[derive(Default)]
+struct Tally {
+    expected: u64,
+    once: u64,
+    duplicates: u64,
+    missing: u64,
+    connects: u64,
+    refused_resumes: u64,
+}
+
+impl Tally {
+    fn share(&self) -> f64 {
+        if self.expected == 0 {
+            1.0
+        } else {
+            self.once as f64 / self.expected as f64
+        }
+    }
+}
+
+/// The newest seq of `event` in each room (joining it first; a second join is harmless).
+async fn newest_seqs(
+    c: &Client,
+    rooms: &[String],
+    event: &str,
+) -> Result<HashMap<String, u64>, String> {
+    let mut newest = HashMap::new();
+    for room in rooms {
+        c.request("dialogue:join", &json!({ "roomId": room }))
+            .await?;
+        let page = c
+            .request(
+                "dialogue:getHistory",
+                &json!({ "roomId": room, "eventName": event, "start": 0, "end": 1 }),
+            )
+            .await?;
+        let seq = page["events"][0]["seq"]
+            .as_u64()
+            .ok_or_else(|| format!("no newest event in {room}: {page}"))?;
+        newest.insert(room.clone(), seq);
+    }
+    Ok(newest)
 }
 
 pub async fn run(o: Options) -> Result<Value, String> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let replay_us = Arc::new(Histogram::default());
-    let failed_connects = Arc::new(AtomicU64::new(0));
-    let gate = Arc::new(tokio::sync::Semaphore::new(o.concurrency.max(1)));
-    let mut receivers = Vec::new();
-    for i in 0..o.receivers {
-        let room = o.rooms[i % o.rooms.len()].clone();
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        receivers.push((room.clone(), seen.clone()));
-        let task = Receiver {
-            url: o.url.clone(),
-            user: format!("jitter-{i}"),
-            room,
-            event: o.event.clone(),
-            seen,
-            stop: stop.clone(),
-            replay_us: replay_us.clone(),
-            failed_connects: failed_connects.clone(),
-            cut_min: o.cut_min,
-            cut_max: o.cut_max,
-            reconnect_delay: o.reconnect_delay,
-            seed: 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1),
-        };
-        let gate = gate.clone();
-        tokio::spawn(async move { task.run(gate).await });
-    }
-    // Everyone connected once before sending.
-    let started = Instant::now();
-    while receivers
-        .iter()
-        .any(|(_, s)| s.lock().map_or(true, |s| s.connects == 0))
-    {
-        if started.elapsed() > Duration::from_secs(120) {
-            return Err("receivers did not connect within 120 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let crowd = Crowd::start(CrowdOptions {
+        url: &o.url,
+        rooms: &o.rooms,
+        event: &o.event,
+        receivers: o.receivers,
+        cut_min: o.cut_min,
+        cut_max: o.cut_max,
+        reconnect_delay: o.reconnect_delay,
+        concurrency: o.concurrency,
+    })
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Senders, straight to the server: `rate` triggers per second in all, rooms in turn.
@@ -108,59 +238,12 @@ pub async fn run(o: Options) -> Result<Value, String> {
             refused += 1;
         }
     }
-    // The newest seq of each room, then every receiver catches up (reconnecting as needed).
-    let mut newest = HashMap::new();
-    for room in &o.rooms {
-        let page = senders[0]
-            .request(
-                "dialogue:getHistory",
-                &json!({ "roomId": room, "eventName": o.event, "start": 0, "end": 1 }),
-            )
-            .await?;
-        let seq = page["events"][0]["seq"].as_u64().unwrap_or(0);
-        newest.insert(room.clone(), seq);
-    }
-    let caught_up = |receivers: &[(String, Arc<Mutex<Seen>>)]| {
-        receivers.iter().all(|(room, s)| {
-            s.lock()
-                .is_ok_and(|s| s.seqs.iter().copied().max() == Some(newest[room]))
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !caught_up(&receivers) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-
-    // Exactly once: each receiver holds each seq 1..=newest of its room once.
-    let (mut expected, mut once, mut duplicates, mut missing, mut connects, mut refused_resumes) =
-        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    for (room, seen) in &receivers {
-        let s = seen.lock().map_err(|_| "poisoned")?;
-        let hi = newest[room];
-        let mut count = vec![0u32; hi as usize + 1];
-        for &seq in &s.seqs {
-            if let Some(c) = count.get_mut(seq as usize) {
-                *c += 1;
-            }
-        }
-        expected += hi;
-        for c in &count[1..] {
-            match c {
-                0 => missing += 1,
-                1 => once += 1,
-                n => {
-                    once += 1;
-                    duplicates += u64::from(*n - 1);
-                }
-            }
-        }
-        connects += s.connects;
-        refused_resumes += s.refused_resumes;
-    }
+    let newest = newest_seqs(&senders[0], &o.rooms, &o.event).await?;
+    let t = crowd.finish(&newest).await?;
     for c in senders {
         c.close();
     }
+    let replay_us = &crowd.replay_us;
     let ms = |v: Option<u64>| v.map_or(Value::Null, |us| json!(us as f64 / 1000.0));
     let summary = json!({
         "scenario": "jitter",
@@ -171,28 +254,192 @@ pub async fn run(o: Options) -> Result<Value, String> {
         "reconnect_delay_ms": o.reconnect_delay.as_millis() as u64,
         "triggered": total,
         "refused": refused,
-        "expected_deliveries": expected,
-        "exactly_once": once,
-        "exactly_once_share": if expected == 0 { 1.0 } else { once as f64 / expected as f64 },
-        "duplicates": duplicates,
-        "missing": missing,
-        "reconnects": connects.saturating_sub(o.receivers as u64),
-        "failed_connects": failed_connects.load(Ordering::Relaxed),
-        "refused_resumes": refused_resumes,
+        "expected_deliveries": t.expected,
+        "exactly_once": t.once,
+        "exactly_once_share": t.share(),
+        "duplicates": t.duplicates,
+        "missing": t.missing,
+        "reconnects": t.connects.saturating_sub(o.receivers as u64),
+        "failed_connects": crowd.failed_connects.load(Ordering::Relaxed),
+        "refused_resumes": t.refused_resumes,
         "cut_to_replay_ms_p50": ms(replay_us.percentile(50.0)),
         "cut_to_replay_ms_p99": ms(replay_us.percentile(99.0)),
         "cut_to_replay_ms_max": ms(Some(replay_us.max())),
         "replays": replay_us.count(),
     });
     eprintln!(
-        "jitter: {} receivers, {} events: {:.4} % exactly once, {duplicates} duplicates, {missing} missing, {} reconnects; cut → first replayed event p99 {} ms",
+        "jitter: {} receivers, {} events: {:.4} % exactly once, {} duplicates, {} missing, {} reconnects; cut → first replayed event p99 {} ms",
         o.receivers,
         total,
-        summary["exactly_once_share"].as_f64().unwrap_or(0.0) * 100.0,
+        t.share() * 100.0,
+        t.duplicates,
+        t.missing,
         summary["reconnects"],
         summary["cut_to_replay_ms_p99"]
     );
     Ok(summary)
+}
+
+/// Options of the reconnect storm.
+pub struct StormOptions {
+    pub url: String,
+    pub rooms: Vec<String>,
+    pub event: String,
+    pub receivers: usize,
+    pub senders: usize,
+    /// Messages per second in all, before and after the restart.
+    pub rate: u64,
+    /// Seconds of sending before the restart, and again after it.
+    pub seconds: f64,
+    pub server_pid: u32,
+    /// Run with `sh -c`; starts the server again in the background on the same port.
+    pub restart_cmd: String,
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+/// Reconnect storm: R receivers connected, senders at a fixed rate, the server stopped with
+/// SIGTERM and started again; every receiver reconnects and resumes with `since`. Reports the
+/// time from the server being ready again until every receiver has resumed, and the
+/// deliveries missed or doubled.
+pub async fn storm(o: StormOptions) -> Result<Value, String> {
+    use crate::server::{terminate, wait_exit, wait_ready};
+    let crowd = Crowd::start(CrowdOptions {
+        url: &o.url,
+        rooms: &o.rooms,
+        event: &o.event,
+        receivers: o.receivers,
+        // No cuts of their own: only the restart ends their connections.
+        cut_min: Duration::from_secs(86_400),
+        cut_max: Duration::from_secs(86_400),
+        reconnect_delay: Duration::from_millis(100),
+        concurrency: o.concurrency,
+    })
+    .await?;
+    let sending = Arc::new(AtomicBool::new(true));
+    let acked = Arc::new(AtomicU64::new(0));
+    let per_sender = (o.rate as f64 / o.senders.max(1) as f64).max(0.1);
+    let mut sender_tasks = Vec::new();
+    for i in 0..o.senders.max(1) {
+        let (url, rooms, event) = (o.url.clone(), o.rooms.clone(), o.event.clone());
+        let (sending, acked) = (sending.clone(), acked.clone());
+        sender_tasks.push(tokio::spawn(async move {
+            send_through_restarts(&url, i, &rooms, &event, per_sender, &sending, &acked).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(o.seconds)).await;
+
+    let stopping = Instant::now();
+    terminate(o.server_pid)?;
+    if !wait_exit(o.server_pid, o.timeout).await {
+        return Err(format!("the server did not exit within {:?}", o.timeout));
+    }
+    let cmd = o.restart_cmd.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("restart command: {e}"))?;
+    if !status.success() {
+        return Err(format!("restart command failed: {status}"));
+    }
+    wait_ready(&o.url, o.timeout).await?;
+    let ready = Instant::now();
+    let deadline = ready + o.timeout;
+    while !crowd.all(|s| s.last_resumed.is_some_and(|at| at > stopping)) {
+        if Instant::now() > deadline {
+            return Err(format!("not every receiver resumed within {:?}", o.timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all_resumed = ready.elapsed();
+    tokio::time::sleep(Duration::from_secs_f64(o.seconds)).await;
+    sending.store(false, Ordering::Relaxed);
+    for t in sender_tasks {
+        let _ = t.await;
+    }
+    let reader = Client::connect(&o.url, "storm-reader", false).await?;
+    let newest = newest_seqs(&reader, &o.rooms, &o.event).await?;
+    reader.close();
+    let t = crowd.finish(&newest).await?;
+    let summary = json!({
+        "scenario": "storm",
+        "receivers": o.receivers,
+        "rooms": o.rooms.len(),
+        "rate": o.rate,
+        "acked": acked.load(Ordering::Relaxed),
+        "down_seconds": (ready - stopping).as_secs_f64(),
+        "all_resumed_seconds": all_resumed.as_secs_f64(),
+        "expected_deliveries": t.expected,
+        "exactly_once_share": t.share(),
+        "duplicates": t.duplicates,
+        "missing": t.missing,
+        "refused_resumes": t.refused_resumes,
+        "failed_connects": crowd.failed_connects.load(Ordering::Relaxed),
+    });
+    eprintln!(
+        "storm: {} receivers; server down {:.2} s; all resumed {:.2} s after it was ready; {:.4} % exactly once, {} duplicates, {} missing",
+        o.receivers,
+        (ready - stopping).as_secs_f64(),
+        all_resumed.as_secs_f64(),
+        t.share() * 100.0,
+        t.duplicates,
+        t.missing
+    );
+    Ok(summary)
+}
+
+/// Triggers `rate` events per second into the rooms in turn while `sending`, connecting again
+/// whenever the server goes away.
+async fn send_through_restarts(
+    url: &str,
+    id: usize,
+    rooms: &[String],
+    event: &str,
+    rate: f64,
+    sending: &AtomicBool,
+    acked: &AtomicU64,
+) {
+    let mut n = 0usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    while sending.load(Ordering::Relaxed) {
+        let Ok(c) = Client::connect(url, &format!("storm-sender-{id}"), false).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut joined = true;
+        for room in rooms {
+            joined &= c
+                .request("dialogue:join", &json!({ "roomId": room }))
+                .await
+                .is_ok();
+        }
+        while joined && sending.load(Ordering::Relaxed) {
+            ticker.tick().await;
+            let data = json!({ "text": format!("storm {id}/{n}"), "username": "sender" });
+            let payload = json!({ "roomId": rooms[n % rooms.len()], "event": event, "data": data });
+            n += 1;
+            let answer = tokio::time::timeout(
+                Duration::from_secs(2),
+                c.request("dialogue:trigger", &payload),
+            )
+            .await;
+            match answer {
+                Ok(Ok(v)) if v["ok"] == json!(true) => {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Ok(_)) => {}
+                _ => break, // the server went away: connect again
+            }
+        }
+        c.cut();
+    }
 }
 
 /// One receiver: connect, join (with `since` after the first time), read until its random
@@ -247,6 +494,8 @@ impl Receiver {
                 s.connects += 1;
                 if ack["resume"]["resumed"] == json!(false) {
                     s.refused_resumes += 1;
+                } else if ack["resume"]["resumed"] == json!(true) {
+                    s.last_resumed = Some(Instant::now());
                 }
             }
             first = false;

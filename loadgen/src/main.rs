@@ -160,6 +160,32 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Reconnect storm: R receivers connected, senders at a fixed rate, SIGTERM to the server
+    /// and the restart command; time until every receiver has resumed (`since`), deliveries
+    /// missed or doubled.
+    Storm {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "message")]
+        event: String,
+        #[arg(long, default_value_t = 10_000)]
+        receivers: usize,
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Seconds of sending before the restart, and again after it.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long)]
+        server_pid: u32,
+        #[arg(long)]
+        restart_cmd: String,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// Inserts rows straight into the database (seq 1..=rows) to measure deep pages.
     Bulkload {
         #[arg(long)]
@@ -558,6 +584,33 @@ async fn main() -> std::process::ExitCode {
                 cut_min: Duration::from_millis(cut_min_ms),
                 cut_max: Duration::from_millis(cut_max_ms),
                 reconnect_delay: Duration::from_millis(reconnect_ms),
+                concurrency,
+            })
+            .await
+        }
+        Scenario::Storm {
+            target,
+            event,
+            receivers,
+            senders,
+            rate,
+            seconds,
+            server_pid,
+            restart_cmd,
+            timeout,
+            concurrency,
+        } => {
+            jitter::storm(jitter::StormOptions {
+                rooms: target.room_names(),
+                url: target.url,
+                event,
+                receivers,
+                senders,
+                rate,
+                seconds,
+                server_pid,
+                restart_cmd,
+                timeout: Duration::from_secs(timeout),
                 concurrency,
             })
             .await
