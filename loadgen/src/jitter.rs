@@ -303,7 +303,7 @@ pub struct StormOptions {
 /// time from the server being ready again until every receiver has resumed, and the
 /// deliveries missed or doubled.
 pub async fn storm(o: StormOptions) -> Result<Value, String> {
-    use crate::server::{terminate, wait_exit, wait_ready};
+    use crate::server::{start_again, terminate, wait_exit};
     let crowd = Crowd::start(CrowdOptions {
         url: &o.url,
         rooms: &o.rooms,
@@ -334,22 +334,7 @@ pub async fn storm(o: StormOptions) -> Result<Value, String> {
     if !wait_exit(o.server_pid, o.timeout).await {
         return Err(format!("the server did not exit within {:?}", o.timeout));
     }
-    let cmd = o.restart_cmd.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .status()
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("restart command: {e}"))?;
-    if !status.success() {
-        return Err(format!("restart command failed: {status}"));
-    }
-    wait_ready(&o.url, o.timeout).await?;
+    start_again(&o.restart_cmd, &o.url, o.timeout).await?;
     let ready = Instant::now();
     let deadline = ready + o.timeout;
     while !crowd.all(|s| s.last_resumed.is_some_and(|at| at > stopping)) {

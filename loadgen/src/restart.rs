@@ -4,11 +4,10 @@
 //! events that survived.
 
 use crate::history::{newest_seq, scan};
-use crate::server::{is_running, kill, terminate, wait_exit, wait_ready};
+use crate::server::{is_running, kill, start_again, terminate, wait_exit};
 use crate::{joined_client, trigger_many};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Options {
@@ -53,24 +52,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
     }
     let shutdown_seconds = stopping.elapsed().as_secs_f64();
 
-    // The command's output goes nowhere (stderr excepted), so a server it leaves running
-    // does not hold our stdout open.
-    let cmd = o.restart_cmd.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("restart command: {e}"))?;
-    if !status.success() {
-        return Err(format!("restart command failed: {status}"));
-    }
-    wait_ready(&o.url, o.timeout).await?;
+    start_again(&o.restart_cmd, &o.url, o.timeout).await?;
     let down_seconds = stopping.elapsed().as_secs_f64();
 
     let c = joined_client(&o.url, "restart-reader", &o.room).await?;

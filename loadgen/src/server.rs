@@ -110,6 +110,28 @@ pub async fn http_status(url: &str, path: &str) -> Result<u16, String> {
 }
 
 /// Waits for `GET /readyz` to answer 200.
+/// Runs `restart_cmd` with `sh -c` (it starts the server again in the background) and waits
+/// for `/readyz`. The command's output goes nowhere (stderr excepted), so a server it leaves
+/// running does not hold our stdout open.
+pub async fn start_again(restart_cmd: &str, url: &str, timeout: Duration) -> Result<(), String> {
+    let cmd = restart_cmd.to_owned();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("restart command: {e}"))?;
+    if !status.success() {
+        return Err(format!("restart command failed: {status}"));
+    }
+    wait_ready(url, timeout).await
+}
+
 pub async fn wait_ready(url: &str, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
