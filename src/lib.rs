@@ -25,6 +25,8 @@
 //! - [`error`] — the client-facing error codes.
 //! - [`auth`] / [`hooks`] — identities (open or JWT), access rules, and the [`Hooks`] trait
 //!   embedders implement; [`hooks::ConfigHooks`] is the YAML-driven default.
+//! - [`recovery`] — Socket.IO connection-state recovery: session pids, the offsets events
+//!   carry, and the session store (saved rooms and subscriptions) that survives a crash.
 //! - [`store`] — sea-orm queries (SQLite and PostgreSQL): fenced batch writes, room leases,
 //!   the quarantine; [`spill`] — the file that keeps what could not be written at shutdown;
 //!   [`metrics`] — Prometheus metrics.
@@ -39,6 +41,7 @@ pub mod hooks;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod recovery;
 pub mod server;
 pub mod spill;
 pub mod store;

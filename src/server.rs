@@ -74,7 +74,7 @@ pub async fn run_with_hooks(
     let persistence_thread = Arbiter::new();
     let (persistence_addr, persistence, store_health) = Persistence::start(
         db_url,
-        db,
+        db.clone(),
         &settings.config.database,
         &persistence_thread.handle(),
     );
@@ -86,6 +86,17 @@ pub async fn run_with_hooks(
     )
     .start();
 
+    let recovery = if settings.config.recovery.enabled {
+        let store =
+            crate::recovery::SessionStore::start(db.clone(), settings.config.recovery.clone())
+                .await
+                .map_err(|e| {
+                    std::io::Error::other(format!("cannot open the session store: {e}"))
+                })?;
+        Some(store)
+    } else {
+        None
+    };
     let state = AppState {
         settings: settings.clone(),
         directory: directory.clone(),
@@ -94,6 +105,7 @@ pub async fn run_with_hooks(
         store: store_health,
         hooks,
         per_ip: http::PerIp::new(settings.config.server.max_connections_per_ip),
+        recovery,
     };
     if settings.config.api.keys.is_empty() {
         log::info!("server API off: no api.keys or DIALOGUE_API_KEYS configured");

@@ -942,6 +942,136 @@ async fn newest_within<C: ConnectionTrait + StreamTrait + Send>(
     Ok(events)
 }
 
+// ---------------------------------------------------------------- recoverable sessions
+
+/// A change to the `sessions` table (see [`crate::recovery`]).
+pub enum SessionWrite {
+    /// Insert or replace a connected session.
+    Save {
+        pid_hash: String,
+        user_id: String,
+        state: String,
+    },
+    /// Its connection ended at `at_ms`.
+    Disconnected { pid_hash: String, at_ms: i64 },
+    /// Gone for good (expired, not recoverable any more).
+    Delete { pid_hash: String },
+}
+
+/// Applies the changes in one transaction, in order.
+pub async fn write_sessions(
+    db: &DatabaseConnection,
+    writes: &[SessionWrite],
+    now_ms: i64,
+) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    let txn = db.begin().await?;
+    for write in writes {
+        let statement = match write {
+            SessionWrite::Save {
+                pid_hash,
+                user_id,
+                state,
+            } => stmt(
+                backend,
+                "INSERT INTO sessions (pid_hash, user_id, state, updated_at, disconnected_at) \
+                 VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (pid_hash) DO UPDATE SET \
+                 user_id = excluded.user_id, state = excluded.state, \
+                 updated_at = excluded.updated_at, disconnected_at = NULL",
+                vec![
+                    pid_hash.as_str().into(),
+                    user_id.as_str().into(),
+                    state.as_str().into(),
+                    now_ms.into(),
+                ],
+            ),
+            SessionWrite::Disconnected { pid_hash, at_ms } => stmt(
+                backend,
+                "UPDATE sessions SET disconnected_at = $1 WHERE pid_hash = $2",
+                vec![(*at_ms).into(), pid_hash.as_str().into()],
+            ),
+            SessionWrite::Delete { pid_hash } => stmt(
+                backend,
+                "DELETE FROM sessions WHERE pid_hash = $1",
+                vec![pid_hash.as_str().into()],
+            ),
+        };
+        txn.execute_raw(statement).await?;
+    }
+    txn.commit().await
+}
+
+/// A stored session: its user, its state (JSON text) and when its connection ended
+/// (`None`: connected, as far as the database knows).
+pub async fn load_session(
+    db: &DatabaseConnection,
+    pid_hash: &str,
+) -> Result<Option<(String, String, Option<i64>)>, DbErr> {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(stmt(
+            backend,
+            "SELECT user_id, state, disconnected_at FROM sessions WHERE pid_hash = $1",
+            vec![pid_hash.into()],
+        ))
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some((
+        row.try_get_by_index::<String>(0)?,
+        row.try_get_by_index::<String>(1)?,
+        row.try_get_by_index::<Option<i64>>(2)?,
+    )))
+}
+
+/// At start-up: sessions left connected by the previous run (stopped or crashed) count as
+/// disconnected from now; those disconnected before `expired_before_ms` are deleted, then
+/// the longest-disconnected ones beyond `max` sessions. Returns the sessions kept.
+pub async fn tidy_sessions(
+    db: &DatabaseConnection,
+    now_ms: Option<i64>,
+    expired_before_ms: i64,
+    max: usize,
+) -> Result<u64, DbErr> {
+    let backend = db.get_database_backend();
+    if let Some(now) = now_ms {
+        db.execute_raw(stmt(
+            backend,
+            "UPDATE sessions SET disconnected_at = $1 WHERE disconnected_at IS NULL",
+            vec![now.into()],
+        ))
+        .await?;
+    }
+    db.execute_raw(stmt(
+        backend,
+        "DELETE FROM sessions WHERE disconnected_at < $1",
+        vec![expired_before_ms.into()],
+    ))
+    .await?;
+    let total = count_sessions(db).await?;
+    if total as usize > max {
+        let excess = total - max as u64;
+        db.execute_raw(stmt(
+            backend,
+            "DELETE FROM sessions WHERE pid_hash IN (SELECT pid_hash FROM sessions \
+             WHERE disconnected_at IS NOT NULL ORDER BY disconnected_at LIMIT $1)",
+            vec![(excess as i64).into()],
+        ))
+        .await?;
+        return count_sessions(db).await;
+    }
+    Ok(total)
+}
+
+async fn count_sessions(db: &DatabaseConnection) -> Result<u64, DbErr> {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(stmt(backend, "SELECT COUNT(*) FROM sessions", vec![]))
+        .await?;
+    Ok(row
+        .and_then(|r| r.try_get_by_index::<i64>(0).ok())
+        .unwrap_or(0) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

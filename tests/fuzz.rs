@@ -1084,7 +1084,7 @@ proptest! {
         prop_assert_eq!((ack.kind, ack.id), (SioKind::Ack, Some(id)));
         prop_assert!(json_eq(ack.data.as_ref().unwrap(), &json!([payload])));
 
-        let connect = decode(&socketio::encode_connect(&message))?;
+        let connect = decode(&socketio::encode_connect(&message, None))?;
         prop_assert_eq!(connect.data, Some(json!({ "sid": message })));
 
         let refused = decode(&socketio::encode_connect_error(&nsp, &message))?;

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_create_messages;
 mod m20261127_000001_durability;
+mod m20261127_000002_sessions;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_create_messages::Migration),
             Box::new(m20261127_000001_durability::Migration),
+            Box::new(m20261127_000002_sessions::Migration),
         ]
     }
 }

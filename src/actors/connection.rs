@@ -25,13 +25,14 @@ use crate::protocol::dialogue::{
 use crate::protocol::engineio::{self, EioPacket};
 use crate::protocol::socketio::{self, SioKind, SioPacket};
 use crate::protocol::{self, storable};
+use crate::recovery::{self, Offsets, SessionRoom, SessionState, SessionStore, StoredSession};
 use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use bytestring::ByteString;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A message may take at most this many times `server.maxPayload` once parsed (estimated by
@@ -93,6 +94,34 @@ enum Work {
         /// The client's positions in this room, from its CONNECT `auth.since`.
         since: Option<BTreeMap<String, u64>>,
     },
+    /// A room of a recovered session: joined again, replaying what the client missed.
+    Restore { room: SessionRoom },
+}
+
+/// A recoverable session held by this connection (see [`crate::recovery`]).
+struct Recoverable {
+    pid: String,
+    hash: String,
+    state: SessionState,
+    /// Shared with every room's member entry: what the session's events were sent with.
+    offsets: Arc<Mutex<Offsets>>,
+    /// The database has a row for it (a session that joined nothing has none).
+    saved: bool,
+}
+
+type SaveFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
+
+/// What follows a session save that an answer waits for.
+enum AfterSave {
+    /// Send this ack (if any). A failed save ends the session's recoverability.
+    Ack(Option<ByteString>),
+    /// A client's join: acknowledged once saved; a failed save undoes it (the session could
+    /// not be recovered with it).
+    Join {
+        room_id: String,
+        ack: Option<u64>,
+        ack_frame: Option<ByteString>,
+    },
 }
 
 /// What a finished request changes and answers.
@@ -100,9 +129,13 @@ enum Done {
     Joined {
         room_id: String,
         room: Addr<RoomActor>,
-        /// The resume report of a join with `since`.
-        resume: Option<Value>,
+        outcome: JoinOutcome,
         ack: Option<u64>,
+        spec: JoinSpec,
+    },
+    /// A recovered session's room no longer exists.
+    RoomGone {
+        room_id: String,
     },
     Left {
         room_id: String,
@@ -117,8 +150,7 @@ enum Done {
     },
     Subscribed {
         room_id: String,
-        /// Names the room's subscription list of this connection holds now.
-        listed: usize,
+        change: SubscriptionChange,
         ack: Option<u64>,
         ack_json: String,
     },
@@ -126,6 +158,24 @@ enum Done {
         error: DialogueError,
         ack: Option<u64>,
     },
+}
+
+/// How a join was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JoinKind {
+    Client,
+    Auto,
+    /// A room of a recovered session.
+    Restore,
+}
+
+/// What a join asks of the room.
+struct JoinSpec {
+    kind: JoinKind,
+    since: Option<BTreeMap<String, u64>>,
+    /// The room's slot in the recoverable session.
+    slot: Option<u32>,
+    subscriptions: Option<recovery::SubscriptionSpec>,
 }
 
 /// How a session talks to its client.
@@ -185,6 +235,12 @@ pub struct Connection {
     connect_timer: Option<SpawnHandle>,
     /// This session's place in the per-IP count, given back when the actor is dropped.
     _ip_slot: Option<IpSlot>,
+    /// The session store; `None` when `recovery.enabled` is false.
+    recovery: Option<SessionStore>,
+    /// The recoverable session of the current Socket.IO connection.
+    session: Option<Recoverable>,
+    /// A CONNECT is being completed (its session is being looked up).
+    connecting: bool,
 }
 
 impl Connection {
@@ -199,6 +255,7 @@ impl Connection {
         transport: Transport,
         sessions: Sessions,
         ip_slot: Option<IpSlot>,
+        recovery: Option<SessionStore>,
     ) -> Self {
         let limits = &settings.config.limits;
         Connection {
@@ -229,6 +286,9 @@ impl Connection {
             client_closed: false,
             connect_timer: None,
             _ip_slot: ip_slot,
+            recovery,
+            session: None,
+            connecting: false,
         }
     }
 
@@ -271,7 +331,8 @@ impl Connection {
             Transport::WebSocket(sink) => Some(sink.queue()),
             Transport::Polling { .. } => None,
         };
-        Outbox::new(ctx.address().recipient(), direct)
+        let offsets = self.session.as_ref().map(|s| s.offsets.clone());
+        Outbox::new(ctx.address().recipient(), direct, offsets)
     }
 
     fn emit(&mut self, ctx: &mut Context<Self>, event: &str, payload_json: &str) {
@@ -374,7 +435,7 @@ impl Connection {
         // invalid state.
         let connected = self.identity.is_some();
         match packet.kind {
-            SioKind::Connect if connected && packet.nsp == "/" => {
+            SioKind::Connect if (connected || self.connecting) && packet.nsp == "/" => {
                 return self.violation(ctx, "CONNECT on a namespace already connected");
             }
             SioKind::Connect => {}
@@ -418,7 +479,8 @@ impl Connection {
         if nsp != "/" || self.identity.is_none() {
             return; // not connected there: nothing to leave
         }
-        self.disconnect_socket();
+        // The client left on purpose: its session is over.
+        self.disconnect_socket(false);
         log::debug!("connection {} left the namespace", self.id);
         self.start_connect_timer(ctx);
     }
@@ -457,13 +519,25 @@ impl Connection {
             );
             act.reply_error(ctx, None, &error);
             act.send(ctx, socketio::encode_disconnect("/").into());
-            act.disconnect_socket();
+            act.disconnect_socket(false);
             act.start_connect_timer(ctx);
         });
     }
 
     /// Ends the Socket.IO session on this connection: its rooms, its identity, its requests.
-    fn disconnect_socket(&mut self) {
+    /// A `recoverable` end (the transport went away) keeps the session recoverable for
+    /// `recovery.maxDisconnectionDuration`; otherwise (the client or its token ended it) it
+    /// is deleted.
+    fn disconnect_socket(&mut self, recoverable: bool) {
+        if let (Some(session), Some(store)) = (self.session.take(), &self.recovery) {
+            if store.release(&session.hash, self.id) && session.saved {
+                if recoverable {
+                    store.disconnected(&session.hash);
+                } else {
+                    store.delete(&session.hash);
+                }
+            }
+        }
         for room in self.rooms.values() {
             room.do_send(MemberGone { conn: self.id });
         }
@@ -547,6 +621,62 @@ impl Connection {
                 return self.send(ctx, frame.into());
             }
         };
+        // Connection-state recovery: a client that had a session sends its pid and offset.
+        let claim = match (&self.recovery, packet.data.as_ref()) {
+            (Some(store), Some(auth)) => auth
+                .get("pid")
+                .and_then(Value::as_str)
+                .filter(|pid| recovery::is_pid(pid))
+                .map(|pid| {
+                    let offset = auth
+                        .get("offset")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    (store.clone(), pid.to_owned(), offset)
+                }),
+            _ => None,
+        };
+        let Some((store, pid, offset)) = claim else {
+            return self.accept_connect(ctx, identity, since, None);
+        };
+        self.connecting = true;
+        let hash = recovery::pid_hash(&pid);
+        let load = async move { store.load(&hash).await };
+        ctx.spawn(load.into_actor(self).map(move |loaded, act, ctx| {
+            act.connecting = false;
+            if act.closing {
+                return;
+            }
+            let recovered = match loaded {
+                // Bound to its identity: another user's pid recovers nothing.
+                Ok(Some(stored)) if stored.user_id == *identity.user_id => {
+                    match Offsets::parse(offset.as_deref().unwrap_or("")) {
+                        Some(positions) => Some((pid, stored, positions)),
+                        None => {
+                            log::info!("connection {}: malformed recovery offset", act.id);
+                            None
+                        }
+                    }
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    log::warn!("connection {}: cannot look up its session: {e}", act.id);
+                    None
+                }
+            };
+            act.accept_connect(ctx, identity, since, recovered);
+        }));
+    }
+
+    /// Completes a CONNECT: the session starts — recovered (its rooms are joined again and
+    /// replay what the client missed) or new (the autoJoin rooms are joined).
+    fn accept_connect(
+        &mut self,
+        ctx: &mut Context<Self>,
+        identity: Arc<Identity>,
+        since: BTreeMap<String, BTreeMap<String, u64>>,
+        recovered: Option<(String, StoredSession, recovery::Positions)>,
+    ) {
         let user_id = identity.user_id.clone();
         if let Some(expires) = identity.expires_at_ms() {
             self.expire_at(ctx, expires);
@@ -554,31 +684,80 @@ impl Connection {
         self.hooks.on_connected(&identity);
         self.identity = Some(identity);
         crate::metrics::METRICS.connections.inc();
-        let connect = socketio::encode_connect(&self.socket_id);
+        let mut restore = None;
+        if let Some(store) = &self.recovery {
+            let max_streams = store.config.max_streams;
+            let session = match recovered {
+                Some((pid, stored, mut positions)) => {
+                    // Positions of rooms the session left since mean nothing now.
+                    positions.retain(|slot, _| stored.state.rooms.iter().any(|r| r.slot == *slot));
+                    restore = Some(stored.state.rooms.clone());
+                    log::debug!(
+                        "connection {} recovers a session of {user_id} (disconnected at {:?})",
+                        self.id,
+                        stored.disconnected_at
+                    );
+                    Recoverable {
+                        hash: recovery::pid_hash(&pid),
+                        pid,
+                        state: stored.state,
+                        offsets: Arc::new(Mutex::new(Offsets::seeded(max_streams, positions))),
+                        saved: true,
+                    }
+                }
+                None => {
+                    let pid = recovery::new_pid();
+                    Recoverable {
+                        hash: recovery::pid_hash(&pid),
+                        pid,
+                        state: SessionState::default(),
+                        offsets: Arc::new(Mutex::new(Offsets::new(max_streams))),
+                        saved: false,
+                    }
+                }
+            };
+            // A connection that still holds it (a cut it has not noticed yet) lets it go.
+            if let Some(old) = store.hold(&session.hash, self.id, ctx.address().recipient()) {
+                old.do_send(ToConnection::TakenOver);
+            }
+            self.session = Some(session);
+        }
+        let pid = self.session.as_ref().map(|s| s.pid.as_str());
+        let connect = socketio::encode_connect(&self.socket_id, pid);
         self.send(ctx, connect.into());
-        let connected = to_json(&serde_json::json!({
+        let mut connected = serde_json::json!({
             "clientId": self.socket_id,
             "userId": &*user_id,
-        }));
-        self.emit(ctx, "dialogue:connected", &connected);
+        });
+        if restore.is_some() {
+            connected["recovered"] = true.into();
+        }
+        self.emit(ctx, "dialogue:connected", &to_json(&connected));
         log::debug!("connection {} is user {user_id}", self.id);
 
-        // The autoJoin rooms are joined before any request the client sends next.
+        // The autoJoin rooms (or the recovered session's rooms) are joined before any request
+        // the client sends next.
         self.busy = true;
         let opened = self.directory.send(ConnectionOpened {
             conn: self.id,
             outbox: self.outbox(ctx),
         });
         ctx.spawn(opened.into_actor(self).map(move |rooms, act, ctx| {
-            let rooms = rooms.unwrap_or_default();
-            let mut since = since;
-            for (room_id, room) in rooms.into_iter().rev() {
-                let since = since.remove(&room_id);
-                act.queue.push_front(Work::AutoJoin {
-                    room_id,
-                    room,
-                    since,
-                });
+            if let Some(restore) = restore {
+                for room in restore.into_iter().rev() {
+                    act.queue.push_front(Work::Restore { room });
+                }
+            } else {
+                let rooms = rooms.unwrap_or_default();
+                let mut since = since;
+                for (room_id, room) in rooms.into_iter().rev() {
+                    let since = since.remove(&room_id);
+                    act.queue.push_front(Work::AutoJoin {
+                        room_id,
+                        room,
+                        since,
+                    });
+                }
             }
             act.busy = false;
             act.process_next(ctx);
@@ -675,7 +854,15 @@ impl Connection {
             self.busy = true;
             let fut = self.start(work, ctx);
             ctx.spawn(fut.into_actor(self).map(|done, act, ctx| {
-                act.finish(ctx, done);
+                if let Some((save, after)) = act.finish(ctx, done) {
+                    // The answer waits until the session is saved.
+                    ctx.spawn(save.into_actor(act).map(move |saved, act, ctx| {
+                        act.after_save(ctx, after, saved);
+                        act.busy = false;
+                        act.process_next(ctx);
+                    }));
+                    return;
+                }
                 act.busy = false;
                 act.process_next(ctx);
             }));
@@ -760,7 +947,35 @@ impl Connection {
                 room,
                 since,
             } => {
-                return Box::pin(join(room, room_id, since, conn, identity, outbox, None));
+                let spec = JoinSpec {
+                    kind: JoinKind::Auto,
+                    since,
+                    slot: self.slot_for(&room_id),
+                    subscriptions: None,
+                };
+                return Box::pin(join(room, room_id, spec, conn, identity, outbox, None));
+            }
+            Work::Restore { room: saved } => {
+                let spec = JoinSpec {
+                    kind: JoinKind::Restore,
+                    since: Some(self.restore_since(&saved)),
+                    slot: Some(saved.slot),
+                    subscriptions: Some(saved.subscriptions),
+                };
+                let room_id = saved.room;
+                return Box::pin(async move {
+                    let found = directory
+                        .send(LookupRoom {
+                            room_id: room_id.clone(),
+                        })
+                        .await
+                        .ok()
+                        .flatten();
+                    match found {
+                        Some(room) => join(room, room_id, spec, conn, identity, outbox, None).await,
+                        None => Done::RoomGone { room_id },
+                    }
+                });
             }
             Work::Client { request, ack, .. } => (request, ack),
         };
@@ -768,6 +983,12 @@ impl Connection {
         match request {
             ClientRequest::Join(r) => {
                 let known = self.rooms.get(&r.room_id).cloned();
+                let spec = JoinSpec {
+                    kind: JoinKind::Client,
+                    since: r.since,
+                    slot: self.slot_for(&r.room_id),
+                    subscriptions: None,
+                };
                 Box::pin(async move {
                     let room = match known {
                         Some(room) => Some(room),
@@ -785,7 +1006,7 @@ impl Connection {
                             ack,
                         };
                     };
-                    join(room, r.room_id, r.since, conn, identity, outbox, ack).await
+                    join(room, r.room_id, spec, conn, identity, outbox, ack).await
                 })
             }
             ClientRequest::Leave(r) => {
@@ -950,13 +1171,13 @@ impl Connection {
                 others,
             };
             match room.send(change).await {
-                Ok(Ok(listed)) => Done::Subscribed {
+                Ok(Ok(change)) => Done::Subscribed {
                     ack_json: to_json(&serde_json::json!({
                         "roomId": room_id,
                         "eventName": event,
                     })),
                     room_id,
-                    listed,
+                    change,
                     ack,
                 },
                 Ok(Err(error)) => Done::Failed { error, ack },
@@ -968,47 +1189,103 @@ impl Connection {
         })
     }
 
-    fn finish(&mut self, ctx: &mut Context<Self>, done: Done) {
+    /// Applies a finished request and answers it — or, when the recoverable session changed,
+    /// hands back its save and what follows it (the answer waits for the save).
+    fn finish(&mut self, ctx: &mut Context<Self>, done: Done) -> Option<(SaveFuture, AfterSave)> {
         match done {
             Done::Joined {
                 room_id,
                 room,
-                resume,
+                outcome,
                 ack,
+                spec,
             } => {
                 if self.identity.is_none() {
                     // The client left the namespace while this join ran.
                     room.do_send(MemberGone { conn: self.id });
-                    return;
+                    return None;
                 }
-                if let Some(id) = ack {
-                    let json = match resume {
+                let ack_frame: Option<ByteString> = ack.map(|id| {
+                    let json = match &outcome.resume {
                         Some(resume) => {
                             to_json(&serde_json::json!({ "roomId": room_id, "resume": resume }))
                         }
                         None => to_json(&serde_json::json!({ "roomId": room_id })),
                     };
-                    self.send(ctx, socketio::encode_ack(id, &ack_ok(&json)).into());
+                    socketio::encode_ack(id, &ack_ok(&json)).into()
+                });
+                self.rooms.insert(room_id.clone(), room);
+                if self.session_joined(&room_id, outcome, &spec) {
+                    if let Some(save) = self.save_session() {
+                        let after = match spec.kind {
+                            JoinKind::Client => AfterSave::Join {
+                                room_id,
+                                ack,
+                                ack_frame,
+                            },
+                            JoinKind::Auto | JoinKind::Restore => AfterSave::Ack(ack_frame),
+                        };
+                        return Some((save, after));
+                    }
                 }
-                self.rooms.insert(room_id, room);
+                if let Some(frame) = ack_frame {
+                    self.send(ctx, frame);
+                }
+            }
+            Done::RoomGone { room_id } => {
+                log::debug!("connection {}: room '{room_id}' is gone", self.id);
+                if self.session_left(&room_id) {
+                    return self.save_session().map(|save| (save, AfterSave::Ack(None)));
+                }
             }
             Done::Left { room_id, ack } => {
-                if let Some(id) = ack {
+                let ack_frame: Option<ByteString> = ack.map(|id| {
                     let json = to_json(&serde_json::json!({ "roomId": room_id }));
-                    self.send(ctx, socketio::encode_ack(id, &ack_ok(&json)).into());
-                }
+                    socketio::encode_ack(id, &ack_ok(&json)).into()
+                });
                 self.rooms.remove(&room_id);
                 self.listed.remove(&room_id);
+                if self.session_left(&room_id) {
+                    if let Some(save) = self.save_session() {
+                        return Some((save, AfterSave::Ack(ack_frame)));
+                    }
+                }
+                if let Some(frame) = ack_frame {
+                    self.send(ctx, frame);
+                }
             }
             Done::Subscribed {
                 room_id,
-                listed,
+                change,
                 ack,
                 ack_json,
             } => {
-                self.listed.insert(room_id, listed);
-                if let Some(id) = ack {
-                    self.send(ctx, socketio::encode_ack(id, &ack_ok(&ack_json)).into());
+                self.listed.insert(room_id.clone(), change.listed);
+                let ack_frame: Option<ByteString> =
+                    ack.map(|id| socketio::encode_ack(id, &ack_ok(&ack_json)).into());
+                let changed = match self
+                    .session
+                    .as_mut()
+                    .and_then(|s| s.state.room_mut(&room_id))
+                {
+                    Some(saved) => {
+                        saved.subscriptions = change.spec;
+                        // What was sent while unsubscribed is not owed.
+                        for (event, seq) in change.newly {
+                            let base = saved.base.entry(event).or_insert(0);
+                            *base = (*base).max(seq);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                if changed {
+                    if let Some(save) = self.save_session() {
+                        return Some((save, AfterSave::Ack(ack_frame)));
+                    }
+                }
+                if let Some(frame) = ack_frame {
+                    self.send(ctx, frame);
                 }
             }
             Done::Reply {
@@ -1025,6 +1302,169 @@ impl Connection {
             }
             Done::Failed { error, ack } => self.reply_error(ctx, ack, &error),
         }
+        None
+    }
+
+    /// Answers a request whose session save finished.
+    fn after_save(&mut self, ctx: &mut Context<Self>, after: AfterSave, saved: Result<(), String>) {
+        match (after, saved) {
+            (AfterSave::Ack(frame), saved) => {
+                if let Err(e) = saved {
+                    self.recovery_off(&e);
+                }
+                if let Some(frame) = frame {
+                    self.send(ctx, frame);
+                }
+            }
+            (AfterSave::Join { ack_frame, .. }, Ok(())) => {
+                if let Some(frame) = ack_frame {
+                    self.send(ctx, frame);
+                }
+            }
+            (AfterSave::Join { room_id, ack, .. }, Err(e)) => {
+                // A session recovered without this room would silently miss it: undo.
+                log::warn!("connection {}: join of '{room_id}' undone: {e}", self.id);
+                if let Some(room) = self.rooms.remove(&room_id) {
+                    room.do_send(Leave { conn: self.id });
+                }
+                self.listed.remove(&room_id);
+                self.session_left(&room_id);
+                let error = DialogueError::new(
+                    ErrorCode::StorageUnavailable,
+                    format!("cannot save the session, so the join is undone: {e}"),
+                );
+                self.reply_error(ctx, ack, &error);
+            }
+        }
+    }
+
+    /// The slot a room has (or gets) in the recoverable session.
+    fn slot_for(&mut self, room_id: &str) -> Option<u32> {
+        let session = self.session.as_mut()?;
+        if let Some(saved) = session.state.room(room_id) {
+            return Some(saved.slot);
+        }
+        let slot = session.state.next_slot;
+        session.state.next_slot += 1;
+        Some(slot)
+    }
+
+    /// Where a recovered room resumes: per event, the later of its join position and the
+    /// client's offset.
+    fn restore_since(&self, saved: &SessionRoom) -> BTreeMap<String, u64> {
+        let mut since = saved.base.clone();
+        if let Some(session) = &self.session {
+            let offsets = session.offsets.lock().unwrap_or_else(|e| e.into_inner());
+            for (event, seq) in offsets.of_slot(saved.slot).into_iter().flatten() {
+                let at = since.entry(event.clone()).or_insert(0);
+                *at = (*at).max(*seq);
+            }
+        }
+        since
+    }
+
+    /// Records a join in the recoverable session; true if it changed what must be saved.
+    fn session_joined(&mut self, room_id: &str, outcome: JoinOutcome, spec: &JoinSpec) -> bool {
+        let (Some(session), Some(slot)) = (self.session.as_mut(), spec.slot) else {
+            return false;
+        };
+        if outcome.positions.is_empty() {
+            return false; // a member already: nothing changed
+        }
+        let resumed = outcome
+            .resume
+            .as_ref()
+            .and_then(|r| r.get("resumed"))
+            .and_then(Value::as_bool)
+            == Some(true);
+        let mut base = outcome.positions;
+        if spec.kind == JoinKind::Restore {
+            if resumed {
+                return false; // replayed from where the client was: the saved base holds
+            }
+            // Joined afresh, with the join history: the old positions mean nothing now.
+            session
+                .offsets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget(slot);
+        } else if resumed {
+            // A native resume replays from the client's positions: those are its base.
+            for (event, seen) in spec.since.iter().flatten() {
+                if let Some(at) = base.get_mut(event) {
+                    *at = (*at).min(*seen);
+                }
+            }
+        }
+        session.state.rooms.retain(|r| r.room != room_id);
+        session.state.rooms.push(SessionRoom {
+            slot,
+            room: room_id.to_owned(),
+            subscriptions: outcome
+                .subscriptions
+                .unwrap_or(recovery::SubscriptionSpec::All),
+            base,
+        });
+        true
+    }
+
+    /// Removes a room from the recoverable session; true if it was there.
+    fn session_left(&mut self, room_id: &str) -> bool {
+        let Some(session) = self.session.as_mut() else {
+            return false;
+        };
+        let Some(slot) = session.state.remove(room_id) else {
+            return false;
+        };
+        session
+            .offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(slot);
+        true
+    }
+
+    /// Saves the recoverable session; `None` when there is none (or it stopped being one).
+    fn save_session(&mut self) -> Option<SaveFuture> {
+        let store = self.recovery.as_ref()?;
+        let identity = self.identity.as_ref()?;
+        let session = self.session.as_mut()?;
+        if session
+            .offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_off()
+            || !store.holds(&session.hash, self.id)
+        {
+            return None;
+        }
+        session.saved = true;
+        Some(Box::pin(store.save(
+            &session.hash,
+            &identity.user_id,
+            &session.state,
+        )))
+    }
+
+    /// The session cannot be recovered any more: its events carry no offset from now on and
+    /// its row is deleted (its client gets a new session when it reconnects).
+    fn recovery_off(&mut self, why: &str) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        log::warn!(
+            "connection {}: its session is not recoverable any more: {why}",
+            self.id
+        );
+        session
+            .offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .turn_off();
+        if let (Some(store), true) = (&self.recovery, session.saved) {
+            store.delete(&session.hash);
+        }
+        session.saved = false;
     }
 
     /// Disconnects a WebSocket client whose socket has taken no bytes for
@@ -1064,26 +1504,28 @@ impl Connection {
 async fn join(
     room: Addr<RoomActor>,
     room_id: String,
-    since: Option<BTreeMap<String, u64>>,
+    spec: JoinSpec,
     conn: ConnId,
     identity: Arc<Identity>,
     outbox: Outbox,
     ack: Option<u64>,
 ) -> Done {
-    match room
-        .send(Join {
-            conn,
-            identity,
-            outbox,
-            since,
-        })
-        .await
-    {
-        Ok(Ok(resume)) => Done::Joined {
+    let asked = Join {
+        conn,
+        identity,
+        outbox,
+        since: spec.since.clone(),
+        slot: spec.slot,
+        subscriptions: spec.subscriptions.clone(),
+        quiet: spec.kind == JoinKind::Restore,
+    };
+    match room.send(asked).await {
+        Ok(Ok(outcome)) => Done::Joined {
             room_id,
             room,
-            resume,
+            outcome,
             ack,
+            spec,
         },
         Ok(Err(error)) => Done::Failed { error, ack },
         Err(_) => Done::Failed {
@@ -1134,7 +1576,7 @@ impl Actor for Connection {
             }
         }
         self.sessions.remove(&self.sid);
-        self.disconnect_socket();
+        self.disconnect_socket(true);
         log::debug!("connection {} closed", self.id);
     }
 }
@@ -1301,8 +1743,34 @@ impl Handler<ToConnection> for Connection {
             ToConnection::RoomClosed { room_id } => {
                 self.rooms.remove(&room_id);
                 self.listed.remove(&room_id);
+                if self.session_left(&room_id) {
+                    if let Some(save) = self.save_session() {
+                        ctx.spawn(save.into_actor(self).map(|saved, act, _| {
+                            if let Err(e) = saved {
+                                act.recovery_off(&e);
+                            }
+                        }));
+                    }
+                }
             }
             ToConnection::Overflowed => self.overflowed(ctx),
+            ToConnection::RecoveryOff => self.recovery_off(&format!(
+                "it would track more than {} streams (recovery.maxStreams)",
+                self.recovery.as_ref().map_or(0, |r| r.config.max_streams)
+            )),
+            ToConnection::TakenOver => {
+                log::debug!(
+                    "connection {}: its session was recovered elsewhere",
+                    self.id
+                );
+                // The new holder has it: this end changes nothing in the database.
+                self.session = None;
+                self.close(
+                    ctx,
+                    CloseCode::Normal,
+                    "session recovered on another connection",
+                );
+            }
         }
     }
 }

@@ -149,15 +149,20 @@ pub enum ToConnection {
     RoomClosed { room_id: String },
     /// A room found the WebSocket send queue over its bound: the client is not reading.
     Overflowed,
+    /// The session's offsets would track more than `recovery.maxStreams` streams: it is
+    /// not recoverable any more.
+    RecoveryOff,
+    /// A recovering client took this session over: end it here, keep it recoverable.
+    TakenOver,
 }
 
 // ---------------------------------------------------------------- connection → room
 
 /// Adds a member. On success the room itself sends `dialogue:joined` and the join history —
 /// or, with `since`, the events the client missed — down `outbox`, so they precede any event
-/// fanned out afterwards. Answers the resume report for the ack (with `since`).
+/// fanned out afterwards.
 #[derive(Message)]
-#[rtype(result = "Result<Option<serde_json::Value>, DialogueError>")]
+#[rtype(result = "Result<JoinOutcome, DialogueError>")]
 pub struct Join {
     pub conn: ConnId,
     pub identity: Arc<Identity>,
@@ -165,6 +170,25 @@ pub struct Join {
     /// The last seq the client has of each event (see
     /// [`crate::protocol::dialogue::JoinRequest::since`]).
     pub since: Option<std::collections::BTreeMap<String, u64>>,
+    /// The room's number in a recoverable session: its events carry the session's offset.
+    pub slot: Option<u32>,
+    /// Subscriptions to restore (a recovered session) instead of the room's defaults.
+    pub subscriptions: Option<crate::recovery::SubscriptionSpec>,
+    /// A recovered session: no `dialogue:joined` when the replay succeeds (the client never
+    /// left); a replay that cannot be served joins afresh, with `dialogue:joined` and history.
+    pub quiet: bool,
+}
+
+/// What a join did.
+#[derive(Debug, Default)]
+pub struct JoinOutcome {
+    /// The resume report of a join with `since`.
+    pub resume: Option<serde_json::Value>,
+    /// Per event with history, the last seq when the member was added: what the join
+    /// history and the replay covered. Empty when the connection was a member already.
+    pub positions: std::collections::BTreeMap<String, u64>,
+    /// The member's subscriptions.
+    pub subscriptions: Option<crate::recovery::SubscriptionSpec>,
 }
 
 /// Removes a member; the room sends `dialogue:left`.
@@ -181,9 +205,9 @@ pub struct MemberGone {
     pub conn: ConnId,
 }
 
-/// Changes a member's subscriptions; answers how many names its list holds now.
+/// Changes a member's subscriptions.
 #[derive(Message)]
-#[rtype(result = "Result<usize, DialogueError>")]
+#[rtype(result = "Result<SubscriptionChange, DialogueError>")]
 pub struct SetSubscription {
     pub conn: ConnId,
     /// `None` = every event of the room (`subscribeAll`).
@@ -191,6 +215,16 @@ pub struct SetSubscription {
     pub subscribed: bool,
     /// Names the connection's lists in its other rooms hold.
     pub others: usize,
+}
+
+/// What a subscription change left.
+#[derive(Debug)]
+pub struct SubscriptionChange {
+    /// Names the member's subscription list holds now.
+    pub listed: usize,
+    pub spec: crate::recovery::SubscriptionSpec,
+    /// Events with history the member was not subscribed to before: their last seq now.
+    pub newly: std::collections::BTreeMap<String, u64>,
 }
 
 /// Triggers an event into the room: validate, number, keep in history, fan out. The answer
@@ -624,7 +658,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_trigger_answers_once_even_when_its_room_drops_it() {
         let (sink, mut body) = WsSink::new(1 << 20);
-        let outbox = Outbox::new(NoActor.start().recipient(), Some(sink.queue()));
+        let outbox = Outbox::new(NoActor.start().recipient(), Some(sink.queue()), None);
         let in_flight = Arc::new(AtomicUsize::new(0));
 
         let answered = AckTo::new(Some(7), outbox.clone(), "r".into(), in_flight.clone(), 300);

@@ -5,9 +5,13 @@ use crate::actors::messages::ToConnection;
 use crate::error::DialogueError;
 use crate::http::websocket::{SlowClient, WsQueue};
 use crate::protocol::dialogue::error_frames;
+use crate::recovery::{with_offset, Advance, Offsets};
 use actix::Recipient;
 use bytestring::ByteString;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Where an event stands in a recoverable session: (room slot, event name, seq).
+pub type Position<'a> = Option<(u32, &'a str, u64)>;
 
 /// A connection's delivery handle, as a room member or a directory entry keeps it.
 ///
@@ -18,6 +22,8 @@ use std::sync::Arc;
 pub struct Outbox {
     actor: Recipient<ToConnection>,
     direct: Option<Arc<WsQueue>>,
+    /// The session's positions when it is recoverable: events carry its offset.
+    offsets: Option<Arc<Mutex<Offsets>>>,
 }
 
 /// One fan-out frame: the Engine.IO text and, built once for all recipients, its WebSocket
@@ -37,8 +43,56 @@ impl SharedFrame {
 }
 
 impl Outbox {
-    pub fn new(actor: Recipient<ToConnection>, direct: Option<Arc<WsQueue>>) -> Self {
-        Outbox { actor, direct }
+    pub fn new(
+        actor: Recipient<ToConnection>,
+        direct: Option<Arc<WsQueue>>,
+        offsets: Option<Arc<Mutex<Offsets>>>,
+    ) -> Self {
+        Outbox {
+            actor,
+            direct,
+            offsets,
+        }
+    }
+
+    /// Sends a `dialogue:event` frame shared by a fan-out. In a recoverable session an event
+    /// with a position gets its own copy ending in the session's offset; the positions are
+    /// advanced and the frame queued under one lock, so offsets only grow in queue order.
+    pub fn event(&self, frame: &SharedFrame, at: Position<'_>) {
+        match (&self.offsets, at) {
+            (Some(offsets), Some(at)) => self.with_offset(offsets, &frame.text, Some(frame), at),
+            _ => self.shared(frame),
+        }
+    }
+
+    /// Sends one `dialogue:event` frame (a replay), with the offset as [`Outbox::event`].
+    pub fn event_text(&self, text: &str, at: Position<'_>) {
+        match (&self.offsets, at) {
+            (Some(offsets), Some(at)) => self.with_offset(offsets, text, None, at),
+            _ => self.frame(text.into()),
+        }
+    }
+
+    fn with_offset(
+        &self,
+        offsets: &Mutex<Offsets>,
+        text: &str,
+        shared: Option<&SharedFrame>,
+        (slot, event, seq): (u32, &str, u64),
+    ) {
+        let mut offsets = offsets.lock().unwrap_or_else(|e| e.into_inner());
+        match offsets.advance(slot, event, seq) {
+            Advance::Offset(offset) => self.frame(with_offset(text, &offset).into()),
+            Advance::Off { now } => {
+                if now {
+                    self.actor.do_send(ToConnection::RecoveryOff);
+                }
+                match shared {
+                    Some(frame) => self.shared(frame),
+                    None => self.frame(text.into()),
+                }
+            }
+        }
     }
 
     /// Sends one Engine.IO text frame.

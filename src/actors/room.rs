@@ -20,6 +20,7 @@ use crate::hooks::Hooks;
 use crate::metrics::{EventCounters, METRICS};
 use crate::protocol::dialogue::{to_json, HistoryRange, RoomInfo};
 use crate::protocol::socketio::encode_event;
+use crate::recovery::SubscriptionSpec;
 use actix::prelude::*;
 use bytestring::ByteString;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -100,12 +101,38 @@ impl Subscriptions {
             Subscriptions::AllExcept(set) => !set.contains(event),
         }
     }
+
+    /// As a recoverable session saves it.
+    fn spec(&self) -> SubscriptionSpec {
+        let sorted = |set: &HashSet<String>| {
+            let mut names: Vec<String> = set.iter().cloned().collect();
+            names.sort();
+            names
+        };
+        match self {
+            Subscriptions::All => SubscriptionSpec::All,
+            Subscriptions::Only(set) => SubscriptionSpec::Only(sorted(set)),
+            Subscriptions::AllExcept(set) => SubscriptionSpec::AllExcept(sorted(set)),
+        }
+    }
+
+    fn from_spec(spec: SubscriptionSpec) -> Self {
+        match spec {
+            SubscriptionSpec::All => Subscriptions::All,
+            SubscriptionSpec::Only(names) => Subscriptions::Only(names.into_iter().collect()),
+            SubscriptionSpec::AllExcept(names) => {
+                Subscriptions::AllExcept(names.into_iter().collect())
+            }
+        }
+    }
 }
 
 struct Member {
     outbox: Outbox,
     subscriptions: Subscriptions,
     identity: Arc<Identity>,
+    /// The room's number in the member's recoverable session.
+    slot: Option<u32>,
 }
 
 /// Per event type: its definition, its counter, and its window when history is enabled.
@@ -342,9 +369,15 @@ impl RoomActor {
             return;
         };
         let mut delivered = 0;
+        // Only events with history can be replayed: only they advance a session's offset.
+        let replayable = state.history.is_some();
         for member in self.members.values() {
             if member.subscriptions.contains(event) {
-                member.outbox.shared(frame);
+                let at = member
+                    .slot
+                    .filter(|_| replayable)
+                    .map(|slot| (slot, event, stored.seq));
+                member.outbox.event(frame, at);
                 delivered += 1;
             }
         }
@@ -538,10 +571,10 @@ impl RoomActor {
     /// `since`) and what `history` says; answers the report for the ack.
     fn complete_join(
         &mut self,
-        msg: Join,
+        mut msg: Join,
         history: JoinHistory<'_>,
         resume: Option<serde_json::Value>,
-    ) -> Result<Option<serde_json::Value>, DialogueError> {
+    ) -> Result<JoinOutcome, DialogueError> {
         if let Some(max) = self.shared.max_size {
             if self.members.len() >= max as usize {
                 return Err(DialogueError::new(
@@ -550,12 +583,16 @@ impl RoomActor {
                 ));
             }
         }
-        let subscriptions = self.default_subscriptions();
-        self.send_to(
-            &msg.outbox,
-            "dialogue:joined",
-            &self.joined_json(resume.as_ref()),
-        );
+        let subscriptions = self.subscriptions_of(&mut msg);
+        // A recovered session that gets its replay never left: nothing to announce.
+        let replayed = matches!(history, JoinHistory::Replay(_));
+        if !(msg.quiet && replayed) {
+            self.send_to(
+                &msg.outbox,
+                "dialogue:joined",
+                &self.joined_json(resume.as_ref()),
+            );
+        }
         match history {
             JoinHistory::Sync(deep) => {
                 if let Some(history) = self.join_history(&subscriptions, deep) {
@@ -563,25 +600,46 @@ impl RoomActor {
                 }
             }
             JoinHistory::Replay(events) => {
-                for event in events {
-                    self.send_to(&msg.outbox, "dialogue:event", &event.json);
+                for (name, event) in events {
+                    let text = encode_event("dialogue:event", &event.json);
+                    let at = msg.slot.map(|slot| (slot, &**name, event.seq));
+                    msg.outbox.event_text(&text, at);
                 }
             }
             JoinHistory::Nothing => {}
         }
         self.hooks.on_joined(&msg.identity, &self.shared.id);
         log::debug!("{} joined room '{}'", msg.identity.user_id, self.shared.id);
+        let positions = self
+            .events
+            .iter()
+            .filter_map(|(name, state)| Some((name.clone(), state.history.as_ref()?.last_seq())))
+            .collect();
+        let spec = subscriptions.spec();
         self.members.insert(
             msg.conn,
             Member {
                 outbox: msg.outbox,
                 subscriptions,
                 identity: msg.identity,
+                slot: msg.slot,
             },
         );
         self.set_size();
         self.joins.inc();
-        Ok(resume)
+        Ok(JoinOutcome {
+            resume,
+            positions,
+            subscriptions: Some(spec),
+        })
+    }
+
+    /// The subscriptions a joining member starts with: restored ones, or the defaults.
+    fn subscriptions_of(&self, msg: &mut Join) -> Subscriptions {
+        match msg.subscriptions.take() {
+            Some(spec) => Subscriptions::from_spec(spec),
+            None => self.default_subscriptions(),
+        }
     }
 
     fn default_subscriptions(&self) -> Subscriptions {
@@ -746,7 +804,7 @@ impl Actor for RoomActor {
 }
 
 impl Handler<Join> for RoomActor {
-    type Result = ResponseFuture<Result<Option<serde_json::Value>, DialogueError>>;
+    type Result = ResponseFuture<Result<JoinOutcome, DialogueError>>;
 
     fn handle(&mut self, mut msg: Join, ctx: &mut Context<Self>) -> Self::Result {
         self.hand_over();
@@ -757,7 +815,7 @@ impl Handler<Join> for RoomActor {
         if let Some(member) = self.members.get(&msg.conn) {
             // Joining twice is harmless: confirm again, change nothing.
             self.send_to(&member.outbox, "dialogue:joined", &self.joined_json(None));
-            return Box::pin(async { Ok(None) });
+            return Box::pin(async { Ok(JoinOutcome::default()) });
         }
         if let Err(e) = self.hooks.before_join(&msg.identity, &self.shared.info()) {
             return Box::pin(async move { Err(e) });
@@ -765,7 +823,10 @@ impl Handler<Join> for RoomActor {
         if let Some(since) = msg.since.take() {
             return self.resume(msg, since, ctx);
         }
-        let deep = self.deep_join_ranges(&self.default_subscriptions());
+        let deep = match &msg.subscriptions {
+            Some(spec) => self.deep_join_ranges(&Subscriptions::from_spec(spec.clone())),
+            None => self.deep_join_ranges(&self.default_subscriptions()),
+        };
         if deep.is_empty() {
             let result = self.complete_join(msg, JoinHistory::Sync(&[]), None);
             return Box::pin(async move { result });
@@ -783,19 +844,22 @@ impl Handler<Join> for RoomActor {
     }
 }
 
-/// Merges streams (each in seq order) into one by time, keeping each stream's order.
-fn merge_streams(streams: Vec<Vec<Arc<StoredEvent>>>) -> Vec<Arc<StoredEvent>> {
-    let total = streams.iter().map(Vec::len).sum();
-    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<Arc<StoredEvent>>>> = streams
+/// Merges streams (each in seq order) into one by time, keeping each stream's order; each
+/// event comes with its stream's name.
+fn merge_streams(
+    streams: Vec<(Arc<str>, Vec<Arc<StoredEvent>>)>,
+) -> Vec<(Arc<str>, Arc<StoredEvent>)> {
+    let total = streams.iter().map(|(_, s)| s.len()).sum();
+    let mut heads: Vec<_> = streams
         .into_iter()
-        .map(|s| s.into_iter().peekable())
+        .map(|(name, s)| s.into_iter().map(move |e| (name.clone(), e)).peekable())
         .collect();
     let mut out = Vec::with_capacity(total);
     loop {
         let next = heads
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, s)| s.peek().map(|e| (e.timestamp, i)))
+            .filter_map(|(i, s)| s.peek().map(|(_, e)| (e.timestamp, i)))
             .min();
         let Some((_, i)) = next else {
             return out;
@@ -808,8 +872,9 @@ fn merge_streams(streams: Vec<Vec<Arc<StoredEvent>>>) -> Vec<Arc<StoredEvent>> {
 enum JoinHistory<'a> {
     /// `dialogue:history` (`syncHistoryOnJoin`), with `deep` older events from the store.
     Sync(&'a [Arc<StoredEvent>]),
-    /// The events missed since the client's positions, as `dialogue:event`s in order.
-    Replay(&'a [Arc<StoredEvent>]),
+    /// The events missed since the client's positions, as `dialogue:event`s in order, each
+    /// with its event name.
+    Replay(&'a [(Arc<str>, Arc<StoredEvent>)]),
     /// Nothing (a resume that cannot be served: the client pages).
     Nothing,
 }
@@ -822,12 +887,12 @@ impl RoomActor {
         ranges: Vec<(Arc<str>, SeqRange, PageBudget)>,
         ctx: &mut Context<Self>,
         finish: F,
-    ) -> ResponseFuture<Result<Option<serde_json::Value>, DialogueError>>
+    ) -> ResponseFuture<Result<JoinOutcome, DialogueError>>
     where
         F: FnOnce(
                 &mut Self,
                 Result<Vec<LoadedPage>, DialogueError>,
-            ) -> Result<Option<serde_json::Value>, DialogueError>
+            ) -> Result<JoinOutcome, DialogueError>
             + 'static,
     {
         let loads: Vec<_> = ranges
@@ -880,8 +945,17 @@ impl RoomActor {
         msg: Join,
         since: BTreeMap<String, u64>,
         ctx: &mut Context<Self>,
-    ) -> ResponseFuture<Result<Option<serde_json::Value>, DialogueError>> {
-        let subscriptions = self.default_subscriptions();
+    ) -> ResponseFuture<Result<JoinOutcome, DialogueError>> {
+        let subscriptions = match &msg.subscriptions {
+            Some(spec) => Subscriptions::from_spec(spec.clone()),
+            None => self.default_subscriptions(),
+        };
+        // A recovered session that cannot be replayed joins afresh, with its join history.
+        let unserved = if msg.quiet {
+            JoinHistory::Sync(&[])
+        } else {
+            JoinHistory::Nothing
+        };
         let mut plan: Vec<(Arc<str>, SeqRange)> = Vec::new();
         let mut missed = 0u64;
         for (name, &seen) in &since {
@@ -904,7 +978,7 @@ impl RoomActor {
                         history.last_seq()
                     ),
                 });
-                let result = self.complete_join(msg, JoinHistory::Nothing, Some(report));
+                let result = self.complete_join(msg, unserved, Some(report));
                 return Box::pin(async move { result });
             }
             let range = SeqRange {
@@ -927,7 +1001,7 @@ impl RoomActor {
             let report = too_far(format!(
                 "{missed} events were missed; a resume replays at most {max_events} (limits.maxResumeEvents): read the history instead"
             ));
-            let result = self.complete_join(msg, JoinHistory::Nothing, Some(report));
+            let result = self.complete_join(msg, unserved, Some(report));
             return Box::pin(async move { result });
         }
         // The older parts come from the store, each with a share of the page budget.
@@ -968,15 +1042,20 @@ impl RoomActor {
                     stream.extend(history.newest_first(*range).rev().cloned());
                 }
                 counts.insert(name.to_string(), stream.len().into());
-                streams.push(stream);
+                streams.push((name.clone(), stream));
             }
             let events = merge_streams(streams);
-            let bytes: usize = events.iter().map(|e| e.weight()).sum();
+            let bytes: usize = events.iter().map(|(_, e)| e.weight()).sum();
             if cut || bytes > max_bytes {
                 let report = too_far(format!(
                     "the missed events are over {max_bytes} bytes (limits.maxPageBytes): read the history instead"
                 ));
-                return act.complete_join(msg, JoinHistory::Nothing, Some(report));
+                let unserved = if msg.quiet {
+                    JoinHistory::Sync(&[])
+                } else {
+                    JoinHistory::Nothing
+                };
+                return act.complete_join(msg, unserved, Some(report));
             }
             let report = serde_json::json!({ "resumed": true, "events": counts });
             act.complete_join(msg, JoinHistory::Replay(&events), Some(report))
@@ -1013,7 +1092,7 @@ impl Handler<MemberGone> for RoomActor {
 
 impl Handler<SetSubscription> for RoomActor {
     /// The number of names the member's list holds now.
-    type Result = Result<usize, DialogueError>;
+    type Result = Result<SubscriptionChange, DialogueError>;
 
     fn handle(&mut self, msg: SetSubscription, _: &mut Context<Self>) -> Self::Result {
         self.check_member(Some(msg.conn))?;
@@ -1030,9 +1109,18 @@ impl Handler<SetSubscription> for RoomActor {
             .events
             .as_ref()
             .map(|list| list.iter().cloned().collect());
+        let with_history: Vec<(String, u64)> = self
+            .events
+            .iter()
+            .filter_map(|(name, state)| Some((name.clone(), state.history.as_ref()?.last_seq())))
+            .collect();
         let Some(member) = self.members.get_mut(&msg.conn) else {
-            return Ok(0);
+            return Err(DialogueError::not_in_room(&self.shared.id));
         };
+        let before: Vec<bool> = with_history
+            .iter()
+            .map(|(name, _)| member.subscriptions.contains(name))
+            .collect();
         // The names a connection's subscription lists hold, over all its rooms, are bounded
         // like the names a `"*"` room keeps: `msg.others` are those of its other rooms.
         let cap = match self.catalog.max_event_types_per_room {
@@ -1088,7 +1176,17 @@ impl Handler<SetSubscription> for RoomActor {
                 Subscriptions::Only(set)
             }
         };
-        Ok(member.subscriptions.listed())
+        let newly = with_history
+            .iter()
+            .zip(before)
+            .filter(|((name, _), was)| !was && member.subscriptions.contains(name))
+            .map(|((name, seq), _)| (name.to_string(), *seq))
+            .collect();
+        Ok(SubscriptionChange {
+            listed: member.subscriptions.listed(),
+            spec: member.subscriptions.spec(),
+            newly,
+        })
     }
 }
 

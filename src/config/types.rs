@@ -27,6 +27,8 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
     /// Event types, by name.
     #[serde(default)]
     pub events: BTreeMap<String, EventConfig>,
@@ -292,6 +294,34 @@ impl Default for MetricsConfig {
         MetricsConfig {
             key: None,
             max_room_series: 1000,
+        }
+    }
+}
+
+/// Socket.IO connection-state recovery: sessions a stock client (socket.io-client ≥ 4.6)
+/// gets back after a reconnect, with its rooms, subscriptions and missed events.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Off: the CONNECT answer carries no `pid` and events no offset.
+    pub enabled: bool,
+    /// Milliseconds a session stays recoverable after its connection ended (after a crash:
+    /// from the next start).
+    pub max_disconnection_duration: u64,
+    /// Sessions kept in the database; beyond it the longest-disconnected ones are dropped.
+    pub max_sessions: usize,
+    /// (room, event) streams one session's offset may track; a session that receives more
+    /// stops being recoverable (its offset would grow with every stream).
+    pub max_streams: usize,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            enabled: true,
+            max_disconnection_duration: 120_000,
+            max_sessions: 100_000,
+            max_streams: 32,
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub hooks: Arc<dyn Hooks>,
     /// Sessions open per client IP (`server.maxConnectionsPerIp`).
     pub per_ip: PerIp,
+    /// Recoverable Socket.IO sessions; `None` when `recovery.enabled` is false.
+    pub recovery: Option<crate::recovery::SessionStore>,
 }
 
 /// Counts the Socket.IO sessions open from each IP address, up to a bound.
@@ -243,6 +245,7 @@ fn new_connection(
         transport,
         state.sessions.clone(),
         slot,
+        state.recovery.clone(),
     )
 }
 

@@ -153,9 +153,17 @@ pub fn decode(input: &str) -> Result<SioPacket, SioDecodeError> {
     })
 }
 
-/// `40{"sid":…}`: the namespace `/` accepted the CONNECT.
-pub fn encode_connect(sid: &str) -> String {
-    format!("40{}", serde_json::json!({ "sid": sid }))
+/// `40{"sid":…,"pid":…}`: the namespace `/` accepted the CONNECT; `pid` is the session's
+/// recovery secret (connection-state recovery), when it has one.
+pub fn encode_connect(sid: &str, pid: Option<&str>) -> String {
+    match pid {
+        Some(pid) => format!(
+            "40{{\"sid\":{},\"pid\":{}}}",
+            serde_json::Value::from(sid),
+            serde_json::Value::from(pid)
+        ),
+        None => format!("40{}", serde_json::json!({ "sid": sid })),
+    }
 }
 
 /// `41`: the server ends the client's session on the namespace; socket.io-client does not
@@ -363,7 +371,11 @@ mod tests {
 
     #[test]
     fn encodes_server_packets() {
-        assert_eq!(encode_connect("s1"), r#"40{"sid":"s1"}"#);
+        assert_eq!(encode_connect("s1", None), r#"40{"sid":"s1"}"#);
+        assert_eq!(
+            encode_connect("s1", Some("p")),
+            r#"40{"sid":"s1","pid":"p"}"#
+        );
         assert_eq!(
             encode_connect_error("/admin", "Invalid namespace"),
             r#"44/admin,{"message":"Invalid namespace"}"#

@@ -1,0 +1,509 @@
+//! Socket.IO connection-state recovery: a stock client (socket.io-client ≥ 4.6) that loses its
+//! connection gets its session back — identity, rooms, subscriptions — and every event it
+//! missed, even after the server restarted or crashed.
+//!
+//! - The CONNECT answer carries a `pid`: 128 random bits, the session's secret. Only its
+//!   SHA-256 is stored (`sessions` table), with the user id it is bound to.
+//! - Every `dialogue:event` of an event type with history carries an **offset** as its last
+//!   argument: the positions ([`Offsets`]) of every (room, event) stream this session has
+//!   been sent, as of that event. The client keeps the last one it processed, so the offset
+//!   it sends back with its `pid` says exactly what it has, whatever the server forgot.
+//! - The session's rooms ([`SessionState`]) are saved before a join, leave or subscription
+//!   change is acknowledged, with each room's positions at the join (`base`): events up to
+//!   them came with the join history.
+//! - On recovery each room is joined again and replays what follows `max(base, offset)`,
+//!   exactly as a native resume (`dialogue:join {since}`) does.
+
+use crate::actors::messages::{ConnId, ToConnection};
+use crate::config::RecoveryConfig;
+use crate::store::{self, SessionWrite};
+use actix::Recipient;
+use sea_orm::DatabaseConnection;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How often expired sessions are deleted and the session count bounded.
+const TIDY_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest offset a client may send back (bytes).
+const MAX_OFFSET_LEN: usize = 16 * 1024;
+
+/// Which of a room's events a member receives, as saved with its session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SubscriptionSpec {
+    All,
+    Only(Vec<String>),
+    AllExcept(Vec<String>),
+}
+
+/// One room of a saved session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRoom {
+    /// The room's number within the session (offsets name rooms by it).
+    pub slot: u32,
+    pub room: String,
+    pub subscriptions: SubscriptionSpec,
+    /// Per event with history: the seq the member had when it joined (or subscribed);
+    /// nothing up to it is owed by a recovery.
+    pub base: BTreeMap<String, u64>,
+}
+
+/// What a session keeps in the database.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionState {
+    pub rooms: Vec<SessionRoom>,
+    /// The slot the next joined room gets.
+    pub next_slot: u32,
+}
+
+impl SessionState {
+    pub fn room(&self, room_id: &str) -> Option<&SessionRoom> {
+        self.rooms.iter().find(|r| r.room == room_id)
+    }
+
+    pub fn room_mut(&mut self, room_id: &str) -> Option<&mut SessionRoom> {
+        self.rooms.iter_mut().find(|r| r.room == room_id)
+    }
+
+    /// Removes a room; answers its slot.
+    pub fn remove(&mut self, room_id: &str) -> Option<u32> {
+        let at = self.rooms.iter().position(|r| r.room == room_id)?;
+        Some(self.rooms.remove(at).slot)
+    }
+}
+
+/// A new session secret: 128 bits from the OS generator (two v4 UUIDs' random bits), hex.
+pub fn new_pid() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// What the database keys a session by: SHA-256 of its pid, hex.
+pub fn pid_hash(pid: &str) -> String {
+    let digest = Sha256::digest(pid.as_bytes());
+    let mut out = String::with_capacity(64);
+    for byte in digest {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// Whether `pid` has the shape [`new_pid`] gives (anything else is not looked up).
+pub fn is_pid(pid: &str) -> bool {
+    pid.len() == 64 && pid.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Positions per room slot, then per event: what an offset says.
+pub type Positions = BTreeMap<u32, BTreeMap<String, u64>>;
+
+/// A session's positions, per room slot and event: what its offsets say.
+///
+/// Text form: `slot.event.seq` entries joined by `~`, the event name percent-encoded outside
+/// `[A-Za-z0-9_-]` (so the offset is plain ASCII that needs no JSON escaping).
+#[derive(Debug, Default)]
+pub struct Offsets {
+    positions: Positions,
+    streams: usize,
+    max_streams: usize,
+    /// Too many streams: no more offsets, the session is not recoverable.
+    off: bool,
+}
+
+/// What [`Offsets::advance`] says to send.
+pub enum Advance {
+    /// Append this offset.
+    Offset(String),
+    /// No offset: recovery is off for this session (`now`: it just went off).
+    Off { now: bool },
+}
+
+impl Offsets {
+    pub fn new(max_streams: usize) -> Self {
+        Offsets {
+            max_streams,
+            ..Offsets::default()
+        }
+    }
+
+    /// Starts from the positions a recovering client sent back.
+    pub fn seeded(max_streams: usize, positions: Positions) -> Self {
+        let streams = positions.values().map(BTreeMap::len).sum();
+        Offsets {
+            positions,
+            streams,
+            max_streams,
+            off: false,
+        }
+    }
+
+    /// The positions of room `slot`.
+    pub fn of_slot(&self, slot: u32) -> Option<&BTreeMap<String, u64>> {
+        self.positions.get(&slot)
+    }
+
+    /// Records that `event` `seq` of room `slot` is being sent; answers the offset it carries.
+    pub fn advance(&mut self, slot: u32, event: &str, seq: u64) -> Advance {
+        if self.off {
+            return Advance::Off { now: false };
+        }
+        let room = self.positions.entry(slot).or_default();
+        match room.get_mut(event) {
+            Some(at) => *at = (*at).max(seq),
+            None => {
+                if self.streams >= self.max_streams {
+                    self.turn_off();
+                    return Advance::Off { now: true };
+                }
+                room.insert(event.to_owned(), seq);
+                self.streams += 1;
+            }
+        }
+        Advance::Offset(self.render())
+    }
+
+    /// Forgets a room the session left (or that restarts from its join history).
+    pub fn forget(&mut self, slot: u32) {
+        if let Some(room) = self.positions.remove(&slot) {
+            self.streams -= room.len();
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.off
+    }
+
+    /// No more offsets (the session stopped being recoverable).
+    pub fn turn_off(&mut self) {
+        self.off = true;
+        self.positions.clear();
+        self.streams = 0;
+    }
+
+    /// The text form.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(self.streams * 16);
+        for (slot, events) in &self.positions {
+            for (event, seq) in events {
+                if !out.is_empty() {
+                    out.push('~');
+                }
+                let _ = write!(out, "{slot}.");
+                for byte in event.bytes() {
+                    if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+                        out.push(byte as char);
+                    } else {
+                        let _ = write!(out, "%{byte:02X}");
+                    }
+                }
+                let _ = write!(out, ".{seq}");
+            }
+        }
+        out
+    }
+
+    /// Reads the text form back; `None` if it is not one.
+    pub fn parse(text: &str) -> Option<Positions> {
+        let mut out = Positions::new();
+        if text.len() > MAX_OFFSET_LEN {
+            return None;
+        }
+        if text.is_empty() {
+            return Some(out);
+        }
+        for entry in text.split('~') {
+            let mut parts = entry.split('.');
+            let (Some(slot), Some(name), Some(seq), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            let slot: u32 = slot.parse().ok()?;
+            let seq: u64 = seq.parse().ok()?;
+            let mut bytes = Vec::with_capacity(name.len());
+            let mut raw = name.bytes();
+            while let Some(b) = raw.next() {
+                if b == b'%' {
+                    let hex = [raw.next()?, raw.next()?];
+                    bytes.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+                } else {
+                    bytes.push(b);
+                }
+            }
+            let name = String::from_utf8(bytes).ok()?;
+            out.entry(slot).or_default().insert(name, seq);
+        }
+        Some(out)
+    }
+}
+
+/// `42["dialogue:event",{…}]` with `,"<offset>"` inserted before the closing bracket.
+pub fn with_offset(frame: &str, offset: &str) -> String {
+    let body = frame.strip_suffix(']').unwrap_or(frame);
+    let mut out = String::with_capacity(body.len() + offset.len() + 4);
+    out.push_str(body);
+    out.push_str(",\"");
+    out.push_str(offset);
+    out.push_str("\"]");
+    out
+}
+
+/// A session found by its pid.
+pub struct StoredSession {
+    pub user_id: String,
+    pub state: SessionState,
+    /// When its connection ended (ms since the epoch); `None` while a connection holds it.
+    pub disconnected_at: Option<i64>,
+}
+
+enum Op {
+    Write(SessionWrite, Option<oneshot::Sender<Result<(), String>>>),
+}
+
+/// The connection holding each live session, so that a recovering client takes it over.
+type Holders = HashMap<String, (ConnId, Recipient<ToConnection>)>;
+
+/// The session store: saves and loads sessions, writing whatever is waiting in one
+/// transaction (group commit), and deletes expired ones.
+#[derive(Clone)]
+pub struct SessionStore {
+    tx: mpsc::UnboundedSender<Op>,
+    db: DatabaseConnection,
+    pub config: RecoveryConfig,
+    holders: Arc<Mutex<Holders>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl SessionStore {
+    /// Opens the store: sessions the previous run left connected count as disconnected from
+    /// now (a crash ends no session early); expired ones are deleted.
+    pub async fn start(
+        db: DatabaseConnection,
+        config: RecoveryConfig,
+    ) -> Result<SessionStore, sea_orm::DbErr> {
+        let max_age = config.max_disconnection_duration as i64;
+        let now = now_ms();
+        let kept = store::tidy_sessions(&db, Some(now), now - max_age, config.max_sessions).await?;
+        if kept > 0 {
+            log::info!("{kept} sessions are recoverable for {max_age} ms");
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        actix_rt::spawn(write_loop(db.clone(), rx));
+        let tidy_db = db.clone();
+        let max = config.max_sessions;
+        actix_rt::spawn(async move {
+            loop {
+                tokio::time::sleep(TIDY_INTERVAL).await;
+                let now = now_ms();
+                if let Err(e) = store::tidy_sessions(&tidy_db, None, now - max_age, max).await {
+                    log::warn!("cannot delete expired sessions: {e}");
+                }
+            }
+        });
+        Ok(SessionStore {
+            tx,
+            db,
+            config,
+            holders: Arc::default(),
+        })
+    }
+
+    /// Saves a connected session; resolves once it is in the database.
+    pub fn save(
+        &self,
+        pid_hash: &str,
+        user_id: &str,
+        state: &SessionState,
+    ) -> impl std::future::Future<Output = Result<(), String>> + 'static {
+        let (done, answer) = oneshot::channel();
+        let write = SessionWrite::Save {
+            pid_hash: pid_hash.to_owned(),
+            user_id: user_id.to_owned(),
+            state: serde_json::to_string(state).unwrap_or_default(),
+        };
+        let sent = self.tx.send(Op::Write(write, Some(done))).is_ok();
+        async move {
+            if !sent {
+                return Err("the session store is not running".to_owned());
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Err("the session store stopped".to_owned()))
+        }
+    }
+
+    /// The session's connection ended: it stays recoverable for `maxDisconnectionDuration`.
+    pub fn disconnected(&self, pid_hash: &str) {
+        let write = SessionWrite::Disconnected {
+            pid_hash: pid_hash.to_owned(),
+            at_ms: now_ms(),
+        };
+        let _ = self.tx.send(Op::Write(write, None));
+    }
+
+    /// The session ended for good (the client disconnected on purpose).
+    pub fn delete(&self, pid_hash: &str) {
+        let write = SessionWrite::Delete {
+            pid_hash: pid_hash.to_owned(),
+        };
+        let _ = self.tx.send(Op::Write(write, None));
+    }
+
+    /// The session with this pid hash if it is still recoverable.
+    pub async fn load(&self, pid_hash: &str) -> Result<Option<StoredSession>, String> {
+        let Some((user_id, state, disconnected_at)) = store::load_session(&self.db, pid_hash)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let max_age = self.config.max_disconnection_duration as i64;
+        if disconnected_at.is_some_and(|at| now_ms() - at > max_age) {
+            return Ok(None);
+        }
+        let state = serde_json::from_str(&state).map_err(|e| e.to_string())?;
+        Ok(Some(StoredSession {
+            user_id,
+            state,
+            disconnected_at,
+        }))
+    }
+
+    /// `conn` holds the session now; answers the connection that held it before, if any.
+    pub fn hold(
+        &self,
+        pid_hash: &str,
+        conn: ConnId,
+        to: Recipient<ToConnection>,
+    ) -> Option<Recipient<ToConnection>> {
+        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        holders
+            .insert(pid_hash.to_owned(), (conn, to))
+            .filter(|(old, _)| *old != conn)
+            .map(|(_, to)| to)
+    }
+
+    /// `conn` lets the session go; false if another connection took it over meanwhile.
+    pub fn release(&self, pid_hash: &str, conn: ConnId) -> bool {
+        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        match holders.get(pid_hash) {
+            Some((holder, _)) if *holder == conn => {
+                holders.remove(pid_hash);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `conn` still holds the session.
+    pub fn holds(&self, pid_hash: &str, conn: ConnId) -> bool {
+        let holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        holders.get(pid_hash).is_some_and(|(c, _)| *c == conn)
+    }
+}
+
+/// Writes what is waiting, in one transaction per round; retries a failed round for a while
+/// before answering its waiters with the error.
+async fn write_loop(db: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Op>) {
+    while let Some(first) = rx.recv().await {
+        let mut ops = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+        }
+        let (writes, waiters): (Vec<_>, Vec<_>) = ops
+            .into_iter()
+            .map(|Op::Write(write, waiter)| (write, waiter))
+            .unzip();
+        let mut delay = Duration::from_millis(50);
+        let result = loop {
+            match store::write_sessions(&db, &writes, now_ms()).await {
+                Ok(()) => break Ok(()),
+                Err(e) if delay < Duration::from_secs(2) => {
+                    log::warn!("cannot save sessions yet: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => break Err(format!("cannot save the session: {e}")),
+            }
+        };
+        for waiter in waiters.into_iter().flatten() {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_round_trip_and_escape() {
+        let mut o = Offsets::new(8);
+        assert!(matches!(o.advance(0, "message", 41), Advance::Offset(_)));
+        assert!(matches!(o.advance(2, "a.b~c%d é", 7), Advance::Offset(_)));
+        let Advance::Offset(text) = o.advance(0, "message", 42) else {
+            panic!()
+        };
+        assert_eq!(text, "0.message.42~2.a%2Eb%7Ec%25d%20%C3%A9.7");
+        let parsed = Offsets::parse(&text).unwrap();
+        assert_eq!(parsed[&0]["message"], 42);
+        assert_eq!(parsed[&2]["a.b~c%d é"], 7);
+        assert_eq!(Offsets::parse("").unwrap().len(), 0);
+        for bad in [
+            "x", "0.a", "0.a.b", "0.a.1.2", "-1.a.1", "0.%zz.1", "0.%C3.1",
+        ] {
+            assert!(Offsets::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn offsets_turn_off_beyond_max_streams() {
+        let mut o = Offsets::new(2);
+        assert!(matches!(o.advance(0, "a", 1), Advance::Offset(_)));
+        assert!(matches!(o.advance(1, "a", 1), Advance::Offset(_)));
+        assert!(matches!(o.advance(0, "a", 2), Advance::Offset(_)));
+        assert!(matches!(o.advance(0, "b", 1), Advance::Off { now: true }));
+        assert!(matches!(o.advance(0, "a", 3), Advance::Off { now: false }));
+        assert!(o.is_off());
+    }
+
+    #[test]
+    fn forgetting_a_room_frees_its_streams() {
+        let mut o = Offsets::new(2);
+        o.advance(0, "a", 1);
+        o.advance(0, "b", 1);
+        o.forget(0);
+        assert!(matches!(o.advance(1, "a", 5), Advance::Offset(t) if t == "1.a.5"));
+    }
+
+    #[test]
+    fn pids_are_long_hex_and_hashed() {
+        let pid = new_pid();
+        assert!(is_pid(&pid));
+        assert_ne!(pid, new_pid());
+        assert_eq!(pid_hash(&pid).len(), 64);
+        assert_ne!(pid_hash(&pid), pid);
+        assert!(!is_pid("abc"));
+    }
+
+    #[test]
+    fn offsets_go_before_the_closing_bracket() {
+        assert_eq!(
+            with_offset(r#"42["dialogue:event",{"a":1}]"#, "0.m.1"),
+            r#"42["dialogue:event",{"a":1},"0.m.1"]"#
+        );
+    }
+}
