@@ -23,12 +23,18 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// How often expired sessions are deleted and the session count bounded.
 const TIDY_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest a join, leave or subscription change waits for its session to be saved; a
+/// session not saved by then stops being recoverable (the change itself stands).
+const SAVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Writes waiting while the database is away beyond which new ones are dropped.
+const MAX_WAITING_WRITES: usize = 100_000;
 /// Longest offset a client may send back (bytes).
 const MAX_OFFSET_LEN: usize = 16 * 1024;
 
@@ -265,7 +271,7 @@ pub struct StoredSession {
 }
 
 enum Op {
-    Write(SessionWrite, Option<oneshot::Sender<Result<(), String>>>),
+    Write(SessionWrite, Option<oneshot::Sender<()>>),
 }
 
 /// The connection holding each live session, so that a recovering client takes it over.
@@ -276,6 +282,10 @@ type Holders = HashMap<String, (ConnId, Recipient<ToConnection>)>;
 #[derive(Clone)]
 pub struct SessionStore {
     tx: mpsc::UnboundedSender<Op>,
+    /// The last write succeeded: while it did not, saves fail at once instead of waiting.
+    available: Arc<AtomicBool>,
+    /// Writes sent and not yet done.
+    waiting: Arc<AtomicUsize>,
     db: DatabaseConnection,
     pub config: RecoveryConfig,
     holders: Arc<Mutex<Holders>>,
@@ -301,7 +311,14 @@ impl SessionStore {
             log::info!("{kept} sessions are recoverable for {max_age} ms");
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        actix_rt::spawn(write_loop(db.clone(), rx));
+        let available = Arc::new(AtomicBool::new(true));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        actix_rt::spawn(write_loop(
+            db.clone(),
+            rx,
+            available.clone(),
+            waiting.clone(),
+        ));
         let tidy_db = db.clone();
         let max = config.max_sessions;
         actix_rt::spawn(async move {
@@ -315,13 +332,17 @@ impl SessionStore {
         });
         Ok(SessionStore {
             tx,
+            available,
+            waiting,
             db,
             config,
             holders: Arc::default(),
         })
     }
 
-    /// Saves a connected session; resolves once it is in the database.
+    /// Saves a connected session; resolves once it is in the database, or with an error
+    /// after [`SAVE_TIMEOUT`] (at once while the database is known to be away). The write
+    /// itself stays queued until the database takes it.
     pub fn save(
         &self,
         pid_hash: &str,
@@ -334,15 +355,32 @@ impl SessionStore {
             user_id: user_id.to_owned(),
             state: serde_json::to_string(state).unwrap_or_default(),
         };
-        let sent = self.tx.send(Op::Write(write, Some(done))).is_ok();
+        let sent = self.send(write, Some(done));
+        let available = self.available.load(Ordering::Relaxed);
         async move {
-            if !sent {
-                return Err("the session store is not running".to_owned());
+            match sent {
+                Err(e) => Err(e),
+                Ok(()) if !available => Err("the database is not available".to_owned()),
+                Ok(()) => match tokio::time::timeout(SAVE_TIMEOUT, answer).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err("the session store stopped".to_owned()),
+                    Err(_) => Err(format!(
+                        "the database did not take it within {} ms",
+                        SAVE_TIMEOUT.as_millis()
+                    )),
+                },
             }
-            answer
-                .await
-                .unwrap_or_else(|_| Err("the session store stopped".to_owned()))
         }
+    }
+
+    fn send(&self, write: SessionWrite, done: Option<oneshot::Sender<()>>) -> Result<(), String> {
+        if self.waiting.load(Ordering::Relaxed) >= MAX_WAITING_WRITES {
+            return Err("too many session writes wait for the database".to_owned());
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Op::Write(write, done))
+            .map_err(|_| "the session store is not running".to_owned())
     }
 
     /// The session's connection ended: it stays recoverable for `maxDisconnectionDuration`.
@@ -351,7 +389,7 @@ impl SessionStore {
             pid_hash: pid_hash.to_owned(),
             at_ms: now_ms(),
         };
-        let _ = self.tx.send(Op::Write(write, None));
+        let _ = self.send(write, None);
     }
 
     /// The session ended for good (the client disconnected on purpose).
@@ -359,7 +397,7 @@ impl SessionStore {
         let write = SessionWrite::Delete {
             pid_hash: pid_hash.to_owned(),
         };
-        let _ = self.tx.send(Op::Write(write, None));
+        let _ = self.send(write, None);
     }
 
     /// The session with this pid hash if it is still recoverable.
@@ -415,32 +453,52 @@ impl SessionStore {
     }
 }
 
-/// Writes what is waiting, in one transaction per round; retries a failed round for a while
-/// before answering its waiters with the error.
-async fn write_loop(db: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Op>) {
-    while let Some(first) = rx.recv().await {
-        let mut ops = vec![first];
-        while let Ok(op) = rx.try_recv() {
-            ops.push(op);
-        }
-        let (writes, waiters): (Vec<_>, Vec<_>) = ops
-            .into_iter()
-            .map(|Op::Write(write, waiter)| (write, waiter))
-            .unzip();
-        let mut delay = Duration::from_millis(50);
-        let result = loop {
-            match store::write_sessions(&db, &writes, now_ms()).await {
-                Ok(()) => break Ok(()),
-                Err(e) if delay < Duration::from_secs(2) => {
-                    log::warn!("cannot save sessions yet: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+/// Writes what is waiting, in one transaction per round; a round that fails is tried again
+/// (with what came meanwhile) until the database takes it, in order.
+async fn write_loop(
+    db: DatabaseConnection,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    available: Arc<AtomicBool>,
+    waiting: Arc<AtomicUsize>,
+) {
+    let mut writes = Vec::new();
+    let mut waiters = Vec::new();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if writes.is_empty() {
+            match rx.recv().await {
+                Some(Op::Write(write, waiter)) => {
+                    writes.push(write);
+                    waiters.extend(waiter);
                 }
-                Err(e) => break Err(format!("cannot save the session: {e}")),
+                None => return,
             }
-        };
-        for waiter in waiters.into_iter().flatten() {
-            let _ = waiter.send(result.clone());
+        }
+        while let Ok(Op::Write(write, waiter)) = rx.try_recv() {
+            writes.push(write);
+            waiters.extend(waiter);
+        }
+        match store::write_sessions(&db, &writes, now_ms()).await {
+            Ok(()) => {
+                if !available.swap(true, Ordering::Relaxed) {
+                    log::info!("sessions are saved again");
+                }
+                waiting.fetch_sub(writes.len(), Ordering::Relaxed);
+                writes.clear();
+                for waiter in waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+                delay = Duration::from_millis(50);
+            }
+            Err(e) => {
+                if available.swap(false, Ordering::Relaxed) {
+                    log::warn!("cannot save sessions (retrying): {e}");
+                }
+                // Nobody waits for long: their saves have timed out.
+                waiters.retain(|w| !w.is_closed());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }

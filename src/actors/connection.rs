@@ -111,18 +111,8 @@ struct Recoverable {
 
 type SaveFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
 
-/// What follows a session save that an answer waits for.
-enum AfterSave {
-    /// Send this ack (if any). A failed save ends the session's recoverability.
-    Ack(Option<ByteString>),
-    /// A client's join: acknowledged once saved; a failed save undoes it (the session could
-    /// not be recovered with it).
-    Join {
-        room_id: String,
-        ack: Option<u64>,
-        ack_frame: Option<ByteString>,
-    },
-}
+/// The ack (if one was asked) that waits for a session save.
+type AfterSave = Option<ByteString>;
 
 /// What a finished request changes and answers.
 enum Done {
@@ -1217,15 +1207,7 @@ impl Connection {
                 self.rooms.insert(room_id.clone(), room);
                 if self.session_joined(&room_id, outcome, &spec) {
                     if let Some(save) = self.save_session() {
-                        let after = match spec.kind {
-                            JoinKind::Client => AfterSave::Join {
-                                room_id,
-                                ack,
-                                ack_frame,
-                            },
-                            JoinKind::Auto | JoinKind::Restore => AfterSave::Ack(ack_frame),
-                        };
-                        return Some((save, after));
+                        return Some((save, ack_frame));
                     }
                 }
                 if let Some(frame) = ack_frame {
@@ -1235,7 +1217,7 @@ impl Connection {
             Done::RoomGone { room_id } => {
                 log::debug!("connection {}: room '{room_id}' is gone", self.id);
                 if self.session_left(&room_id) {
-                    return self.save_session().map(|save| (save, AfterSave::Ack(None)));
+                    return self.save_session().map(|save| (save, None));
                 }
             }
             Done::Left { room_id, ack } => {
@@ -1247,7 +1229,7 @@ impl Connection {
                 self.listed.remove(&room_id);
                 if self.session_left(&room_id) {
                     if let Some(save) = self.save_session() {
-                        return Some((save, AfterSave::Ack(ack_frame)));
+                        return Some((save, ack_frame));
                     }
                 }
                 if let Some(frame) = ack_frame {
@@ -1281,7 +1263,7 @@ impl Connection {
                 };
                 if changed {
                     if let Some(save) = self.save_session() {
-                        return Some((save, AfterSave::Ack(ack_frame)));
+                        return Some((save, ack_frame));
                     }
                 }
                 if let Some(frame) = ack_frame {
@@ -1305,36 +1287,14 @@ impl Connection {
         None
     }
 
-    /// Answers a request whose session save finished.
-    fn after_save(&mut self, ctx: &mut Context<Self>, after: AfterSave, saved: Result<(), String>) {
-        match (after, saved) {
-            (AfterSave::Ack(frame), saved) => {
-                if let Err(e) = saved {
-                    self.recovery_off(&e);
-                }
-                if let Some(frame) = frame {
-                    self.send(ctx, frame);
-                }
-            }
-            (AfterSave::Join { ack_frame, .. }, Ok(())) => {
-                if let Some(frame) = ack_frame {
-                    self.send(ctx, frame);
-                }
-            }
-            (AfterSave::Join { room_id, ack, .. }, Err(e)) => {
-                // A session recovered without this room would silently miss it: undo.
-                log::warn!("connection {}: join of '{room_id}' undone: {e}", self.id);
-                if let Some(room) = self.rooms.remove(&room_id) {
-                    room.do_send(Leave { conn: self.id });
-                }
-                self.listed.remove(&room_id);
-                self.session_left(&room_id);
-                let error = DialogueError::new(
-                    ErrorCode::StorageUnavailable,
-                    format!("cannot save the session, so the join is undone: {e}"),
-                );
-                self.reply_error(ctx, ack, &error);
-            }
+    /// Answers a request whose session save finished. A session the database did not take
+    /// in time stops being recoverable; the request stands.
+    fn after_save(&mut self, ctx: &mut Context<Self>, ack: AfterSave, saved: Result<(), String>) {
+        if let Err(e) = saved {
+            self.recovery_off(&e);
+        }
+        if let Some(frame) = ack {
+            self.send(ctx, frame);
         }
     }
 

@@ -69,6 +69,11 @@ const client = createDialogueClient({
   reconnectionDelay: 50,
   reconnectionDelayMax: 300,
 });
+// (The test's own count of what history brought.)
+let historyAtJoin = 0;
+client.onHistory((roomId, events) => {
+  historyAtJoin += events.length;
+});
 
 const messages = [];
 let isLoadingMore = false;
@@ -104,7 +109,6 @@ async function loadMoreMessages() {
 }
 // ---- end of the seed's code ----
 
-const historyAtJoin = messages.length;
 console.log("READY");
 
 // Chat while the harness kills the server and starts it again.
