@@ -132,6 +132,19 @@ def figures(settings):
         (f"{jitter}: cut to first replayed event p99 (includes the 1 s reconnect delay)",
          "jitter", field("cut_to_replay_ms_p99"), "ms", None, "—", "median"),
     ]
+    jitter_csr = jitter.replace("and resumed)", "and recovered by connection-state recovery)")
+    f += [
+        (f"{jitter_csr}: share of deliveries exactly once", "jitter-recovery",
+         field("exactly_once_share"), "", ("==", 1, "1 (100 %)"), "—", "all"),
+        (f"{jitter_csr}: duplicates", "jitter-recovery", field("duplicates"), "", ("==", 0, "0"),
+         "—", "all"),
+        (f"{jitter_csr}: missing", "jitter-recovery", field("missing"), "", ("==", 0, "0"), "—",
+         "all"),
+        (f"{jitter_csr}: reconnects not recovered", "jitter-recovery",
+         field("refused_resumes"), "", None, "—", "median"),
+        (f"{jitter_csr}: cut to first replayed event p99 (includes the 1 s reconnect delay)",
+         "jitter-recovery", field("cut_to_replay_ms_p99"), "ms", None, "—", "median"),
+    ]
     storm = (f"Reconnect storm ({int(settings['STORM_RECEIVERS']):,} clients, "
              f"{int(settings['SOAK_ROOMS']):,} rooms, 100 msg/s, SIGTERM and start again)")
     f += [
@@ -140,6 +153,16 @@ def figures(settings):
         (f"{storm}: deliveries missed", "storm", field("missing"), "", ("==", 0, "0"), "—", "all"),
         (f"{storm}: deliveries duplicated", "storm", field("duplicates"), "", ("==", 0, "0"), "—",
          "all"),
+    ]
+    storm_csr = storm.replace("SIGTERM and start again", "SIGTERM and start again; "
+                              "connection-state recovery")
+    f += [
+        (f"{storm_csr}: seconds from the server ready again until every client recovered",
+         "storm-recovery", field("all_resumed_seconds"), "s", None, "—", "median"),
+        (f"{storm_csr}: deliveries missed", "storm-recovery", field("missing"), "",
+         ("==", 0, "0"), "—", "all"),
+        (f"{storm_csr}: deliveries duplicated", "storm-recovery", field("duplicates"), "",
+         ("==", 0, "0"), "—", "all"),
     ]
     return f
 
@@ -294,10 +317,15 @@ def main():
             "- **jitter**: `JITTER_RECEIVERS` clients in 10 rooms, each cutting its own connection "
             "(no close handshake) after a random 1–5 s and connecting again 1 s later with "
             "`dialogue:join {since}`; 4 senders trigger `JITTER_RATE` msg/s in all for "
-            "`JITTER_SECONDS`; then every client must hold every seq of its room once.",
+            "`JITTER_SECONDS`; then every client must hold every seq of its room once. The "
+            "same again (on a fresh database) with clients that come back as socket.io-client "
+            "does with connection-state recovery: the CONNECT carries the session's `pid` and "
+            "the last event's offset, and nothing is joined again (a reconnect that is not "
+            "recovered falls back to `since`, and is counted).",
             "- **storm**: `STORM_RECEIVERS` clients over `SOAK_ROOMS` rooms while 4 senders trigger "
             "100 msg/s; SIGTERM, start again on the same port; each client reconnects and joins "
-            "with `since`; then 5 s more of sending and the same exactly-once check.",
+            "with `since`; then 5 s more of sending and the same exactly-once check. The same "
+            "again with connection-state recovery.",
             "", f"Raw results (one JSON line per run): `{a.results}`."]
     if failures:
         out += ["", "## Failed runs", ""] + [f"- {f}" for f in failures]

@@ -53,6 +53,17 @@ impl Client {
     /// Connects, completes the Socket.IO CONNECT with `{userId}`, and starts the I/O tasks.
     /// With `collect_events`, received events are queued on [`Client::events`].
     pub async fn connect(url: &str, user_id: &str, collect_events: bool) -> Result<Client, String> {
+        let auth = serde_json::json!({ "userId": user_id });
+        Ok(Self::connect_with(url, &auth, collect_events).await?.0)
+    }
+
+    /// [`Client::connect`] with any CONNECT `auth` payload; also answers the server's CONNECT
+    /// answer (`{sid, pid?}`).
+    pub async fn connect_with(
+        url: &str,
+        auth: &Value,
+        collect_events: bool,
+    ) -> Result<(Client, Value), String> {
         // A small read buffer (the default is 128 KiB): thousands of clients share one process.
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
         let (ws, _) = tokio_tungstenite::connect_async_with_config(ws_url(url), Some(config), true)
@@ -64,7 +75,6 @@ impl Client {
             Some(Ok(Message::Text(t))) if t.starts_with('0') => {}
             other => return Err(format!("no open packet: {other:?}")),
         }
-        let auth = serde_json::json!({ "userId": user_id });
         sink.send(Message::text(format!("40{auth}")))
             .await
             .map_err(|e| e.to_string())?;
@@ -97,7 +107,8 @@ impl Client {
                         let data = &text[1..];
                         if data.starts_with('0') {
                             if let Some(tx) = ready.take() {
-                                let _ = tx.send(());
+                                let answer = serde_json::from_str(&data[1..]).unwrap_or_default();
+                                let _ = tx.send(answer);
                             }
                         } else if data.starts_with('2') {
                             if collect_events {
@@ -124,16 +135,17 @@ impl Client {
                 }
             }
         });
-        ready_rx
+        let answer: Value = ready_rx
             .await
             .map_err(|_| "the server closed before CONNECT completed".to_owned())?;
-        Ok(Client {
+        let client = Client {
             out: out_tx,
             pending,
             next_id: AtomicU64::new(1),
             events: collect_events.then_some(ev_rx),
             tasks: vec![writer, reader],
-        })
+        };
+        Ok((client, answer))
     }
 
     /// Emits `event` with an ack id and waits for the ack's first argument.

@@ -3,7 +3,9 @@
 //! last seq they hold), while senders trigger at a fixed rate. Reports the share of
 //! (receiver, event) deliveries that arrived exactly once, the duplicates and the missing, and
 //! the time from a cut to the first replayed event (p50/p99/max; it includes the
-//! `reconnect_delay` a client waits before connecting again).
+//! `reconnect_delay` a client waits before connecting again). With `recovery`, receivers come
+//! back as socket.io-client does with connection-state recovery instead: the CONNECT carries
+//! the session's `pid` and the last event's offset, and nothing is joined again.
 
 use crate::client::Client;
 use crate::stats::Histogram;
@@ -29,6 +31,8 @@ pub struct Options {
     pub reconnect_delay: Duration,
     /// Connections being opened at once at the start.
     pub concurrency: usize,
+    /// Come back with connection-state recovery (pid + offset) instead of `since`.
+    pub recovery: bool,
 }
 
 /// What one receiver saw.
@@ -37,8 +41,9 @@ struct Seen {
     /// Every seq received, in arrival order.
     seqs: Vec<u64>,
     connects: u64,
+    /// Reconnects that did not resume (a refused `since`, or a session not recovered).
     refused_resumes: u64,
-    /// When a join with `since` last resumed.
+    /// When a join with `since` last resumed (or a session was last recovered).
     last_resumed: Option<Instant>,
 }
 
@@ -60,6 +65,7 @@ struct CrowdOptions<'a> {
     cut_max: Duration,
     reconnect_delay: Duration,
     concurrency: usize,
+    recovery: bool,
 }
 
 impl Crowd {
@@ -90,6 +96,7 @@ impl Crowd {
                 cut_max: o.cut_max,
                 reconnect_delay: o.reconnect_delay,
                 seed: 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1),
+                recovery: o.recovery,
             };
             let gate = gate.clone();
             tokio::spawn(async move { task.run(gate).await });
@@ -206,6 +213,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
         cut_max: o.cut_max,
         reconnect_delay: o.reconnect_delay,
         concurrency: o.concurrency,
+        recovery: o.recovery,
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -247,6 +255,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let ms = |v: Option<u64>| v.map_or(Value::Null, |us| json!(us as f64 / 1000.0));
     let summary = json!({
         "scenario": "jitter",
+        "recovery": o.recovery,
         "receivers": o.receivers,
         "rooms": o.rooms.len(),
         "rate": o.rate,
@@ -296,6 +305,8 @@ pub struct StormOptions {
     pub restart_cmd: String,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// Come back with connection-state recovery (pid + offset) instead of `since`.
+    pub recovery: bool,
 }
 
 /// Reconnect storm: R receivers connected, senders at a fixed rate, the server stopped with
@@ -314,6 +325,7 @@ pub async fn storm(o: StormOptions) -> Result<Value, String> {
         cut_max: Duration::from_secs(86_400),
         reconnect_delay: Duration::from_millis(100),
         concurrency: o.concurrency,
+        recovery: o.recovery,
     })
     .await?;
     let sending = Arc::new(AtomicBool::new(true));
@@ -355,6 +367,7 @@ pub async fn storm(o: StormOptions) -> Result<Value, String> {
     let t = crowd.finish(&newest).await?;
     let summary = json!({
         "scenario": "storm",
+        "recovery": o.recovery,
         "receivers": o.receivers,
         "rooms": o.rooms.len(),
         "rate": o.rate,
@@ -442,19 +455,30 @@ struct Receiver {
     cut_max: Duration,
     reconnect_delay: Duration,
     seed: u64,
+    recovery: bool,
 }
 
 impl Receiver {
     async fn run(mut self, gate: Arc<tokio::sync::Semaphore>) {
         let mut first = true;
         let mut cut_at: Option<Instant> = None;
+        // Connection-state recovery: the session's secret and the last offset received.
+        let mut pid: Option<String> = None;
+        let mut offset: Option<String> = None;
         while !self.stop.load(Ordering::Relaxed) {
             let permit = if first {
                 gate.clone().acquire_owned().await.ok()
             } else {
                 None
             };
-            let mut client = match Client::connect(&self.url, &self.user, true).await {
+            let mut auth = json!({ "userId": self.user });
+            if let Some(pid) = &pid {
+                auth["pid"] = json!(pid);
+                if let Some(offset) = &offset {
+                    auth["offset"] = json!(offset);
+                }
+            }
+            let (mut client, answer) = match Client::connect_with(&self.url, &auth, true).await {
                 Ok(c) => c,
                 Err(_) => {
                     self.failed_connects.fetch_add(1, Ordering::Relaxed);
@@ -462,39 +486,59 @@ impl Receiver {
                     continue;
                 }
             };
-            let last = self
-                .seen
-                .lock()
-                .map_or(0, |s| s.seqs.last().copied().unwrap_or(0));
-            let join = if first {
-                json!({ "roomId": self.room })
-            } else {
-                json!({ "roomId": self.room, "since": { &self.event: last } })
-            };
-            let Ok(ack) = client.request("dialogue:join", &join).await else {
-                continue;
-            };
-            drop(permit);
-            if let Ok(mut s) = self.seen.lock() {
-                s.connects += 1;
-                if ack["resume"]["resumed"] == json!(false) {
-                    s.refused_resumes += 1;
-                } else if ack["resume"]["resumed"] == json!(true) {
+            let recovered = pid.is_some() && answer["pid"].as_str() == pid.as_deref();
+            if self.recovery {
+                pid = answer["pid"].as_str().map(str::to_owned);
+            }
+            let mut replay_cut: Option<Instant>;
+            if recovered {
+                // The session is back with its room; what it missed comes first.
+                if let Ok(mut s) = self.seen.lock() {
+                    s.connects += 1;
                     s.last_resumed = Some(Instant::now());
                 }
+                replay_cut = cut_at.take();
+            } else {
+                if !self.recovery {
+                    offset = None;
+                }
+                let last = self
+                    .seen
+                    .lock()
+                    .map_or(0, |s| s.seqs.last().copied().unwrap_or(0));
+                let join = if first {
+                    json!({ "roomId": self.room })
+                } else {
+                    json!({ "roomId": self.room, "since": { &self.event: last } })
+                };
+                let Ok(ack) = client.request("dialogue:join", &join).await else {
+                    continue;
+                };
+                drop(permit);
+                if let Ok(mut s) = self.seen.lock() {
+                    s.connects += 1;
+                    if ack["resume"]["resumed"] == json!(false) || (self.recovery && !first) {
+                        s.refused_resumes += 1;
+                    } else if ack["resume"]["resumed"] == json!(true) {
+                        s.last_resumed = Some(Instant::now());
+                    }
+                }
+                // Missed events are replayed before the ack: the first event read is one.
+                let replayed = ack["resume"]["events"][&self.event].as_u64().unwrap_or(0);
+                replay_cut = cut_at.take().filter(|_| replayed > 0);
             }
             first = false;
-            // Missed events are replayed before the ack: the first event read is one of them.
-            let replayed = ack["resume"]["events"][&self.event].as_u64().unwrap_or(0);
-            let mut replay_cut = cut_at.take().filter(|_| replayed > 0);
             let lifetime = self.next_lifetime();
             let until = tokio::time::Instant::now() + lifetime;
             loop {
                 let next = tokio::time::timeout_at(until, client.next_event()).await;
                 let Ok(Some(event)) = next else { break };
-                let Some(seq) = seq_of(event.data(), &self.event) else {
+                let Some((seq, at)) = seq_of(event.data(), &self.event) else {
                     continue;
                 };
+                if at.is_some() {
+                    offset = at;
+                }
                 if let Some(at) = replay_cut {
                     self.replay_us.record(at.elapsed().as_micros() as u64);
                     replay_cut = None;
@@ -526,12 +570,14 @@ impl Receiver {
     }
 }
 
-/// The seq of a `dialogue:event` of `event` (`["dialogue:event", {…}]` text).
-fn seq_of(data: &str, event: &str) -> Option<u64> {
+/// The seq of a `dialogue:event` of `event` (`["dialogue:event", {…}, offset?]` text), and
+/// its connection-state recovery offset when it carries one.
+fn seq_of(data: &str, event: &str) -> Option<(u64, Option<String>)> {
     let v: Value = serde_json::from_str(data).ok()?;
     let e = v.get(1)?;
     if v.get(0)? != "dialogue:event" || e.get("event")? != event {
         return None;
     }
-    e.get("seq")?.as_u64()
+    let offset = v.get(2).and_then(Value::as_str).map(str::to_owned);
+    Some((e.get("seq")?.as_u64()?, offset))
 }

@@ -159,6 +159,10 @@ enum Scenario {
         reconnect_ms: u64,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Come back with Socket.IO connection-state recovery (pid + offset, as
+        /// socket.io-client does) instead of a join with `since`.
+        #[arg(long)]
+        recovery: bool,
     },
     /// Reconnect storm: R receivers connected, senders at a fixed rate, SIGTERM to the server
     /// and the restart command; time until every receiver has resumed (`since`), deliveries
@@ -185,6 +189,9 @@ enum Scenario {
         timeout: u64,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Come back with connection-state recovery instead of a join with `since`.
+        #[arg(long)]
+        recovery: bool,
     },
     /// Inserts rows straight into the database (seq 1..=rows) to measure deep pages.
     Bulkload {
@@ -572,6 +579,7 @@ async fn main() -> std::process::ExitCode {
             cut_max_ms,
             reconnect_ms,
             concurrency,
+            recovery,
         } => {
             jitter::run(jitter::Options {
                 rooms: target.room_names(),
@@ -585,6 +593,7 @@ async fn main() -> std::process::ExitCode {
                 cut_max: Duration::from_millis(cut_max_ms),
                 reconnect_delay: Duration::from_millis(reconnect_ms),
                 concurrency,
+                recovery,
             })
             .await
         }
@@ -599,6 +608,7 @@ async fn main() -> std::process::ExitCode {
             restart_cmd,
             timeout,
             concurrency,
+            recovery,
         } => {
             jitter::storm(jitter::StormOptions {
                 rooms: target.room_names(),
@@ -612,6 +622,7 @@ async fn main() -> std::process::ExitCode {
                 restart_cmd,
                 timeout: Duration::from_secs(timeout),
                 concurrency,
+                recovery,
             })
             .await
         }

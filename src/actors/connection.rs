@@ -611,8 +611,16 @@ impl Connection {
                 return self.send(ctx, frame.into());
             }
         };
-        // Connection-state recovery: a client that had a session sends its pid and offset.
-        let claim = match (&self.recovery, packet.data.as_ref()) {
+        // Connection-state recovery, unless the client opts out (`auth.recovery: false`: a
+        // client whose handlers cannot take the offset argument, e.g. python-socketio).
+        let wanted = packet
+            .data
+            .as_ref()
+            .and_then(|auth| auth.get("recovery"))
+            .and_then(Value::as_bool)
+            != Some(false);
+        // A client that had a session sends its pid and offset.
+        let claim = match (&self.recovery, packet.data.as_ref().filter(|_| wanted)) {
             (Some(store), Some(auth)) => auth
                 .get("pid")
                 .and_then(Value::as_str)
@@ -627,7 +635,7 @@ impl Connection {
             _ => None,
         };
         let Some((store, pid, offset)) = claim else {
-            return self.accept_connect(ctx, identity, since, None);
+            return self.accept_connect(ctx, identity, since, wanted, None);
         };
         self.connecting = true;
         let hash = recovery::pid_hash(&pid);
@@ -654,7 +662,7 @@ impl Connection {
                     None
                 }
             };
-            act.accept_connect(ctx, identity, since, recovered);
+            act.accept_connect(ctx, identity, since, true, recovered);
         }));
     }
 
@@ -665,6 +673,7 @@ impl Connection {
         ctx: &mut Context<Self>,
         identity: Arc<Identity>,
         since: BTreeMap<String, BTreeMap<String, u64>>,
+        recoverable: bool,
         recovered: Option<(String, StoredSession, recovery::Positions)>,
     ) {
         let user_id = identity.user_id.clone();
@@ -675,7 +684,7 @@ impl Connection {
         self.identity = Some(identity);
         crate::metrics::METRICS.connections.inc();
         let mut restore = None;
-        if let Some(store) = &self.recovery {
+        if let Some(store) = self.recovery.as_ref().filter(|_| recoverable) {
             let max_streams = store.config.max_streams;
             let session = match recovered {
                 Some((pid, stored, mut positions)) => {

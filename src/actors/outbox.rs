@@ -82,7 +82,13 @@ impl Outbox {
     ) {
         let mut offsets = offsets.lock().unwrap_or_else(|e| e.into_inner());
         match offsets.advance(slot, event, seq) {
-            Advance::Offset(offset) => self.frame(with_offset(text, &offset).into()),
+            Advance::Offset(offset) => match &self.direct {
+                Some(queue) => {
+                    let body = text.strip_suffix(']').unwrap_or(text);
+                    self.check(queue.text_parts(&[body, ",\"", &offset, "\"]"]));
+                }
+                None => self.frame(with_offset(text, &offset).into()),
+            },
             Advance::Off { now } => {
                 if now {
                     self.actor.do_send(ToConnection::RecoveryOff);

@@ -241,6 +241,29 @@ impl WsQueue {
         })
     }
 
+    /// Queues a text message given in parts (one copy, no joined string in between).
+    pub fn text_parts(&self, parts: &[&str]) -> Result<(), SlowClient> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.push(len + 10, |buf| {
+            // A server frame: FIN + text opcode, no mask, then the payload length.
+            buf.extend_from_slice(&[0x81]);
+            match len {
+                0..=125 => buf.extend_from_slice(&[len as u8]),
+                126..=0xFFFF => {
+                    buf.extend_from_slice(&[126]);
+                    buf.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                _ => {
+                    buf.extend_from_slice(&[127]);
+                    buf.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+            }
+            for part in parts {
+                buf.extend_from_slice(part.as_bytes());
+            }
+        })
+    }
+
     /// Queues a frame encoded by [`encode_text`] (shared by every member of a fan-out).
     pub fn encoded(&self, frame: &[u8]) -> Result<(), SlowClient> {
         self.push(frame.len(), |buf| buf.extend_from_slice(frame))
@@ -421,6 +444,22 @@ mod tests {
         expected.extend_from_slice(&shared);
         assert_eq!(poll(&mut body), Poll::Ready(Some(expected.freeze())));
         assert!(poll(&mut body).is_pending());
+    }
+
+    #[test]
+    fn a_message_in_parts_is_the_same_frame_at_every_length_class() {
+        for len in [0usize, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let (sink, mut body) = WsSink::new(1 << 20);
+            let text = "x".repeat(len);
+            let (a, b) = text.split_at(len / 3);
+            sink.queue().text_parts(&[a, b, "!"]).unwrap();
+            let whole = format!("{text}!");
+            let mut sent = BytesMut::new();
+            while let Poll::Ready(Some(chunk)) = poll(&mut body) {
+                sent.extend_from_slice(&chunk);
+            }
+            assert_eq!(sent.freeze(), encode_text(&whole), "{len}");
+        }
     }
 
     #[test]

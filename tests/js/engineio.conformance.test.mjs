@@ -286,7 +286,7 @@ describe("message framing (protocol: Packet encoding > HTTP long-polling / WebSo
     assert.equal(res.status, 200, res.body);
     assert.equal(res.body, "ok");
     const packets = await pollUntil(sid, (p) => p.some((x) => x.startsWith("40{")));
-    assert.match(packets.find((x) => x.startsWith("40")), /^40\{"sid":"[^"]+"\}$/);
+    assert.match(packets.find((x) => x.startsWith("40")), /^40\{"sid":"[^"]+"(,"pid":"[0-9a-f]{64}")?\}$/);
   });
 
   test("a GET payload carries several packets joined by \\x1e, each a whole packet", async () => {
@@ -300,7 +300,7 @@ describe("message framing (protocol: Packet encoding > HTTP long-polling / WebSo
     const packets = res.body.split(SEP);
     assert.ok(packets.length >= 2, `several packets in one payload: ${JSON.stringify(res.body)}`);
     for (const p of packets) assert.match(p, /^[0-6]/, `each packet starts with its type: ${JSON.stringify(p)}`);
-    assert.match(packets[0], /^40\{"sid":"[^"]+"\}$/);
+    assert.match(packets[0], /^40\{"sid":"[^"]+"(,"pid":"[0-9a-f]{64}")?\}$/);
     assert.ok(packets.some((p) => p.startsWith('42["dialogue:connected",')), JSON.stringify(packets));
     await post(sid, "1");
   });
@@ -326,7 +326,7 @@ describe("message framing (protocol: Packet encoding > HTTP long-polling / WebSo
     assert.match((await s.next()).text, OPEN_WEBSOCKET);
     s.ws.send("40");
     const connect = await s.nextText((t) => t.startsWith("40"));
-    assert.match(connect, /^40\{"sid":"[^"]+"\}$/, "the CONNECT reply alone in its frame");
+    assert.match(connect, /^40\{"sid":"[^"]+"(,"pid":"[0-9a-f]{64}")?\}$/, "the CONNECT reply alone in its frame");
     const connected = await s.nextText((t) => t.startsWith("42"));
     assert.ok(!connected.includes(SEP), "no \\x1e payloads over WebSocket");
     assert.match(connected, /^42\["dialogue:connected",/);

@@ -43,7 +43,7 @@ class Recorder:
 def connect(user):
     client = socketio.Client(reconnection=False)
     rec = Recorder(client)
-    client.connect(URL, auth={"userId": user}, transports=TRANSPORTS, wait_timeout=10)
+    client.connect(URL, auth={"userId": user, "recovery": False}, transports=TRANSPORTS, wait_timeout=10)
     return client, rec
 
 

@@ -34,7 +34,9 @@ class Reader:
         self.client.connect(PROXY_URL, auth={"userId": name}, transports=["websocket"],
                             wait_timeout=10)
 
-    def on_event(self, e):
+    def on_event(self, e, offset=None):
+        # With connection-state recovery on (the default), events carry the session's
+        # offset as a second argument; python-socketio does not recover, so it is unused.
         with self.lock:
             self.got.setdefault(f"{e['roomId']}/{e['event']}", []).append(e["seq"])
 
