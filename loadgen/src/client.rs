@@ -105,9 +105,9 @@ impl Client {
                     Some(b'4') => {
                         // `text` is `4` (Engine.IO message) + a Socket.IO packet.
                         let data = &text[1..];
-                        if data.starts_with('0') {
+                        if let Some(connect) = data.strip_prefix('0') {
                             if let Some(tx) = ready.take() {
-                                let answer = serde_json::from_str(&data[1..]).unwrap_or_default();
+                                let answer = serde_json::from_str(connect).unwrap_or_default();
                                 let _ = tx.send(answer);
                             }
                         } else if data.starts_with('2') {

@@ -80,9 +80,9 @@ test("a session expires maxDisconnectionDuration (1 s) after its connection ende
 
   // Control: back at once, the session is recovered on this server too.
   await reader.cut({ reconnect: false });
-  const s2 = await post(writer, "r1", "message", { text: "two" });
   const quick = await reader.comeBack();
   assert.equal(quick.recovered, true, `back at once: ${JSON.stringify(reader.connects)}`);
+  const s2 = await post(writer, "r1", "message", { text: "two" });
   await reader.waitFor("dialogue:event", (e) => e.seq === s2);
 
   // Away 3 s, three times the limit: a new session, without r1.

@@ -46,7 +46,7 @@ export function recoveryReader(url, userId, rooms, { onConnect } = {}) {
     if (typeof rest.at(-1) !== "string") state.noOffset++;
     const key = `${e.roomId}/${e.event}`;
     (state.got[key] ??= []).push(e.seq);
-    state.data[`${key}/${e.seq}`] = JSON.stringify(e.data);
+    state.data[`${key}/${e.seq}`] = canonical(e.data);
   });
   for (const name of ["dialogue:joined", "dialogue:history"]) {
     socket.on(name, (p) => {
@@ -92,6 +92,15 @@ export function recoveryReader(url, userId, rooms, { onConnect } = {}) {
     })().catch(() => {}); // cut meanwhile: the next connect repairs what is left
   });
   return state;
+}
+
+/** JSON with object keys sorted (the server need not keep the writer's key order). */
+export function canonical(value) {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  if (value && typeof value === "object") {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
 }
 
 /** "room/event" → [seq…] must be exactly 1..hi for each entry of `newest`. */

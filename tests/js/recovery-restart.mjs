@@ -9,7 +9,7 @@
 // exactly-once problem found (the Rust side asserts on them).
 import { io } from "socket.io-client";
 import { readFileSync } from "node:fs";
-import { recoveryReader, checkExactlyOnce } from "./recovery-reader.mjs";
+import { recoveryReader, checkExactlyOnce, canonical } from "./recovery-reader.mjs";
 
 const CHAOS_URL = process.env.CHAOS_URL;
 const STEADY_URL = process.env.STEADY_URL;
@@ -89,7 +89,7 @@ while (Date.now() < end) {
       const data = { n, i };
       try {
         const r = await ask(w.socket, "dialogue:trigger", { roomId: room, event, data });
-        if (r.ok) acked[`${room}/${event}/${r.seq}`] = JSON.stringify(data);
+        if (r.ok) acked[`${room}/${event}/${r.seq}`] = canonical(data);
         else unanswered++; // refused while the room restarts (STORAGE_UNAVAILABLE, NOT_IN_ROOM …)
       } catch {
         unanswered++; // cut by the stop: stored or not, the readers must agree with the server
