@@ -55,6 +55,7 @@ impl TestServer {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        die_with_parent(&mut cmd);
         let mut child = cmd.spawn().expect("start dialogue");
         let stderr = child.stderr.take().expect("stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -269,6 +270,7 @@ pub fn run_node_tests(
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
+    die_with_parent(&mut cmd);
     let output = cmd.output().expect("node must be installed");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -298,6 +300,7 @@ pub fn spawn_node_script(script: &str, url: &str, env: &[(&str, &str)]) -> NodeP
     for (k, v) in env {
         cmd.env(k, v);
     }
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn().expect("node must be installed");
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("stdout");
@@ -517,5 +520,23 @@ pub fn lock_sqlite(url: &str) -> impl FnOnce() {
             txn.rollback().await.unwrap();
             db.close().await.ok();
         })
+    }
+}
+
+/// The child is killed when the test that started it goes away — also when the test binary
+/// is killed or aborts, which runs no `Drop` — so no server outlives its test run. (Linux
+/// sends the signal when the spawning thread ends: servers are started by the test's own
+/// thread and live no longer than it.)
+pub fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
     }
 }
