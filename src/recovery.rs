@@ -63,6 +63,9 @@ pub struct SessionRoom {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionState {
+    /// The Socket.IO socket id (`socket.id`): a recovered session keeps it, as in Socket.IO.
+    #[serde(default)]
+    pub socket_id: Option<String>,
     pub rooms: Vec<SessionRoom>,
     /// The slot the next joined room gets.
     pub next_slot: u32,

@@ -645,6 +645,17 @@ impl Connection {
             if act.closing {
                 return;
             }
+            // An anonymous client (open mode, no userId) is known by its socket id: its
+            // session's pid is all it has to prove who it was.
+            let anonymous = *identity.user_id == *act.socket_id;
+            let identity = match &loaded {
+                Ok(Some(stored))
+                    if anonymous && stored.state.socket_id.as_deref() == Some(&*stored.user_id) =>
+                {
+                    Arc::new(Identity::user(&stored.user_id))
+                }
+                _ => identity,
+            };
             let recovered = match loaded {
                 // Bound to its identity: another user's pid recovers nothing.
                 Ok(Some(stored)) if stored.user_id == *identity.user_id => {
@@ -691,6 +702,9 @@ impl Connection {
                     // Positions of rooms the session left since mean nothing now.
                     positions.retain(|slot, _| stored.state.rooms.iter().any(|r| r.slot == *slot));
                     restore = Some(stored.state.rooms.clone());
+                    if let Some(id) = &stored.state.socket_id {
+                        self.socket_id = id.clone();
+                    }
                     log::debug!(
                         "connection {} recovers a session of {user_id} (disconnected at {:?})",
                         self.id,
@@ -709,7 +723,10 @@ impl Connection {
                     Recoverable {
                         hash: recovery::pid_hash(&pid),
                         pid,
-                        state: SessionState::default(),
+                        state: SessionState {
+                            socket_id: Some(self.socket_id.clone()),
+                            ..SessionState::default()
+                        },
                         offsets: Arc::new(Mutex::new(Offsets::new(max_streams))),
                         saved: false,
                     }

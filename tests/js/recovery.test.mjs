@@ -193,3 +193,31 @@ test("an automatic reconnection (engine closed under the client) recovers by its
   writer.close();
   reader.close();
 });
+
+test("a recovered session keeps its socket.id, and an anonymous client (no userId) recovers as the same user", async () => {
+  const writer = await rconnect("id-writer");
+  assert.equal((await writer.request("dialogue:join", { roomId: "r2" })).ok, true);
+  for (const userId of ["id-reader", undefined]) {
+    const reader = await rconnect(userId);
+    const [hello] = reader.all("dialogue:connected");
+    assert.equal(hello.clientId, reader.socket.id);
+    assert.equal(hello.userId, userId ?? reader.socket.id, "anonymous: the socket id is the user");
+    assert.equal((await reader.request("dialogue:join", { roomId: "r2" })).ok, true);
+    const before = reader.socket.id;
+    const next = reader.nextConnect();
+    reader.socket.io.engine.close();
+    const seq = await post(writer, "r2", "message", { for: userId ?? "anonymous" });
+    const c = await next;
+    assert.equal(c.recovered, true, JSON.stringify(reader.connects));
+    assert.equal(reader.socket.id, before, "socket.id survives a recovery, as in Socket.IO");
+    const again = reader.all("dialogue:connected").at(-1);
+    assert.deepEqual([again.clientId, again.userId, again.recovered], [before, hello.userId, true]);
+    await reader.waitFor("dialogue:event", (e) => e.roomId === "r2" && e.seq === seq);
+    // Its triggers carry the same user as before.
+    const mine = await post(reader, "r2", "message", { from: "reader" });
+    const echoed = await reader.waitFor("dialogue:event", (e) => e.roomId === "r2" && e.seq === mine);
+    assert.equal(echoed.from, hello.userId);
+    reader.close();
+  }
+  writer.close();
+});

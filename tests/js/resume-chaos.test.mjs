@@ -17,7 +17,9 @@ const SECONDS = Number(process.env.CHAOS_SECONDS ?? 8);
 function reader(id) {
   const socket = io(PROXY_URL, {
     transports: ["websocket"],
-    auth: { userId: `reader-${id}` },
+    // Native resume is what this tests: connection-state recovery would restore the session
+    // before the join with `since` (tests/recovery.rs covers that path).
+    auth: { userId: `reader-${id}`, recovery: false },
     forceNew: true,
     reconnectionDelay: 50,
     reconnectionDelayMax: 300,

@@ -20,7 +20,8 @@ setTimeout(() => fail("took longer than 90 s"), 90_000).unref();
 function client(url, userId, onConnect) {
   const socket = io(url, {
     transports: ["websocket"],
-    auth: { userId },
+    // Native resume is what this tests (connection-state recovery: tests/recovery.rs).
+    auth: { userId, recovery: false },
     forceNew: true,
     reconnectionDelay: 50,
     reconnectionDelayMax: 300,

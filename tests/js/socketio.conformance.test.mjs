@@ -128,8 +128,8 @@ class Raw {
   async connect(auth) {
     this.send(auth === undefined ? "40" : `40${JSON.stringify(auth)}`);
     const frame = await this.next();
-    const m = /^40\{"sid":"([^"\\]+)"\}$/.exec(frame);
-    assert.ok(m, `expected 40{"sid":"…"}, got ${frame}`);
+    const m = /^40\{"sid":"([^"\\]+)"(?:,"pid":"[0-9a-f]{64}")?\}$/.exec(frame);
+    assert.ok(m, `expected 40{"sid":"…"} (or with the recovery "pid"), got ${frame}`);
     const sid = m[1];
     const userId = auth?.userId ?? sid;
     await this.expect(`42["dialogue:connected",${JSON.stringify({ clientId: sid, userId })}]`);
@@ -194,8 +194,8 @@ test("connect: 40 -> 40{sid} (a socket id, not the EIO sid), then dialogue:conne
   const hs = await raw.open();
   raw.send("40");
   const frame = await raw.next();
-  const m = /^40\{"sid":"([^"\\]+)"\}$/.exec(frame);
-  assert.ok(m, `expected exactly 40{"sid":"…"}, got ${frame}`);
+  const m = /^40\{"sid":"([^"\\]+)"(?:,"pid":"[0-9a-f]{64}")?\}$/.exec(frame);
+  assert.ok(m, `expected exactly 40{"sid":"…"} (or with the recovery "pid"), got ${frame}`);
   const sid = m[1];
   assert.notEqual(sid, hs.sid, "v5: the Socket.IO sid differs from the Engine.IO sid");
   // Open auth mode without userId: the connection id is the user id.
@@ -209,8 +209,8 @@ test("connect: 40{auth} carries the auth payload -> userId", async () => {
   await raw.open();
   raw.send('40{"userId":"x"}');
   const frame = await raw.next();
-  const m = /^40\{"sid":"([^"\\]+)"\}$/.exec(frame);
-  assert.ok(m, `expected exactly 40{"sid":"…"}, got ${frame}`);
+  const m = /^40\{"sid":"([^"\\]+)"(?:,"pid":"[0-9a-f]{64}")?\}$/.exec(frame);
+  assert.ok(m, `expected exactly 40{"sid":"…"} (or with the recovery "pid"), got ${frame}`);
   await raw.expect(`42["dialogue:connected",{"clientId":"${m[1]}","userId":"x"}]`);
   await raw.autoJoined();
   raw.close();
@@ -416,7 +416,7 @@ test("disconnect over HTTP long-polling: 41 keeps the session, 40 connects again
   assert.deepEqual(upgrades, ["websocket"]);
   await post(sid, '40{"userId":"poller"}');
   const [c1, conn1, joined1] = await read(sid, 3);
-  const s1 = /^40\{"sid":"([^"\\]+)"\}$/.exec(c1)?.[1];
+  const s1 = /^40\{"sid":"([^"\\]+)"(?:,"pid":"[0-9a-f]{64}")?\}$/.exec(c1)?.[1];
   assert.ok(s1, c1);
   assert.equal(conn1, `42["dialogue:connected",{"clientId":"${s1}","userId":"poller"}]`);
   assert.equal(joined1, '42["dialogue:joined",{"roomId":"general","roomName":"General"}]');
@@ -426,7 +426,7 @@ test("disconnect over HTTP long-polling: 41 keeps the session, 40 connects again
   await post(sid, "3");
   await post(sid, '40{"userId":"poller"}');
   const [c2, conn2] = await read(sid, 2);
-  const s2 = /^40\{"sid":"([^"\\]+)"\}$/.exec(c2)?.[1];
+  const s2 = /^40\{"sid":"([^"\\]+)"(?:,"pid":"[0-9a-f]{64}")?\}$/.exec(c2)?.[1];
   assert.ok(s2, c2);
   assert.equal(conn2, `42["dialogue:connected",{"clientId":"${s2}","userId":"poller"}]`);
   await post(sid, "1");

@@ -1,0 +1,323 @@
+//! Socket.IO connection-state recovery for the stock `socket.io-client` (≥ 4.6): the CONNECT
+//! answer carries a pid, history events an offset, and a client whose transport was lost gets
+//! its session back on its automatic reconnection — identity, rooms, subscriptions and every
+//! event it missed, exactly once, in order — across a chaos proxy, a graceful restart and a
+//! `kill -9`. Driven by the official Node client (`tests/js/recovery*.mjs`, `seed-*.mjs`).
+
+mod common;
+
+use common::proxy::ChaosProxy;
+use common::{run_node_tests, spawn_node_script, NodeProcess, TestServer};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Rooms for the behaviour tests: an autoJoin lobby, r1 with an event that keeps no history,
+/// r2 whose `note` keeps a window of 5 (a longer replay reads the database), r3 to leave.
+const RECOVERY: &str = r#"
+server: { host: 127.0.0.1, port: 0 }
+limits: { triggersPerSecond: 0, historyRequestsPerMinute: 0, subscriptionsPerMinute: 0 }
+recovery: { enabled: true, maxDisconnectionDuration: 120000 }
+events:
+  message: { history: { limit: 100 } }
+  note: { history: { limit: 5 } }
+  typing: { history: { enabled: false } }
+rooms:
+  lobby: { name: Lobby, events: [message], syncHistoryOnJoin: 10, autoJoin: true }
+  r1: { name: R1, events: [message, note, typing], syncHistoryOnJoin: 10 }
+  r2: { name: R2, events: [message, note], syncHistoryOnJoin: 10 }
+  r3: { name: R3, events: [message], syncHistoryOnJoin: 10 }
+"#;
+
+/// Two rooms with two history event types and an autoJoin room; small windows, so that
+/// replays after longer gaps come from the database.
+const CHAOS: &str = r#"
+server: { host: 127.0.0.1, port: 0 }
+database: { durability: stored }
+limits: { triggersPerSecond: 0, historyRequestsPerMinute: 0 }
+recovery: { enabled: true, maxDisconnectionDuration: 120000 }
+events:
+  message: { history: { limit: 20 } }
+  note: { history: { limit: 5 } }
+rooms:
+  r1: { name: R1, events: [message, note], syncHistoryOnJoin: 10 }
+  r2: { name: R2, events: [message, note], syncHistoryOnJoin: 10 }
+  lobby: { name: Lobby, events: [message], syncHistoryOnJoin: 10, autoJoin: true }
+"#;
+
+/// The seed document's chat room ("Client-Side Infinite Scroll"), with a window of 20 so
+/// that scrolling back reaches the database.
+const SEED: &str = r#"
+server: { host: 127.0.0.1, port: 0 }
+database: { durability: stored }
+limits: { triggersPerSecond: 0, historyRequestsPerMinute: 0 }
+recovery: { enabled: true }
+events:
+  message:
+    description: Chat message sent by a user
+    schema:
+      type: object
+      required: [text, username]
+      properties:
+        text: { type: string, minLength: 1, maxLength: 2000 }
+        username: { type: string }
+    history: { enabled: true, limit: 20 }
+rooms:
+  general: { name: General Chat, events: [message], syncHistoryOnJoin: 10 }
+"#;
+
+fn addr(server: &TestServer) -> SocketAddr {
+    format!("127.0.0.1:{}", server.port).parse().unwrap()
+}
+
+fn with_recovery(config: &str, recovery: &str) -> String {
+    config.replace(
+        "recovery: { enabled: true, maxDisconnectionDuration: 120000 }",
+        recovery,
+    )
+}
+
+fn assert_healthy(server: &mut TestServer) {
+    assert!(server.is_running(), "the server stopped");
+    assert!(!server.log_contains("panicked"), "the server panicked");
+}
+
+/// Waits for the script's RESULT line and its exit; panics with the transcript otherwise.
+fn result_of(node: &mut NodeProcess, limit: Duration) -> Value {
+    let line = node.wait_line("RESULT", limit);
+    let code = node.wait_exit(Duration::from_secs(10));
+    let line = line.unwrap_or_else(|| panic!("no RESULT:\n{}", node.transcript()));
+    assert_eq!(code, Some(0), "{}", node.transcript());
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("RESULT {line}: {e}"))
+}
+
+fn count(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+/// The CONNECT answer carries a pid and history events an offset; a session recovered after
+/// a lost transport keeps its identity, its rooms (the autoJoin one too), its subscriptions
+/// (an unsubscribed event stays so) and its left rooms left, and gets every event it missed
+/// once, in order, before live events, with no `dialogue:joined`/`dialogue:history` again;
+/// joining a restored room again is answered but replays nothing.
+#[test]
+fn recovered_session_keeps_rooms_subscriptions_and_leaves() {
+    let mut server = TestServer::start(RECOVERY);
+    server.wait_ready();
+    let results = run_node_tests("recovery.test.mjs", &server, &[]);
+    eprintln!("recovery.test.mjs: {results:?}");
+    assert_healthy(&mut server);
+}
+
+/// A pid only recovers for the identity it was given to: another user presenting it (with the
+/// offset) gets a new session in none of the victim's rooms; a made-up pid is a new session
+/// that works normally; a session expires `maxDisconnectionDuration` after its connection
+/// ended (1 s here; the client comes back after 3 s).
+#[test]
+fn pid_is_bound_to_identity_and_expires() {
+    let mut server = TestServer::start(RECOVERY);
+    let mut expiry = TestServer::start(&with_recovery(
+        RECOVERY,
+        "recovery: { enabled: true, maxDisconnectionDuration: 1000 }",
+    ));
+    server.wait_ready();
+    expiry.wait_ready();
+    let results = run_node_tests(
+        "recovery-identity.test.mjs",
+        &server,
+        &[("EXPIRY_URL", expiry.url.as_str())],
+    );
+    eprintln!("recovery-identity.test.mjs: {results:?}");
+    assert_healthy(&mut server);
+    assert_healthy(&mut expiry);
+}
+
+/// `recovery: {enabled: false}`: no pid in the CONNECT answer, no offset on events, a
+/// reconnection is a new session; without a `recovery` section it is on.
+#[test]
+fn recovery_can_be_turned_off() {
+    let mut off = TestServer::start(&with_recovery(RECOVERY, "recovery: { enabled: false }"));
+    let mut default = TestServer::start(&with_recovery(RECOVERY, ""));
+    off.wait_ready();
+    default.wait_ready();
+    run_node_tests(
+        "recovery-off.test.mjs",
+        &off,
+        &[("DEFAULT_URL", default.url.as_str())],
+    );
+    assert_healthy(&mut off);
+    assert_healthy(&mut default);
+}
+
+/// Stock-client readers behind a proxy that cuts their connections every 0.3–1.5 s, relying
+/// on the server's recovery alone, end with every event exactly once, in order; nearly every
+/// reconnection is recovered.
+#[test]
+fn stock_client_recovers_through_a_chaos_proxy() {
+    let mut server = TestServer::start(CHAOS);
+    server.wait_ready();
+    let proxy = ChaosProxy::start(
+        addr(&server),
+        Duration::from_millis(300),
+        Duration::from_millis(1500),
+    );
+    let results = run_node_tests(
+        "recovery-chaos.test.mjs",
+        &server,
+        &[("PROXY_URL", proxy.url().as_str())],
+    );
+    eprintln!("chaos: {results:?}");
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(
+        proxy.cuts() >= 6,
+        "the proxy cut {} connections",
+        proxy.cuts()
+    );
+    assert_healthy(&mut server);
+}
+
+/// The same readers (two behind the chaos proxy, two behind a steady one) and writers across a
+/// graceful restart and a `kill -9` (`durability: stored`): every event the server stored —
+/// every acked one among them — reaches every reader exactly once, in order; each reader's
+/// first connection to a restarted server is a recovered one.
+#[test]
+fn stock_client_recovers_across_a_restart_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let phase = dir.path().join("phase");
+    let mut server = TestServer::start_in(dir.path(), CHAOS, &[]);
+    server.wait_ready();
+    let chaos = ChaosProxy::start(
+        addr(&server),
+        Duration::from_millis(300),
+        Duration::from_millis(1500),
+    );
+    let hour = Duration::from_secs(3600);
+    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let phase_file = phase.to_string_lossy().into_owned();
+    let mut node = spawn_node_script(
+        "recovery-restart.mjs",
+        &server.url,
+        &[
+            ("CHAOS_URL", chaos.url().as_str()),
+            ("STEADY_URL", steady.url().as_str()),
+            ("PHASE_FILE", phase_file.as_str()),
+            ("SECONDS_TO_WRITE", "9"),
+        ],
+    );
+    assert!(
+        node.wait_line("READY", Duration::from_secs(30)).is_some(),
+        "clients joined:\n{}",
+        node.transcript()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, took) = server.terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "graceful stop after {took:?}");
+    // Written while no server runs: a reader's first connection after it is to the new one.
+    std::fs::write(&phase, "1").unwrap();
+    server = start_again(dir.path(), CHAOS, &[&chaos, &steady]);
+    std::thread::sleep(Duration::from_millis(2500));
+    server.kill9();
+    std::fs::write(&phase, "2").unwrap();
+    server = start_again(dir.path(), CHAOS, &[&chaos, &steady]);
+
+    let result = result_of(&mut node, Duration::from_secs(100));
+    eprintln!("restart and crash: {result}");
+    assert_eq!(result["problems"], serde_json::json!([]), "{result}");
+    assert!(count(&result, "acked") > 100, "{result}");
+    assert_eq!(count(&result, "noOffset"), 0, "{result}");
+    assert_eq!(result["resent"], serde_json::json!([]), "{result}");
+    let comebacks = result["comebacks"].as_object().unwrap();
+    for (reader, list) in comebacks {
+        let list = list.as_array().unwrap();
+        assert!(!list.is_empty(), "{reader} never came back: {result}");
+        if reader.starts_with("rs-steady") {
+            // Only the stops cut these connections: nothing excuses a new session.
+            let phases: Vec<u64> = list.iter().map(|c| c["phase"].as_u64().unwrap()).collect();
+            assert_eq!(phases, [1, 2], "{reader}: {result}");
+            for c in list {
+                assert_eq!(
+                    c["recovered"],
+                    Value::Bool(true),
+                    "{reader} after restart {}: {result}",
+                    c["phase"]
+                );
+            }
+        }
+    }
+    let (recovered, reconnects) = (count(&result, "recovered"), count(&result, "reconnects"));
+    assert!(
+        recovered * 5 >= reconnects * 4,
+        "most reconnections recovered: {result}"
+    );
+    assert_healthy(&mut server);
+}
+
+/// Starts the server again in `dir` and points the proxies at it.
+fn start_again(dir: &Path, config: &str, proxies: &[&ChaosProxy]) -> TestServer {
+    let server = TestServer::start_in(dir, config, &[]);
+    for p in proxies {
+        p.retarget(addr(&server));
+    }
+    server
+}
+
+/// The seed document's client flow ("Client-Side Infinite Scroll", `seed-flow.mjs` on the
+/// dialogue-ts client model `seed-client.mjs`, which joins its rooms again after every
+/// reconnection): chat, `kill -9` mid-chat, start again, chat more, scroll back to the first
+/// message. The list holds every stored message exactly once, newest first (every acked one
+/// with its text), and the reconnection was recovered.
+#[test]
+fn seed_client_flow_has_no_duplicates_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(dir.path(), SEED, &[]);
+    server.wait_ready();
+    let hour = Duration::from_secs(3600);
+    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let mut node = spawn_node_script(
+        "seed-flow.mjs",
+        &server.url,
+        &[
+            ("STEADY_URL", steady.url().as_str()),
+            ("SECONDS_TO_WRITE", "6"),
+            ("PRE", "60"),
+        ],
+    );
+    assert!(
+        node.wait_line("READY", Duration::from_secs(30)).is_some(),
+        "the seed client joined:\n{}",
+        node.transcript()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    server.kill9();
+    server = start_again(dir.path(), SEED, &[&steady]);
+
+    let result = result_of(&mut node, Duration::from_secs(90));
+    eprintln!("seed flow: {result}");
+    assert_eq!(result["problems"], serde_json::json!([]), "{result}");
+    assert_eq!(
+        count(&result, "historyAtJoin"),
+        10,
+        "join history: {result}"
+    );
+    assert_eq!(
+        count(&result, "histories"),
+        1,
+        "one dialogue:history, at the first join: {result}"
+    );
+    assert!(count(&result, "acked") > 90, "{result}");
+    assert_eq!(count(&result, "held"), count(&result, "newest"), "{result}");
+    let connects = result["connects"].as_array().unwrap();
+    assert!(connects.len() >= 2, "the client reconnected: {result}");
+    for c in &connects[1..] {
+        assert_eq!(c["recovered"], Value::Bool(true), "recovered: {result}");
+    }
+    for r in result["rejoins"].as_array().unwrap() {
+        assert_eq!(
+            r["ok"],
+            Value::Bool(true),
+            "a join again is answered ok: {result}"
+        );
+    }
+    assert_healthy(&mut server);
+}
