@@ -2,7 +2,7 @@
 //! connection gets its session back — identity, rooms, subscriptions — and every event it
 //! missed, even after the server restarted or crashed.
 //!
-//! - The CONNECT answer carries a `pid`: 128 random bits, the session's secret. Only its
+//! - The CONNECT answer carries a `pid`: 244 random bits, the session's secret. Only its
 //!   SHA-256 is stored (`sessions` table), with the user id it is bound to.
 //! - Every `dialogue:event` of an event type with history carries an **offset** as its last
 //!   argument: the positions ([`Offsets`]) of every (room, event) stream this session has
@@ -57,6 +57,10 @@ pub struct SessionRoom {
     /// Per event with history: the seq the member had when it joined (or subscribed);
     /// nothing up to it is owed by a recovery.
     pub base: BTreeMap<String, u64>,
+    /// The room's epoch when joined: after an unclean stop, `accepted` positions beyond what
+    /// the store kept are not replayed from (the room is joined afresh).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// What a session keeps in the database.
@@ -87,7 +91,7 @@ impl SessionState {
     }
 }
 
-/// A new session secret: 128 bits from the OS generator (two v4 UUIDs' random bits), hex.
+/// A new session secret: 244 bits from the OS generator (two v4 UUIDs' random bits), hex.
 pub fn new_pid() -> String {
     format!(
         "{}{}",
@@ -143,15 +147,16 @@ impl Offsets {
         }
     }
 
-    /// Starts from the positions a recovering client sent back.
-    pub fn seeded(max_streams: usize, positions: Positions) -> Self {
+    /// Starts from the positions a recovering client sent back; `None` if they name more
+    /// than `max_streams` streams (no offset the server sent could).
+    pub fn seeded(max_streams: usize, positions: Positions) -> Option<Self> {
         let streams = positions.values().map(BTreeMap::len).sum();
-        Offsets {
+        (streams <= max_streams).then_some(Offsets {
             positions,
             streams,
             max_streams,
             off: false,
-        }
+        })
     }
 
     /// The positions of room `slot`.
@@ -377,7 +382,10 @@ impl SessionStore {
     }
 
     fn send(&self, write: SessionWrite, done: Option<oneshot::Sender<()>>) -> Result<(), String> {
-        if self.waiting.load(Ordering::Relaxed) >= MAX_WAITING_WRITES {
+        // Saves are refused beyond the bound; the small writes that end or expire a session
+        // never are (a session must not stay recoverable because its end was dropped).
+        let save = matches!(write, SessionWrite::Save { .. });
+        if save && self.waiting.load(Ordering::Relaxed) >= MAX_WAITING_WRITES {
             return Err("too many session writes wait for the database".to_owned());
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
@@ -395,6 +403,14 @@ impl SessionStore {
         let _ = self.send(write, None);
     }
 
+    /// A connection holds the session again (a recovery): it does not expire meanwhile.
+    pub fn connected(&self, pid_hash: &str) {
+        let write = SessionWrite::Connected {
+            pid_hash: pid_hash.to_owned(),
+        };
+        let _ = self.send(write, None);
+    }
+
     /// The session ended for good (the client disconnected on purpose).
     pub fn delete(&self, pid_hash: &str) {
         let write = SessionWrite::Delete {
@@ -403,12 +419,16 @@ impl SessionStore {
         let _ = self.send(write, None);
     }
 
-    /// The session with this pid hash if it is still recoverable.
+    /// The session with this pid hash if it is still recoverable; an error when the
+    /// database is away or does not answer within [`SAVE_TIMEOUT`].
     pub async fn load(&self, pid_hash: &str) -> Result<Option<StoredSession>, String> {
-        let Some((user_id, state, disconnected_at)) = store::load_session(&self.db, pid_hash)
+        if !self.available.load(Ordering::Relaxed) {
+            return Err("the database is not available".to_owned());
+        }
+        let loaded = tokio::time::timeout(SAVE_TIMEOUT, store::load_session(&self.db, pid_hash))
             .await
-            .map_err(|e| e.to_string())?
-        else {
+            .map_err(|_| "the database did not answer in time".to_owned())?;
+        let Some((user_id, state, disconnected_at)) = loaded.map_err(|e| e.to_string())? else {
             return Ok(None);
         };
         let max_age = self.config.max_disconnection_duration as i64;
@@ -481,6 +501,10 @@ async fn write_loop(
             writes.push(write);
             waiters.extend(waiter);
         }
+        // While the database is away, only the last save of each session is kept.
+        let before = writes.len();
+        coalesce(&mut writes);
+        waiting.fetch_sub(before - writes.len(), Ordering::Relaxed);
         match store::write_sessions(&db, &writes, now_ms()).await {
             Ok(()) => {
                 if !available.swap(true, Ordering::Relaxed) {
@@ -504,6 +528,22 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// Drops every save that a later save or delete of the same session makes pointless, keeping
+/// the order of what remains.
+fn coalesce(writes: &mut Vec<SessionWrite>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = vec![true; writes.len()];
+    for (i, write) in writes.iter().enumerate().rev() {
+        if let SessionWrite::Save { pid_hash, .. } | SessionWrite::Delete { pid_hash } = write {
+            if !seen.insert(pid_hash.clone()) && matches!(write, SessionWrite::Save { .. }) {
+                keep[i] = false;
+            }
+        }
+    }
+    let mut keep = keep.into_iter();
+    writes.retain(|_| keep.next().unwrap_or(true));
 }
 
 #[cfg(test)]
@@ -548,6 +588,41 @@ mod tests {
         o.advance(0, "b", 1);
         o.forget(0);
         assert!(matches!(o.advance(1, "a", 5), Advance::Offset(t) if t == "1.a.5"));
+    }
+
+    #[test]
+    fn only_the_last_save_of_a_session_is_kept() {
+        let save = |pid: &str, state: &str| SessionWrite::Save {
+            pid_hash: pid.into(),
+            user_id: "u".into(),
+            state: state.into(),
+        };
+        let mut writes = vec![
+            save("a", "1"),
+            save("b", "1"),
+            SessionWrite::Disconnected {
+                pid_hash: "a".into(),
+                at_ms: 5,
+            },
+            save("a", "2"),
+            SessionWrite::Delete {
+                pid_hash: "b".into(),
+            },
+            save("a", "3"),
+        ];
+        coalesce(&mut writes);
+        let shape: Vec<String> = writes
+            .iter()
+            .map(|w| match w {
+                SessionWrite::Save {
+                    pid_hash, state, ..
+                } => format!("save {pid_hash} {state}"),
+                SessionWrite::Delete { pid_hash } => format!("delete {pid_hash}"),
+                SessionWrite::Disconnected { pid_hash, .. } => format!("gone {pid_hash}"),
+                SessionWrite::Connected { pid_hash } => format!("back {pid_hash}"),
+            })
+            .collect();
+        assert_eq!(shape, ["gone a", "delete b", "save a 3"]);
     }
 
     #[test]

@@ -956,6 +956,8 @@ pub enum SessionWrite {
     Disconnected { pid_hash: String, at_ms: i64 },
     /// Gone for good (expired, not recoverable any more).
     Delete { pid_hash: String },
+    /// A connection holds it again (a recovery).
+    Connected { pid_hash: String },
 }
 
 /// Applies the changes in one transaction, in order.
@@ -994,6 +996,11 @@ pub async fn write_sessions(
                 backend,
                 "DELETE FROM sessions WHERE pid_hash = $1",
                 vec![pid_hash.as_str().into()],
+            ),
+            SessionWrite::Connected { pid_hash } => stmt(
+                backend,
+                "UPDATE sessions SET disconnected_at = NULL, updated_at = $1 WHERE pid_hash = $2",
+                vec![now_ms.into(), pid_hash.as_str().into()],
             ),
         };
         txn.execute_raw(statement).await?;

@@ -7,7 +7,7 @@
 mod common;
 
 use common::proxy::ChaosProxy;
-use common::{run_node_tests, spawn_node_script, NodeProcess, TestServer};
+use common::{lock_sqlite, run_node_tests, spawn_node_script, NodeProcess, TestServer};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,7 +28,161 @@ rooms:
   r1: { name: R1, events: [message, note, typing], syncHistoryOnJoin: 10 }
   r2: { name: R2, events: [message, note], syncHistoryOnJoin: 10 }
   r3: { name: R3, events: [message], syncHistoryOnJoin: 10 }
+  r4: { name: R4, events: [typing] }
+  small: { name: Small, events: [message], maxSize: 1 }
 "#;
+
+/// Review findings, each with the test that failed before its fix: a room whose events keep
+/// no history is restored; a restored room that refuses the member is left with
+/// `dialogue:left` and the error.
+#[test]
+fn recovery_edges() {
+    let mut server = TestServer::start(RECOVERY);
+    run_node_tests("recovery-edges.test.mjs", &server, &[]);
+    assert_healthy(&mut server);
+}
+
+const JWT: &str = r#"
+server: { host: 127.0.0.1, port: 0 }
+auth:
+  mode: jwt
+  jwt: { algorithm: HS256, secret: "recovery-secret-0123456789abcdef0123456789" }
+limits: { triggersPerSecond: 0 }
+events:
+  message: { history: { limit: 100 } }
+rooms:
+  r2: { name: R2, events: [message] }
+"#;
+
+/// A recovered session takes its old socket id back; its token's expiry still ends it
+/// (the expiry timer once followed the socket id it was set for, and never fired).
+#[test]
+fn a_recovered_jwt_session_still_ends_when_its_token_expires() {
+    let mut server = TestServer::start(JWT);
+    run_node_tests("recovery-edges.test.mjs", &server, &[("EDGE_MODE", "jwt")]);
+    assert_healthy(&mut server);
+}
+
+/// A session recovered and then connected for longer than `maxDisconnectionDuration` stays
+/// recoverable: its row is marked connected again (it kept the time of the first cut, and
+/// a start after a crash deleted it as expired).
+#[test]
+fn a_recovered_session_stays_recoverable_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_recovery(
+        RECOVERY,
+        "recovery: { enabled: true, maxDisconnectionDuration: 1500 }",
+    );
+    let mut server = TestServer::start_in(dir.path(), &config, &[]);
+    server.wait_ready();
+    let hour = Duration::from_secs(3600);
+    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let mut node = spawn_node_script(
+        "recovery-idle.mjs",
+        &server.url,
+        &[("STEADY_URL", steady.url().as_str())],
+    );
+    assert!(
+        node.wait_line("RECOVERED", Duration::from_secs(30))
+            .is_some(),
+        "{}",
+        node.transcript()
+    );
+    // Connected (recovered) for longer than maxDisconnectionDuration, then a crash.
+    std::thread::sleep(Duration::from_millis(3000));
+    server.kill9();
+    server = start_again(dir.path(), &config, &[&steady]);
+    let result = result_of(&mut node, Duration::from_secs(30));
+    assert_eq!(result["recovered"], Value::Bool(true), "{result}");
+    assert_eq!(result["seqs"], serde_json::json!([1, 2, 3]), "{result}");
+    assert_healthy(&mut server);
+}
+
+/// `accepted` events a crash lost, whose seqs the room then gives to new events: neither a
+/// recovered session nor a native join with the old epoch skips the new ones.
+#[test]
+fn accepted_seqs_lost_in_a_crash_are_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("epoch.db").display()
+    );
+    let config = format!(
+        r#"
+server: {{ host: 127.0.0.1, port: 0 }}
+database: {{ url: "{url}", durability: accepted }}
+limits: {{ triggersPerSecond: 0, historyRequestsPerMinute: 0 }}
+events:
+  message: {{ history: {{ limit: 100 }} }}
+rooms:
+  r2: {{ name: R2, events: [message], syncHistoryOnJoin: 50 }}
+"#
+    );
+    let mut server = TestServer::start_in(dir.path(), &config, &[]);
+    server.wait_ready();
+    let hour = Duration::from_secs(3600);
+    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let phase = dir.path().join("phase");
+    let phase_file = phase.to_string_lossy().into_owned();
+    let mut node = spawn_node_script(
+        "recovery-epoch.mjs",
+        &server.url,
+        &[
+            ("STEADY_URL", steady.url().as_str()),
+            ("PHASE_FILE", phase_file.as_str()),
+        ],
+    );
+    assert!(
+        node.wait_line("READY", Duration::from_secs(30)).is_some(),
+        "{}",
+        node.transcript()
+    );
+    let unlock = lock_sqlite(&url);
+    std::fs::write(&phase, "locked").unwrap();
+    assert!(
+        node.wait_line("SENT", Duration::from_secs(30)).is_some(),
+        "{}",
+        node.transcript()
+    );
+    server.kill9();
+    unlock();
+    server = start_again(dir.path(), &config, &[&steady]);
+    std::fs::write(&phase, "restarted").unwrap();
+    let result = result_of(&mut node, Duration::from_secs(60));
+    eprintln!("epoch: {result}");
+    assert_eq!(
+        result["fresh"],
+        serde_json::json!([1, 2, 3, 4, 5, 6]),
+        "{result}"
+    );
+    assert_eq!(result["recovered"], Value::Bool(true), "{result}");
+    assert_eq!(
+        result["joinedResume"]["resumed"],
+        Value::Bool(false),
+        "{result}"
+    );
+    assert_eq!(
+        result["joinedResume"]["reason"], "UNKNOWN_POSITION",
+        "{result}"
+    );
+    // Joined afresh: the new events, newest first, all of epoch 1; nothing replayed.
+    let history: Vec<Value> = (1..=6)
+        .rev()
+        .map(|seq| serde_json::json!([seq, 1, false]))
+        .collect();
+    assert_eq!(result["historySeqs"], Value::Array(history), "{result}");
+    assert_eq!(result["replayed"], serde_json::json!([]), "{result}");
+    assert_eq!(
+        result["nativeOld"]["reason"], "UNKNOWN_POSITION",
+        "{result}"
+    );
+    assert_eq!(
+        result["nativeNow"]["resumed"],
+        Value::Bool(true),
+        "{result}"
+    );
+    assert_healthy(&mut server);
+}
 
 /// Two rooms with two history event types and an autoJoin room; small windows, so that
 /// replays after longer gaps come from the database.

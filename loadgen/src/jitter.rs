@@ -66,6 +66,9 @@ struct CrowdOptions<'a> {
     reconnect_delay: Duration,
     concurrency: usize,
     recovery: bool,
+    /// Newest seq acknowledged per room (jitter), for the replay timing of recovered
+    /// receivers.
+    acked: Option<&'a HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl Crowd {
@@ -97,6 +100,9 @@ impl Crowd {
                 reconnect_delay: o.reconnect_delay,
                 seed: 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1),
                 recovery: o.recovery,
+                acked: o
+                    .acked
+                    .and_then(|a| a.get(&o.rooms[i % o.rooms.len()]).cloned()),
             };
             let gate = gate.clone();
             tokio::spawn(async move { task.run(gate).await });
@@ -204,6 +210,11 @@ async fn newest_seqs(
 }
 
 pub async fn run(o: Options) -> Result<Value, String> {
+    let acked: HashMap<String, Arc<AtomicU64>> = o
+        .rooms
+        .iter()
+        .map(|room| (room.clone(), Arc::new(AtomicU64::new(0))))
+        .collect();
     let crowd = Crowd::start(CrowdOptions {
         url: &o.url,
         rooms: &o.rooms,
@@ -214,6 +225,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
         reconnect_delay: o.reconnect_delay,
         concurrency: o.concurrency,
         recovery: o.recovery,
+        acked: Some(&acked),
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -238,11 +250,21 @@ pub async fn run(o: Options) -> Result<Value, String> {
         let room = &o.rooms[n as usize % o.rooms.len()];
         let data = json!({ "text": format!("jitter {n}"), "username": "sender" });
         let payload = json!({ "roomId": room, "event": o.event, "data": data });
-        acks.push(c.send_request("dialogue:trigger", &payload)?);
+        let ack = c.send_request("dialogue:trigger", &payload)?;
+        let newest = acked[room].clone();
+        acks.push(tokio::spawn(async move {
+            match ack.await {
+                Ok(v) if v["ok"] == json!(true) => {
+                    newest.fetch_max(v["seq"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    true
+                }
+                _ => false,
+            }
+        }));
     }
     let mut refused = 0u64;
     for ack in acks {
-        if !matches!(ack.await, Ok(v) if v["ok"] == json!(true)) {
+        if !matches!(ack.await, Ok(true)) {
             refused += 1;
         }
     }
@@ -326,6 +348,7 @@ pub async fn storm(o: StormOptions) -> Result<Value, String> {
         reconnect_delay: Duration::from_millis(100),
         concurrency: o.concurrency,
         recovery: o.recovery,
+        acked: None,
     })
     .await?;
     let sending = Arc::new(AtomicBool::new(true));
@@ -456,6 +479,9 @@ struct Receiver {
     reconnect_delay: Duration,
     seed: u64,
     recovery: bool,
+    /// The newest seq acknowledged to the senders in this receiver's room (jitter only): a
+    /// recovered receiver that is behind it missed events, and times their replay.
+    acked: Option<Arc<AtomicU64>>,
 }
 
 impl Receiver {
@@ -492,12 +518,29 @@ impl Receiver {
             }
             let mut replay_cut: Option<Instant>;
             if recovered {
-                // The session is back with its room; what it missed comes first.
+                // The session is back with its room; what it missed comes first. Events
+                // acknowledged before now that it does not have are what it missed.
+                let held = self
+                    .seen
+                    .lock()
+                    .map_or(0, |s| s.seqs.iter().copied().max().unwrap_or(0));
+                let behind = self
+                    .acked
+                    .as_ref()
+                    .is_some_and(|a| a.load(Ordering::Relaxed) > held);
+                replay_cut = cut_at.take().filter(|_| behind);
+                // The rooms are restored before any request is answered: a join (harmless for
+                // a member) answers once the replay is queued, as a join with `since` does.
+                let Ok(_) = client
+                    .request("dialogue:join", &json!({ "roomId": self.room }))
+                    .await
+                else {
+                    continue;
+                };
                 if let Ok(mut s) = self.seen.lock() {
                     s.connects += 1;
                     s.last_resumed = Some(Instant::now());
                 }
-                replay_cut = cut_at.take();
             } else {
                 if !self.recovery {
                     offset = None;
@@ -517,9 +560,12 @@ impl Receiver {
                 drop(permit);
                 if let Ok(mut s) = self.seen.lock() {
                     s.connects += 1;
+                    // With recovery, a reconnect that was not recovered counts as refused even
+                    // when its fallback join with `since` resumed.
                     if ack["resume"]["resumed"] == json!(false) || (self.recovery && !first) {
                         s.refused_resumes += 1;
-                    } else if ack["resume"]["resumed"] == json!(true) {
+                    }
+                    if ack["resume"]["resumed"] == json!(true) {
                         s.last_resumed = Some(Instant::now());
                     }
                 }
@@ -533,12 +579,12 @@ impl Receiver {
             loop {
                 let next = tokio::time::timeout_at(until, client.next_event()).await;
                 let Ok(Some(event)) = next else { break };
-                let Some((seq, at)) = seq_of(event.data(), &self.event) else {
-                    continue;
-                };
+                let (seq, at) = seq_of(event.data(), &self.event);
+                // socket.io-client keeps the offset of any event that carries one.
                 if at.is_some() {
                     offset = at;
                 }
+                let Some(seq) = seq else { continue };
                 if let Some(at) = replay_cut {
                     self.replay_us.record(at.elapsed().as_micros() as u64);
                     replay_cut = None;
@@ -571,13 +617,20 @@ impl Receiver {
 }
 
 /// The seq of a `dialogue:event` of `event` (`["dialogue:event", {…}, offset?]` text), and
-/// its connection-state recovery offset when it carries one.
-fn seq_of(data: &str, event: &str) -> Option<(u64, Option<String>)> {
-    let v: Value = serde_json::from_str(data).ok()?;
-    let e = v.get(1)?;
-    if v.get(0)? != "dialogue:event" || e.get("event")? != event {
-        return None;
-    }
-    let offset = v.get(2).and_then(Value::as_str).map(str::to_owned);
-    Some((e.get("seq")?.as_u64()?, offset))
+/// the connection-state recovery offset of any event that carries one (its last argument).
+fn seq_of(data: &str, event: &str) -> (Option<u64>, Option<String>) {
+    let Ok(v) = serde_json::from_str::<Value>(data) else {
+        return (None, None);
+    };
+    let items = v.as_array().map_or(&[][..], Vec::as_slice);
+    let offset = items
+        .last()
+        .filter(|_| items.len() > 2)
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let seq = items
+        .get(1)
+        .filter(|e| items.first().is_some_and(|n| n == "dialogue:event") && e["event"] == event)
+        .and_then(|e| e["seq"].as_u64());
+    (seq, offset)
 }

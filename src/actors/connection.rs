@@ -123,9 +123,11 @@ enum Done {
         ack: Option<u64>,
         spec: JoinSpec,
     },
-    /// A recovered session's room no longer exists.
+    /// A recovered session's room could not be joined again: it is gone, or refused the join
+    /// (`error`).
     RoomGone {
         room_id: String,
+        error: Option<DialogueError>,
     },
     Left {
         room_id: String,
@@ -166,6 +168,13 @@ struct JoinSpec {
     /// The room's slot in the recoverable session.
     slot: Option<u32>,
     subscriptions: Option<recovery::SubscriptionSpec>,
+    /// The room's epoch the positions in `since` belong to.
+    epoch: Option<u64>,
+}
+
+enum TransportKind {
+    WebSocket,
+    Polling,
 }
 
 /// How a session talks to its client.
@@ -231,6 +240,11 @@ pub struct Connection {
     session: Option<Recoverable>,
     /// A CONNECT is being completed (its session is being looked up).
     connecting: bool,
+    /// The connection began on HTTP long-polling (and may have upgraded since).
+    began_polling: bool,
+    /// Counts Socket.IO sessions on this connection (a `41` and a new CONNECT start another):
+    /// work of an ended one must not touch the next.
+    generation: u64,
 }
 
 impl Connection {
@@ -248,6 +262,10 @@ impl Connection {
         recovery: Option<SessionStore>,
     ) -> Self {
         let limits = &settings.config.limits;
+        let transport_kind = match &transport {
+            Transport::WebSocket(_) => TransportKind::WebSocket,
+            Transport::Polling { .. } => TransportKind::Polling,
+        };
         Connection {
             id,
             sid,
@@ -276,9 +294,11 @@ impl Connection {
             client_closed: false,
             connect_timer: None,
             _ip_slot: ip_slot,
+            began_polling: matches!(transport_kind, TransportKind::Polling),
             recovery,
             session: None,
             connecting: false,
+            generation: 0,
         }
     }
 
@@ -318,6 +338,10 @@ impl Connection {
     /// The handle rooms deliver through: the WebSocket queue itself on a WebSocket session.
     fn outbox(&self, ctx: &Context<Self>) -> Outbox {
         let direct = match &self.transport {
+            // A recoverable session that began on polling keeps every room on the actor's
+            // route: its offsets must follow one order, and rooms joined while polling
+            // deliver through the actor for good.
+            Transport::WebSocket(_) if self.began_polling && self.session.is_some() => None,
             Transport::WebSocket(sink) => Some(sink.queue()),
             Transport::Polling { .. } => None,
         };
@@ -519,9 +543,15 @@ impl Connection {
     /// `recovery.maxDisconnectionDuration`; otherwise (the client or its token ended it) it
     /// is deleted.
     fn disconnect_socket(&mut self, recoverable: bool) {
+        self.generation += 1;
         if let (Some(session), Some(store)) = (self.session.take(), &self.recovery) {
+            let off = session
+                .offsets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_off();
             if store.release(&session.hash, self.id) && session.saved {
-                if recoverable {
+                if recoverable && !off {
                     store.disconnected(&session.hash);
                 } else {
                     store.delete(&session.hash);
@@ -688,19 +718,26 @@ impl Connection {
         recovered: Option<(String, StoredSession, recovery::Positions)>,
     ) {
         let user_id = identity.user_id.clone();
-        if let Some(expires) = identity.expires_at_ms() {
-            self.expire_at(ctx, expires);
-        }
+        let expires = identity.expires_at_ms();
         self.hooks.on_connected(&identity);
         self.identity = Some(identity);
         crate::metrics::METRICS.connections.inc();
         let mut restore = None;
         if let Some(store) = self.recovery.as_ref().filter(|_| recoverable) {
             let max_streams = store.config.max_streams;
-            let session = match recovered {
-                Some((pid, stored, mut positions)) => {
-                    // Positions of rooms the session left since mean nothing now.
-                    positions.retain(|slot, _| stored.state.rooms.iter().any(|r| r.slot == *slot));
+            let seeded = recovered.and_then(|(pid, mut stored, mut positions)| {
+                // A slot the offset names was given out, saved or not (a crash between a
+                // join and its save): never give it out again.
+                if let Some(&last) = positions.keys().next_back() {
+                    stored.state.next_slot = stored.state.next_slot.max(last.saturating_add(1));
+                }
+                // Positions of rooms the session left since mean nothing now.
+                positions.retain(|slot, _| stored.state.rooms.iter().any(|r| r.slot == *slot));
+                let offsets = Offsets::seeded(max_streams, positions)?;
+                Some((pid, stored, offsets))
+            });
+            let session = match seeded {
+                Some((pid, stored, offsets)) => {
                     restore = Some(stored.state.rooms.clone());
                     if let Some(id) = &stored.state.socket_id {
                         self.socket_id = id.clone();
@@ -710,11 +747,13 @@ impl Connection {
                         self.id,
                         stored.disconnected_at
                     );
+                    let hash = recovery::pid_hash(&pid);
+                    store.connected(&hash);
                     Recoverable {
-                        hash: recovery::pid_hash(&pid),
+                        hash,
                         pid,
                         state: stored.state,
-                        offsets: Arc::new(Mutex::new(Offsets::seeded(max_streams, positions))),
+                        offsets: Arc::new(Mutex::new(offsets)),
                         saved: true,
                     }
                 }
@@ -737,6 +776,10 @@ impl Connection {
                 old.do_send(ToConnection::TakenOver);
             }
             self.session = Some(session);
+        }
+        // After the socket id is final (a recovered session takes its old one back).
+        if let Some(expires) = expires {
+            self.expire_at(ctx, expires);
         }
         let pid = self.session.as_ref().map(|s| s.pid.as_str());
         let connect = socketio::encode_connect(&self.socket_id, pid);
@@ -872,7 +915,11 @@ impl Connection {
             ctx.spawn(fut.into_actor(self).map(|done, act, ctx| {
                 if let Some((save, after)) = act.finish(ctx, done) {
                     // The answer waits until the session is saved.
+                    let generation = act.generation;
                     ctx.spawn(save.into_actor(act).map(move |saved, act, ctx| {
+                        if act.generation != generation {
+                            return; // that Socket.IO session ended meanwhile
+                        }
                         act.after_save(ctx, after, saved);
                         act.busy = false;
                         act.process_next(ctx);
@@ -968,6 +1015,7 @@ impl Connection {
                     since,
                     slot: self.slot_for(&room_id),
                     subscriptions: None,
+                    epoch: None,
                 };
                 return Box::pin(join(room, room_id, spec, conn, identity, outbox, None));
             }
@@ -977,6 +1025,7 @@ impl Connection {
                     since: Some(self.restore_since(&saved)),
                     slot: Some(saved.slot),
                     subscriptions: Some(saved.subscriptions),
+                    epoch: Some(saved.epoch),
                 };
                 let room_id = saved.room;
                 return Box::pin(async move {
@@ -989,7 +1038,10 @@ impl Connection {
                         .flatten();
                     match found {
                         Some(room) => join(room, room_id, spec, conn, identity, outbox, None).await,
-                        None => Done::RoomGone { room_id },
+                        None => Done::RoomGone {
+                            room_id,
+                            error: None,
+                        },
                     }
                 });
             }
@@ -1004,6 +1056,7 @@ impl Connection {
                     since: r.since,
                     slot: self.slot_for(&r.room_id),
                     subscriptions: None,
+                    epoch: r.epoch,
                 };
                 Box::pin(async move {
                     let room = match known {
@@ -1240,8 +1293,14 @@ impl Connection {
                     self.send(ctx, frame);
                 }
             }
-            Done::RoomGone { room_id } => {
-                log::debug!("connection {}: room '{room_id}' is gone", self.id);
+            Done::RoomGone { room_id, error } => {
+                // The client believes it is still in the room: tell it otherwise.
+                log::debug!("connection {}: room '{room_id}' not restored", self.id);
+                if let Some(error) = &error {
+                    self.reply_error(ctx, None, error);
+                }
+                let left = to_json(&serde_json::json!({ "roomId": room_id }));
+                self.emit(ctx, "dialogue:left", &left);
                 if self.session_left(&room_id) {
                     return self.save_session().map(|save| (save, None));
                 }
@@ -1354,7 +1413,7 @@ impl Connection {
         let (Some(session), Some(slot)) = (self.session.as_mut(), spec.slot) else {
             return false;
         };
-        if outcome.positions.is_empty() {
+        if !outcome.added {
             return false; // a member already: nothing changed
         }
         let resumed = outcome
@@ -1366,14 +1425,17 @@ impl Connection {
         let mut base = outcome.positions;
         if spec.kind == JoinKind::Restore {
             if resumed {
-                return false; // replayed from where the client was: the saved base holds
+                // Replayed from where the client was: the saved base holds; the room's epoch
+                // is the one its offsets follow now.
+                return match session.state.room_mut(room_id) {
+                    Some(saved) if saved.epoch != outcome.epoch => {
+                        saved.epoch = outcome.epoch;
+                        true
+                    }
+                    _ => false,
+                };
             }
-            // Joined afresh, with the join history: the old positions mean nothing now.
-            session
-                .offsets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .forget(slot);
+            // Joined afresh, with the join history (the room reset the slot's positions).
         } else if resumed {
             // A native resume replays from the client's positions: those are its base.
             for (event, seen) in spec.since.iter().flatten() {
@@ -1390,6 +1452,7 @@ impl Connection {
                 .subscriptions
                 .unwrap_or(recovery::SubscriptionSpec::All),
             base,
+            epoch: outcome.epoch,
         });
         true
     }
@@ -1504,6 +1567,7 @@ async fn join(
         slot: spec.slot,
         subscriptions: spec.subscriptions.clone(),
         quiet: spec.kind == JoinKind::Restore,
+        epoch: spec.epoch,
     };
     match room.send(asked).await {
         Ok(Ok(outcome)) => Done::Joined {
@@ -1513,7 +1577,15 @@ async fn join(
             ack,
             spec,
         },
+        Ok(Err(error)) if spec.kind == JoinKind::Restore => Done::RoomGone {
+            room_id,
+            error: Some(error),
+        },
         Ok(Err(error)) => Done::Failed { error, ack },
+        Err(_) if spec.kind == JoinKind::Restore => Done::RoomGone {
+            room_id,
+            error: None,
+        },
         Err(_) => Done::Failed {
             error: DialogueError::room_not_found(&room_id),
             ack,

@@ -175,8 +175,11 @@ pub struct Join {
     /// Subscriptions to restore (a recovered session) instead of the room's defaults.
     pub subscriptions: Option<crate::recovery::SubscriptionSpec>,
     /// A recovered session: no `dialogue:joined` when the replay succeeds (the client never
-    /// left); a replay that cannot be served joins afresh, with `dialogue:joined` and history.
+    /// left); a replay that cannot be served joins afresh, with `dialogue:joined` and history
+    /// (and the slot's offset positions start again).
     pub quiet: bool,
+    /// The room's epoch the positions in `since` belong to.
+    pub epoch: Option<u64>,
 }
 
 /// What a join did.
@@ -189,6 +192,10 @@ pub struct JoinOutcome {
     pub positions: std::collections::BTreeMap<String, u64>,
     /// The member's subscriptions.
     pub subscriptions: Option<crate::recovery::SubscriptionSpec>,
+    /// The member was added (false: it was a member already, nothing changed).
+    pub added: bool,
+    /// The room's epoch.
+    pub epoch: u64,
 }
 
 /// Removes a member; the room sends `dialogue:left`.

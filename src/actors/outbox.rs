@@ -73,6 +73,17 @@ impl Outbox {
         }
     }
 
+    /// Forgets the session's positions in room `slot` (it joins that room afresh), in queue
+    /// order with the frames around it.
+    pub fn forget_positions(&self, slot: u32) {
+        if let Some(offsets) = &self.offsets {
+            offsets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget(slot);
+        }
+    }
+
     fn with_offset(
         &self,
         offsets: &Mutex<Offsets>,

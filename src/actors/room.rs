@@ -256,6 +256,9 @@ pub struct RoomActor {
     owner: Arc<str>,
     /// The room's epoch, from the lease (grows after an unclean stop).
     epoch: u64,
+    /// After an unclean stop: per event, the last seq the store had, where numbering went on.
+    /// An `accepted` position beyond it (from an older epoch) names an event that was lost.
+    epoch_floor: HashMap<String, u64>,
     /// High-water marks of events without history not created yet (`"*"` rooms).
     restored_counters: HashMap<String, u64>,
     /// Accepted this drain, not yet handed to the store: sent once the mailbox is drained (a
@@ -320,6 +323,7 @@ impl RoomActor {
             hooks,
             owner: uuid::Uuid::new_v4().simple().to_string().into(),
             epoch: 0,
+            epoch_floor: HashMap::new(),
             restored_counters: HashMap::new(),
             unsent: Unsent::default(),
             hand_over_scheduled: false,
@@ -586,6 +590,10 @@ impl RoomActor {
         let subscriptions = self.subscriptions_of(&mut msg);
         // A recovered session that gets its replay never left: nothing to announce.
         let replayed = matches!(history, JoinHistory::Replay(_));
+        if let (true, false, Some(slot)) = (msg.quiet, replayed, msg.slot) {
+            // Joined afresh: what the session had of this room means nothing now.
+            msg.outbox.forget_positions(slot);
+        }
         if !(msg.quiet && replayed) {
             self.send_to(
                 &msg.outbox,
@@ -631,6 +639,8 @@ impl RoomActor {
             resume,
             positions,
             subscriptions: Some(spec),
+            added: true,
+            epoch: self.epoch,
         })
     }
 
@@ -713,6 +723,9 @@ impl RoomActor {
             } else {
                 window.last_seq
             };
+            if restore.epoch > 0 {
+                self.epoch_floor.insert(name.to_string(), last_seq);
+            }
             state.history = Some(EventHistory::restore(
                 limit,
                 state.def.history_max_bytes,
@@ -815,7 +828,11 @@ impl Handler<Join> for RoomActor {
         if let Some(member) = self.members.get(&msg.conn) {
             // Joining twice is harmless: confirm again, change nothing.
             self.send_to(&member.outbox, "dialogue:joined", &self.joined_json(None));
-            return Box::pin(async { Ok(JoinOutcome::default()) });
+            let outcome = JoinOutcome {
+                epoch: self.epoch,
+                ..JoinOutcome::default()
+            };
+            return Box::pin(async move { Ok(outcome) });
         }
         if let Err(e) = self.hooks.before_join(&msg.identity, &self.shared.info()) {
             return Box::pin(async move { Err(e) });
@@ -969,6 +986,24 @@ impl RoomActor {
             else {
                 continue;
             };
+            let lost_tail = msg.epoch.is_some_and(|e| e < self.epoch)
+                && !state.stored()
+                && self
+                    .epoch_floor
+                    .get(name.as_str())
+                    .is_some_and(|&floor| seen > floor);
+            if lost_tail {
+                let report = serde_json::json!({
+                    "resumed": false,
+                    "reason": "UNKNOWN_POSITION",
+                    "message": format!(
+                        "'{name}' seq {seen} was accepted before an unclean stop and lost; the room is at epoch {} now: read the history instead",
+                        self.epoch
+                    ),
+                });
+                let result = self.complete_join(msg, unserved, Some(report));
+                return Box::pin(async move { result });
+            }
             if seen > history.last_seq() {
                 let report = serde_json::json!({
                     "resumed": false,

@@ -18,7 +18,7 @@ pub struct RoomRef {
     pub room_id: String,
 }
 
-/// `dialogue:join {roomId, since?}`.
+/// `dialogue:join {roomId, since?, epoch?}`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinRequest {
@@ -28,6 +28,11 @@ pub struct JoinRequest {
     /// `syncHistoryOnJoin`).
     #[serde(default)]
     pub since: Option<std::collections::BTreeMap<String, u64>>,
+    /// The room's epoch the client's positions belong to (`EventMessage.epoch`, 0 when
+    /// absent). After an unclean stop the room's numbering of `accepted` events may reuse
+    /// seqs the client holds; the join then says UNKNOWN_POSITION instead of skipping them.
+    #[serde(default)]
+    pub epoch: Option<u64>,
 }
 
 /// Event names one `since` may list.
@@ -451,7 +456,7 @@ mod tests {
     fn parses_requests_and_reports_bad_shapes() {
         let r = parse_request("dialogue:join", Some(json!({"roomId": "general"}))).unwrap();
         assert!(
-            matches!(r, ClientRequest::Join(JoinRequest { room_id, since: None }) if room_id == "general")
+            matches!(r, ClientRequest::Join(JoinRequest { room_id, since: None, .. }) if room_id == "general")
         );
         let r = parse_request(
             "dialogue:join",
