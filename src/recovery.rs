@@ -118,23 +118,36 @@ pub fn is_pid(pid: &str) -> bool {
 /// Positions per room slot, then per event: what an offset says.
 pub type Positions = BTreeMap<u32, BTreeMap<String, u64>>;
 
+/// One (room slot, event) a session is sent events of.
+#[derive(Debug)]
+struct Stream {
+    slot: u32,
+    name: String,
+    /// `slot.name.` of the text form, built once.
+    prefix: String,
+    seq: u64,
+}
+
 /// A session's positions, per room slot and event: what its offsets say.
 ///
-/// Text form: `slot.event.seq` entries joined by `~`, the event name percent-encoded outside
-/// `[A-Za-z0-9_-]` (so the offset is plain ASCII that needs no JSON escaping).
+/// Text form: `slot.event.seq` entries joined by `~`, in (slot, event) order, the event name
+/// percent-encoded outside `[A-Za-z0-9_-]` (so the offset is plain ASCII that needs no JSON
+/// escaping). It is rebuilt into one buffer at every event: a few streams, a few bytes each.
 #[derive(Debug, Default)]
 pub struct Offsets {
-    positions: Positions,
-    streams: usize,
+    /// Sorted by (slot, name); at most `max_streams`.
+    streams: Vec<Stream>,
     max_streams: usize,
     /// Too many streams: no more offsets, the session is not recoverable.
     off: bool,
+    /// The text form as of the last [`Offsets::advance`].
+    text: String,
 }
 
 /// What [`Offsets::advance`] says to send.
-pub enum Advance {
+pub enum Advance<'a> {
     /// Append this offset.
-    Offset(String),
+    Offset(&'a str),
     /// No offset: recovery is off for this session (`now`: it just went off).
     Off { now: bool },
 }
@@ -150,45 +163,60 @@ impl Offsets {
     /// Starts from the positions a recovering client sent back; `None` if they name more
     /// than `max_streams` streams (no offset the server sent could).
     pub fn seeded(max_streams: usize, positions: Positions) -> Option<Self> {
-        let streams = positions.values().map(BTreeMap::len).sum();
-        (streams <= max_streams).then_some(Offsets {
-            positions,
-            streams,
-            max_streams,
-            off: false,
-        })
+        let mut offsets = Offsets::new(max_streams);
+        for (slot, events) in positions {
+            for (name, seq) in events {
+                if offsets.streams.len() >= max_streams {
+                    return None;
+                }
+                offsets.streams.push(Stream::new(slot, name, seq));
+            }
+        }
+        Some(offsets)
     }
 
-    /// The positions of room `slot`.
-    pub fn of_slot(&self, slot: u32) -> Option<&BTreeMap<String, u64>> {
-        self.positions.get(&slot)
+    /// The positions of room `slot`: (event, seq).
+    pub fn of_slot(&self, slot: u32) -> impl Iterator<Item = (&str, u64)> {
+        self.streams
+            .iter()
+            .filter(move |s| s.slot == slot)
+            .map(|s| (s.name.as_str(), s.seq))
     }
 
     /// Records that `event` `seq` of room `slot` is being sent; answers the offset it carries.
-    pub fn advance(&mut self, slot: u32, event: &str, seq: u64) -> Advance {
+    pub fn advance(&mut self, slot: u32, event: &str, seq: u64) -> Advance<'_> {
         if self.off {
             return Advance::Off { now: false };
         }
-        let room = self.positions.entry(slot).or_default();
-        match room.get_mut(event) {
-            Some(at) => *at = (*at).max(seq),
-            None => {
-                if self.streams >= self.max_streams {
+        let at = self
+            .streams
+            .binary_search_by(|s| (s.slot, s.name.as_str()).cmp(&(slot, event)));
+        match at {
+            Ok(i) => self.streams[i].seq = self.streams[i].seq.max(seq),
+            Err(i) => {
+                if self.streams.len() >= self.max_streams {
                     self.turn_off();
                     return Advance::Off { now: true };
                 }
-                room.insert(event.to_owned(), seq);
-                self.streams += 1;
+                self.streams
+                    .insert(i, Stream::new(slot, event.to_owned(), seq));
             }
         }
-        Advance::Offset(self.render())
+        self.text.clear();
+        let mut digits = itoa::Buffer::new();
+        for (i, stream) in self.streams.iter().enumerate() {
+            if i > 0 {
+                self.text.push('~');
+            }
+            self.text.push_str(&stream.prefix);
+            self.text.push_str(digits.format(stream.seq));
+        }
+        Advance::Offset(&self.text)
     }
 
     /// Forgets a room the session left (or that restarts from its join history).
     pub fn forget(&mut self, slot: u32) {
-        if let Some(room) = self.positions.remove(&slot) {
-            self.streams -= room.len();
-        }
+        self.streams.retain(|s| s.slot != slot);
     }
 
     pub fn is_off(&self) -> bool {
@@ -198,30 +226,8 @@ impl Offsets {
     /// No more offsets (the session stopped being recoverable).
     pub fn turn_off(&mut self) {
         self.off = true;
-        self.positions.clear();
-        self.streams = 0;
-    }
-
-    /// The text form.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(self.streams * 16);
-        for (slot, events) in &self.positions {
-            for (event, seq) in events {
-                if !out.is_empty() {
-                    out.push('~');
-                }
-                let _ = write!(out, "{slot}.");
-                for byte in event.bytes() {
-                    if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
-                        out.push(byte as char);
-                    } else {
-                        let _ = write!(out, "%{byte:02X}");
-                    }
-                }
-                let _ = write!(out, ".{seq}");
-            }
-        }
-        out
+        self.streams = Vec::new();
+        self.text = String::new();
     }
 
     /// Reads the text form back; `None` if it is not one.
@@ -256,6 +262,26 @@ impl Offsets {
             out.entry(slot).or_default().insert(name, seq);
         }
         Some(out)
+    }
+}
+
+impl Stream {
+    fn new(slot: u32, name: String, seq: u64) -> Self {
+        let mut prefix = format!("{slot}.");
+        for byte in name.bytes() {
+            if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+                prefix.push(byte as char);
+            } else {
+                let _ = write!(prefix, "%{byte:02X}");
+            }
+        }
+        prefix.push('.');
+        Stream {
+            slot,
+            name,
+            prefix,
+            seq,
+        }
     }
 }
 
@@ -559,7 +585,7 @@ mod tests {
             panic!()
         };
         assert_eq!(text, "0.message.42~2.a%2Eb%7Ec%25d%20%C3%A9.7");
-        let parsed = Offsets::parse(&text).unwrap();
+        let parsed = Offsets::parse(text).unwrap();
         assert_eq!(parsed[&0]["message"], 42);
         assert_eq!(parsed[&2]["a.b~c%d é"], 7);
         assert_eq!(Offsets::parse("").unwrap().len(), 0);

@@ -1400,9 +1400,9 @@ impl Connection {
         let mut since = saved.base.clone();
         if let Some(session) = &self.session {
             let offsets = session.offsets.lock().unwrap_or_else(|e| e.into_inner());
-            for (event, seq) in offsets.of_slot(saved.slot).into_iter().flatten() {
-                let at = since.entry(event.clone()).or_insert(0);
-                *at = (*at).max(*seq);
+            for (event, seq) in offsets.of_slot(saved.slot) {
+                let at = since.entry(event.to_owned()).or_insert(0);
+                *at = (*at).max(seq);
             }
         }
         since

@@ -96,9 +96,9 @@ impl Outbox {
             Advance::Offset(offset) => match &self.direct {
                 Some(queue) => {
                     let body = text.strip_suffix(']').unwrap_or(text);
-                    self.check(queue.text_parts(&[body, ",\"", &offset, "\"]"]));
+                    self.check(queue.text_parts(&[body, ",\"", offset, "\"]"]));
                 }
-                None => self.frame(with_offset(text, &offset).into()),
+                None => self.frame(with_offset(text, offset).into()),
             },
             Advance::Off { now } => {
                 if now {
