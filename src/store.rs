@@ -11,6 +11,7 @@ use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, StreamTrait, TransactionTrait,
 };
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -960,7 +961,11 @@ pub enum SessionWrite {
     Connected { pid_hash: String },
 }
 
-/// Applies the changes in one transaction, in order.
+/// Sessions one statement saves at most (4 parameters each).
+const SESSIONS_PER_STATEMENT: usize = 200;
+
+/// Applies the changes in one transaction, in order. Consecutive saves of distinct sessions go
+/// in one multi-row statement (a statement costs far more than a row).
 pub async fn write_sessions(
     db: &DatabaseConnection,
     writes: &[SessionWrite],
@@ -968,25 +973,21 @@ pub async fn write_sessions(
 ) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
     let txn = db.begin().await?;
+    let mut saves: Vec<(&str, &str, &str)> = Vec::new();
     for write in writes {
-        let statement = match write {
+        let single = match write {
             SessionWrite::Save {
                 pid_hash,
                 user_id,
                 state,
-            } => stmt(
-                backend,
-                "INSERT INTO sessions (pid_hash, user_id, state, updated_at, disconnected_at) \
-                 VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (pid_hash) DO UPDATE SET \
-                 user_id = excluded.user_id, state = excluded.state, \
-                 updated_at = excluded.updated_at, disconnected_at = NULL",
-                vec![
-                    pid_hash.as_str().into(),
-                    user_id.as_str().into(),
-                    state.as_str().into(),
-                    now_ms.into(),
-                ],
-            ),
+            } => {
+                if saves.len() == SESSIONS_PER_STATEMENT || saves.iter().any(|s| s.0 == pid_hash) {
+                    save_sessions(&txn, &saves, now_ms).await?;
+                    saves.clear();
+                }
+                saves.push((pid_hash, user_id, state));
+                continue;
+            }
             SessionWrite::Disconnected { pid_hash, at_ms } => stmt(
                 backend,
                 "UPDATE sessions SET disconnected_at = $1 WHERE pid_hash = $2",
@@ -1003,9 +1004,52 @@ pub async fn write_sessions(
                 vec![now_ms.into(), pid_hash.as_str().into()],
             ),
         };
-        txn.execute_raw(statement).await?;
+        save_sessions(&txn, &saves, now_ms).await?;
+        saves.clear();
+        txn.execute_raw(single).await?;
     }
+    save_sessions(&txn, &saves, now_ms).await?;
     txn.commit().await
+}
+
+/// Inserts or replaces connected sessions (distinct pid hashes) in one statement.
+async fn save_sessions<C: ConnectionTrait>(
+    db: &C,
+    saves: &[(&str, &str, &str)],
+    now_ms: i64,
+) -> Result<(), DbErr> {
+    if saves.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from(
+        "INSERT INTO sessions (pid_hash, user_id, state, updated_at, disconnected_at) VALUES ",
+    );
+    let mut values = Vec::with_capacity(saves.len() * 4);
+    for (i, (pid_hash, user_id, state)) in saves.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let n = i * 4;
+        let _ = write!(
+            sql,
+            "(${}, ${}, ${}, ${}, NULL)",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4
+        );
+        values.push((*pid_hash).into());
+        values.push((*user_id).into());
+        values.push((*state).into());
+        values.push(now_ms.into());
+    }
+    sql.push_str(
+        " ON CONFLICT (pid_hash) DO UPDATE SET user_id = excluded.user_id, \
+         state = excluded.state, updated_at = excluded.updated_at, disconnected_at = NULL",
+    );
+    db.execute_raw(stmt(db.get_database_backend(), &sql, values))
+        .await?;
+    Ok(())
 }
 
 /// A stored session: its user, its state (JSON text) and when its connection ended
