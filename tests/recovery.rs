@@ -32,6 +32,23 @@ rooms:
   small: { name: Small, events: [message], maxSize: 1 }
 "#;
 
+/// The same sessions kept in PostgreSQL (multi-row upserts, `ON CONFLICT`, the tidy queries):
+/// recovery works there too, and no session write fails.
+#[test]
+fn recovery_on_postgres() {
+    let Some(pg) = common::pg::Postgres::start() else {
+        return;
+    };
+    let url = common::rt().block_on(pg.create_db("recovery"));
+    let config = format!("database: {{ url: \"{url}\" }}\n{RECOVERY}");
+    let mut server = TestServer::start(&config);
+    run_node_tests("recovery.test.mjs", &server, &[]);
+    run_node_tests("recovery-edges.test.mjs", &server, &[]);
+    assert!(!server.log_contains("cannot save sessions"));
+    assert!(!server.log_contains("not recoverable any more"));
+    assert_healthy(&mut server);
+}
+
 /// Review findings, each with the test that failed before its fix: a room whose events keep
 /// no history is restored; a restored room that refuses the member is left with
 /// `dialogue:left` and the error.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::proxy::ChaosProxy;
-use common::{run_node_tests, run_python, spawn_node_script, TestServer};
+use common::{run_node_tests, run_python, spawn_node_script, spawn_python, TestServer};
 use std::time::Duration;
 
 const CONFIG: &str = r#"
@@ -130,4 +130,52 @@ fn python_client_resumes_through_a_chaos_proxy() {
         "the proxy cut {} connections",
         proxy.cuts()
     );
+}
+
+/// python-socketio readers behind the chaos proxy across a graceful restart and a `kill -9`
+/// (`durability: stored`), each reconnect a join with `since`: every stored event — every
+/// acked one among them — reaches every reader exactly once, in order.
+#[test]
+fn python_client_resumes_across_a_restart_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(dir.path(), CHAOS, &[]);
+    server.wait_ready();
+    let addr = |s: &TestServer| format!("127.0.0.1:{}", s.port).parse().unwrap();
+    let chaos = ChaosProxy::start(
+        addr(&server),
+        Duration::from_millis(300),
+        Duration::from_millis(1500),
+    );
+    let hour = Duration::from_secs(3600);
+    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let mut py = spawn_python(
+        "resume_restart.py",
+        &[chaos.url().as_str(), steady.url().as_str()],
+        &[],
+    );
+    assert!(
+        py.wait_line("READY", Duration::from_secs(60)).is_some(),
+        "{}",
+        py.transcript()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, _) = server.terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "graceful stop");
+    server = TestServer::start_in(dir.path(), CHAOS, &[]);
+    chaos.retarget(addr(&server));
+    steady.retarget(addr(&server));
+    std::thread::sleep(Duration::from_millis(2500));
+    server.kill9();
+    server = TestServer::start_in(dir.path(), CHAOS, &[]);
+    chaos.retarget(addr(&server));
+    steady.retarget(addr(&server));
+    let result = py.wait_line("RESULT", Duration::from_secs(90));
+    let code = py.wait_exit(Duration::from_secs(20));
+    let result = result.unwrap_or_else(|| panic!("no RESULT:\n{}", py.transcript()));
+    assert_eq!(code, Some(0), "{}", py.transcript());
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    eprintln!("python restart and crash: {result}");
+    assert!(result["acked"].as_u64().unwrap() > 100, "{result}");
+    assert!(result["resumed"].as_u64().unwrap() > 0, "{result}");
+    assert!(!server.log_contains("panicked"));
 }

@@ -294,14 +294,28 @@ pub fn spawn_node_script(script: &str, url: &str, env: &[(&str, &str)]) -> NodeP
     let mut cmd = Command::new("node");
     cmd.arg(js_dir().join(script))
         .env("DIALOGUE_URL", url)
-        .current_dir(js_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .current_dir(js_dir());
+    spawn_script(cmd, script, env)
+}
+
+/// Starts `python <script> <args…>` (from `tests/py`, in its venv) in the background, like
+/// [`spawn_node_script`].
+pub fn spawn_python(script: &str, args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+    let mut cmd = Command::new(ensure_python_venv());
+    cmd.arg(py_dir().join(script))
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .current_dir(py_dir());
+    spawn_script(cmd, script, env)
+}
+
+fn spawn_script(mut cmd: Command, script: &str, env: &[(&str, &str)]) -> NodeProcess {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().expect("node must be installed");
+    let mut child = cmd.spawn().expect("start the script");
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("stdout");
     let stderr = child.stderr.take().expect("stderr");
@@ -331,7 +345,7 @@ pub fn spawn_node_script(script: &str, url: &str, env: &[(&str, &str)]) -> NodeP
     }
 }
 
-/// A background Node script; killed on drop.
+/// A background client script (Node or Python); killed on drop.
 pub struct NodeProcess {
     child: Child,
     script: String,

@@ -122,3 +122,27 @@ export async function eventually(fn, ms = 5000, what = "condition") {
   }
   throw new Error(`timed out waiting for ${what}`);
 }
+
+/**
+ * The newest seq the server holds of each (room, event) in `streams` ([[room, event], …]),
+ * read through `socket` (retrying while rooms restart): {"room/event": seq}. Throws when a
+ * stream cannot be read.
+ */
+export async function newestSeqs(socket, streams) {
+  const newest = {};
+  for (const [room, ev] of streams) {
+    let page;
+    for (let tries = 0; tries < 50; tries++) {
+      try {
+        page = await socket
+          .timeout(3000)
+          .emitWithAck("dialogue:getHistory", { roomId: room, eventName: ev, start: 0, end: 1 });
+        if (page.ok) break;
+      } catch {}
+      await sleep(100);
+    }
+    if (!page?.ok) throw new Error(`no history of ${room}/${ev}: ${JSON.stringify(page)}`);
+    newest[`${room}/${ev}`] = page.events[0]?.seq ?? 0;
+  }
+  return newest;
+}

@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connect, sleep, eventually } from "./helpers.mjs";
-import { recoveryReader, checkExactlyOnce, canonical } from "./recovery-reader.mjs";
+import { recoveryReader, checkExactlyOnce, canonical, readerStats } from "./recovery-reader.mjs";
 
 const PROXY_URL = process.env.PROXY_URL;
 const ROOMS = { r1: ["message", "note"], r2: ["message", "note"], lobby: ["message"] };
@@ -58,17 +58,9 @@ test("every event exactly once, in order, through connections cut every 0.3–1.
       if (r.data[k] !== undefined && r.data[k] !== d) problems.push(`${r.userId} ${k}: data ${r.data[k]}, written ${d}`);
     }
   }
-  const sum = (f) => readers.reduce((a, r) => a + f(r), 0);
   const stats = {
     triggered: n * 2,
-    connects: sum((r) => r.connects),
-    reconnects: sum((r) => r.connects - 1),
-    recovered: sum((r) => r.recovered),
-    fresh: sum((r) => r.fresh),
-    repairs: sum((r) => r.repairs),
-    refused: sum((r) => r.refused),
-    noOffset: sum((r) => r.noOffset),
-    resent: readers.flatMap((r) => r.resent).slice(0, 10),
+    ...readerStats(readers),
     problems: problems.length,
     perReader: readers.map((r) => r.history.map((h) => (h.recovered ? "R" : "N")).join("")),
   };

@@ -122,3 +122,18 @@ export function checkExactlyOnce(state, newest) {
   }
   return problems;
 }
+
+/** What the readers went through, summed: connects, recoveries, fallbacks, resent frames. */
+export function readerStats(readers) {
+  const sum = (f) => readers.reduce((a, r) => a + f(r), 0);
+  return {
+    connects: sum((r) => r.connects),
+    reconnects: sum((r) => r.connects - 1),
+    recovered: sum((r) => r.recovered),
+    fresh: sum((r) => r.fresh),
+    repairs: sum((r) => r.repairs),
+    refused: sum((r) => r.refused),
+    noOffset: sum((r) => r.noOffset),
+    resent: readers.flatMap((r) => r.resent).slice(0, 10),
+  };
+}

@@ -9,7 +9,8 @@
 // exactly-once problem found (the Rust side asserts on them).
 import { io } from "socket.io-client";
 import { readFileSync } from "node:fs";
-import { recoveryReader, checkExactlyOnce, canonical } from "./recovery-reader.mjs";
+import { recoveryReader, checkExactlyOnce, canonical, readerStats } from "./recovery-reader.mjs";
+import { newestSeqs } from "./helpers.mjs";
 
 const CHAOS_URL = process.env.CHAOS_URL;
 const STEADY_URL = process.env.STEADY_URL;
@@ -102,19 +103,7 @@ while (Date.now() < end) {
 
 // The newest seq the server holds of each stream.
 await until("a writer connected", () => writers[0].socket.connected, 20_000);
-const newest = {};
-for (const [room, ev] of STREAMS) {
-  let page;
-  for (let tries = 0; tries < 50; tries++) {
-    try {
-      page = await ask(writers[0].socket, "dialogue:getHistory", { roomId: room, eventName: ev, start: 0, end: 1 });
-      if (page.ok) break;
-    } catch {}
-    await sleep(100);
-  }
-  if (!page?.ok) fail(`no history of ${room}/${ev}: ${JSON.stringify(page)}`);
-  newest[`${room}/${ev}`] = page.events[0]?.seq ?? 0;
-}
+const newest = await newestSeqs(writers[0].socket, STREAMS).catch((e) => fail(e.message));
 const caughtUp = () =>
   readers.every((r) => Object.entries(newest).every(([k, hi]) => (r.got[k] ?? []).length >= hi && r.got[k].includes(hi)));
 const deadline = Date.now() + 30_000;
@@ -130,20 +119,12 @@ for (const [k, d] of Object.entries(acked)) {
     else if (r.data[k] !== d) problems.push(`${r.userId} ${k}: data ${r.data[k]}, written ${d}`);
   }
 }
-const sum = (f, rs = readers) => rs.reduce((a, r) => a + f(r), 0);
 console.log(
   `RESULT ${JSON.stringify({
     acked: Object.keys(acked).length,
     unanswered,
     newest,
-    connects: sum((r) => r.connects),
-    reconnects: sum((r) => r.connects - 1),
-    recovered: sum((r) => r.recovered),
-    fresh: sum((r) => r.fresh),
-    repairs: sum((r) => r.repairs),
-    refused: sum((r) => r.refused),
-    noOffset: sum((r) => r.noOffset),
-    resent: readers.flatMap((r) => r.resent).slice(0, 10),
+    ...readerStats(readers),
     comebacks: Object.fromEntries(readers.map((r) => [r.userId, r.comebacks])),
     writers: writers.map((w) => ({ connects: w.connects, recovered: w.recovered })),
     perReader: Object.fromEntries(readers.map((r) => [r.userId, r.history.map((h) => (h.recovered ? "R" : "N")).join("")])),

@@ -4,6 +4,7 @@
 // "READY" once everyone is connected, writes for SECONDS, then checks that every reader holds
 // every stored event of each (room, event) exactly once, in seq order; prints RESULT {…}.
 import { io } from "socket.io-client";
+import { newestSeqs } from "./helpers.mjs";
 
 const CHAOS_URL = process.env.CHAOS_URL;
 const STEADY_URL = process.env.STEADY_URL;
@@ -91,21 +92,8 @@ while (Date.now() < end) {
 
 // The newest seq the server holds of each stream.
 await until("a writer connected", () => writers[0].socket.connected, 20_000);
-const newest = {};
-for (const room of ROOMS) {
-  for (const ev of EVENTS) {
-    let page;
-    for (let tries = 0; tries < 50; tries++) {
-      try {
-        page = await ask(writers[0].socket, "dialogue:getHistory", { roomId: room, eventName: ev, start: 0, end: 1 });
-        if (page.ok) break;
-      } catch {}
-      await sleep(100);
-    }
-    if (!page?.ok) fail(`no history of ${room}/${ev}: ${JSON.stringify(page)}`);
-    newest[`${room}/${ev}`] = page.events[0]?.seq ?? 0;
-  }
-}
+const streams = ROOMS.flatMap((room) => EVENTS.map((ev) => [room, ev]));
+const newest = await newestSeqs(writers[0].socket, streams).catch((e) => fail(e.message));
 await until(
   "readers caught up",
   () => readers.every((r) => Object.entries(newest).every(([k, hi]) => (r.got[k] ?? []).at(-1) === hi)),
