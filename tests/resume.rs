@@ -42,9 +42,8 @@ rooms:
 #[test]
 fn native_resume_through_a_chaos_proxy() {
     let mut server = TestServer::start(CHAOS);
-    let target = format!("127.0.0.1:{}", server.port).parse().unwrap();
     let proxy = ChaosProxy::start(
-        target,
+        addr(&server),
         Duration::from_millis(300),
         Duration::from_millis(1500),
     );
@@ -67,20 +66,11 @@ fn native_resume_through_a_chaos_proxy() {
 /// (`durability: stored`): every event the server stored reaches every reader exactly once.
 #[test]
 fn native_resume_across_a_restart_and_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start_in(dir.path(), CHAOS, &[]);
-    server.wait_ready();
-    let addr = |s: &TestServer| format!("127.0.0.1:{}", s.port).parse().unwrap();
-    let chaos = ChaosProxy::start(
-        addr(&server),
-        Duration::from_millis(300),
-        Duration::from_millis(1500),
-    );
-    let hour = Duration::from_secs(3600);
-    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let mut stage = Stage::start();
+    let (chaos, steady) = (&stage.chaos, &stage.steady);
     let mut node = spawn_node_script(
         "resume-restart.mjs",
-        &server.url,
+        &stage.server.url,
         &[
             ("CHAOS_URL", chaos.url().as_str()),
             ("STEADY_URL", steady.url().as_str()),
@@ -92,17 +82,7 @@ fn native_resume_across_a_restart_and_a_crash() {
         "clients connected: {:?}",
         node.output
     );
-    std::thread::sleep(Duration::from_millis(2500));
-    let (code, _) = server.terminate(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "graceful stop");
-    server = TestServer::start_in(dir.path(), CHAOS, &[]);
-    chaos.retarget(addr(&server));
-    steady.retarget(addr(&server));
-    std::thread::sleep(Duration::from_millis(2500));
-    server.kill9();
-    server = TestServer::start_in(dir.path(), CHAOS, &[]);
-    chaos.retarget(addr(&server));
-    steady.retarget(addr(&server));
+    stage.restart_then_crash();
     let result = node.wait_line("RESULT", Duration::from_secs(90));
     let output = node.output.lock().unwrap().join("\n");
     let result = result.unwrap_or_else(|| panic!("no RESULT:\n{output}"));
@@ -110,7 +90,7 @@ fn native_resume_across_a_restart_and_a_crash() {
     eprintln!("restart and crash: {result}");
     assert!(result["acked"].as_u64().unwrap() > 100, "{result}");
     assert!(result["resumed"].as_u64().unwrap() > 0, "{result}");
-    assert!(!server.log_contains("panicked"));
+    assert!(!stage.server.log_contains("panicked"));
 }
 
 /// python-socketio readers behind the chaos proxy resume with `since` on every automatic
@@ -118,9 +98,8 @@ fn native_resume_across_a_restart_and_a_crash() {
 #[test]
 fn python_client_resumes_through_a_chaos_proxy() {
     let server = TestServer::start(CHAOS);
-    let target = format!("127.0.0.1:{}", server.port).parse().unwrap();
     let proxy = ChaosProxy::start(
-        target,
+        addr(&server),
         Duration::from_millis(300),
         Duration::from_millis(1500),
     );
@@ -137,17 +116,8 @@ fn python_client_resumes_through_a_chaos_proxy() {
 /// acked one among them — reaches every reader exactly once, in order.
 #[test]
 fn python_client_resumes_across_a_restart_and_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start_in(dir.path(), CHAOS, &[]);
-    server.wait_ready();
-    let addr = |s: &TestServer| format!("127.0.0.1:{}", s.port).parse().unwrap();
-    let chaos = ChaosProxy::start(
-        addr(&server),
-        Duration::from_millis(300),
-        Duration::from_millis(1500),
-    );
-    let hour = Duration::from_secs(3600);
-    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let mut stage = Stage::start();
+    let (chaos, steady) = (&stage.chaos, &stage.steady);
     let mut py = spawn_python(
         "resume_restart.py",
         &[chaos.url().as_str(), steady.url().as_str()],
@@ -158,17 +128,7 @@ fn python_client_resumes_across_a_restart_and_a_crash() {
         "{}",
         py.transcript()
     );
-    std::thread::sleep(Duration::from_millis(2500));
-    let (code, _) = server.terminate(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "graceful stop");
-    server = TestServer::start_in(dir.path(), CHAOS, &[]);
-    chaos.retarget(addr(&server));
-    steady.retarget(addr(&server));
-    std::thread::sleep(Duration::from_millis(2500));
-    server.kill9();
-    server = TestServer::start_in(dir.path(), CHAOS, &[]);
-    chaos.retarget(addr(&server));
-    steady.retarget(addr(&server));
+    stage.restart_then_crash();
     let result = py.wait_line("RESULT", Duration::from_secs(90));
     let code = py.wait_exit(Duration::from_secs(20));
     let result = result.unwrap_or_else(|| panic!("no RESULT:\n{}", py.transcript()));
@@ -177,5 +137,57 @@ fn python_client_resumes_across_a_restart_and_a_crash() {
     eprintln!("python restart and crash: {result}");
     assert!(result["acked"].as_u64().unwrap() > 100, "{result}");
     assert!(result["resumed"].as_u64().unwrap() > 0, "{result}");
-    assert!(!server.log_contains("panicked"));
+    assert!(!stage.server.log_contains("panicked"));
+}
+
+/// A server in a directory of its own behind two proxies: `chaos` cuts connections every
+/// 0.3–1.5 s, `steady` never does.
+struct Stage {
+    dir: tempfile::TempDir,
+    server: TestServer,
+    chaos: ChaosProxy,
+    steady: ChaosProxy,
+}
+
+impl Stage {
+    fn start() -> Stage {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start_in(dir.path(), CHAOS, &[]);
+        server.wait_ready();
+        let chaos = ChaosProxy::start(
+            addr(&server),
+            Duration::from_millis(300),
+            Duration::from_millis(1500),
+        );
+        let hour = Duration::from_secs(3600);
+        let steady = ChaosProxy::start(addr(&server), hour, hour);
+        Stage {
+            dir,
+            server,
+            chaos,
+            steady,
+        }
+    }
+
+    /// 2.5 s of traffic, SIGTERM and start again; 2.5 s more, `kill -9` and start again (the
+    /// proxies follow the server).
+    fn restart_then_crash(&mut self) {
+        std::thread::sleep(Duration::from_millis(2500));
+        let (code, _) = self.server.terminate(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "graceful stop");
+        self.start_again();
+        std::thread::sleep(Duration::from_millis(2500));
+        self.server.kill9();
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
+        self.server = TestServer::start_in(self.dir.path(), CHAOS, &[]);
+        self.chaos.retarget(addr(&self.server));
+        self.steady.retarget(addr(&self.server));
+    }
+}
+
+fn addr(server: &TestServer) -> std::net::SocketAddr {
+    format!("127.0.0.1:{}", server.port).parse().unwrap()
 }

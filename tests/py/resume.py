@@ -10,10 +10,11 @@ Exits non-zero on the first failed check; prints RESULT {...}.
 
 import json
 import sys
-import threading
 import time
 
 import socketio
+
+from resume_reader import Reader
 
 SERVER_URL, PROXY_URL = sys.argv[1], sys.argv[2]
 ROOMS = ["r1", "r2"]
@@ -21,46 +22,8 @@ EVENTS = ["message", "note"]
 SECONDS = 6
 
 
-class Reader:
-    def __init__(self, name):
-        self.got = {}
-        self.lock = threading.Lock()
-        self.connects = 0
-        self.resumed = 0
-        self.client = socketio.Client(reconnection=True, reconnection_delay=0.05,
-                                      reconnection_delay_max=0.3)
-        self.client.on("connect", self.on_connect)
-        self.client.on("dialogue:event", self.on_event)
-        self.client.connect(PROXY_URL, auth={"userId": name}, transports=["websocket"],
-                            wait_timeout=10)
-
-    def on_event(self, e, offset=None):
-        # With connection-state recovery on (the default), events carry the session's
-        # offset as a second argument; python-socketio does not recover, so it is unused.
-        with self.lock:
-            self.got.setdefault(f"{e['roomId']}/{e['event']}", []).append(e["seq"])
-
-    def last(self, room, event):
-        with self.lock:
-            return (self.got.get(f"{room}/{event}") or [0])[-1]
-
-    def on_connect(self):
-        self.connects += 1
-        first = self.connects == 1
-        for room in ROOMS:
-            payload = {"roomId": room}
-            if not first:
-                payload["since"] = {ev: self.last(room, ev) for ev in EVENTS}
-            # An emit with a callback: a handler must not wait for an ack itself.
-            self.client.emit("dialogue:join", payload, callback=self.on_joined)
-
-    def on_joined(self, ack):
-        if ack.get("resume", {}).get("resumed"):
-            self.resumed += 1
-
-
 def main():
-    readers = [Reader(f"py-reader-{i}") for i in range(3)]
+    readers = [Reader(PROXY_URL, f"py-reader-{i}", ROOMS, EVENTS) for i in range(3)]
     writer = socketio.Client(reconnection=False)
     writer.connect(SERVER_URL, auth={"userId": "py-writer"}, transports=["websocket"],
                    wait_timeout=10)

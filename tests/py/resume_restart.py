@@ -19,50 +19,14 @@ import time
 
 import socketio
 
+from resume_reader import Reader
+
 CHAOS_URL, STEADY_URL = sys.argv[1], sys.argv[2]
 ROOMS = ["r1", "r2"]
 EVENTS = ["message", "note"]
 SECONDS = 9
 # python-socketio does not recover sessions: no offsets on its events.
 AUTH = {"recovery": False}
-
-
-class Reader:
-    def __init__(self, name):
-        self.got = {}
-        self.lock = threading.Lock()
-        self.connects = 0
-        self.resumed = 0
-        self.joined = threading.Event()
-        self.client = socketio.Client(reconnection=True, reconnection_delay=0.05,
-                                      reconnection_delay_max=0.3)
-        self.client.on("connect", self.on_connect)
-        self.client.on("dialogue:event", self.on_event)
-        self.client.connect(CHAOS_URL, auth={"userId": name, **AUTH}, transports=["websocket"],
-                            wait_timeout=10)
-
-    def on_event(self, e):
-        with self.lock:
-            self.got.setdefault(f"{e['roomId']}/{e['event']}", []).append(e["seq"])
-
-    def last(self, room, event):
-        with self.lock:
-            return (self.got.get(f"{room}/{event}") or [0])[-1]
-
-    def on_connect(self):
-        self.connects += 1
-        first = self.connects == 1
-        for room in ROOMS:
-            payload = {"roomId": room}
-            if not first:
-                payload["since"] = {ev: self.last(room, ev) for ev in EVENTS}
-            self.client.emit("dialogue:join", payload, callback=self.on_joined)
-
-    def on_joined(self, ack):
-        if ack.get("ok"):
-            self.joined.set()
-        if ack.get("resume", {}).get("resumed"):
-            self.resumed += 1
 
 
 class Writer:
@@ -96,7 +60,7 @@ class Writer:
 
 
 def main():
-    readers = [Reader(f"py-rs-reader-{i}") for i in range(3)]
+    readers = [Reader(CHAOS_URL, f"py-rs-reader-{i}", ROOMS, EVENTS, AUTH) for i in range(3)]
     writer = Writer()
     deadline = time.time() + 20
     while not (writer.ready.is_set() and all(r.joined.is_set() for r in readers)):
