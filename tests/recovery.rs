@@ -59,6 +59,20 @@ fn recovery_edges() {
     assert_healthy(&mut server);
 }
 
+/// A session that receives more streams than `recovery.maxStreams` stops carrying offsets
+/// and is deleted: its client gets a new session when it comes back.
+#[test]
+fn a_session_beyond_max_streams_is_not_recovered() {
+    let config = with_recovery(RECOVERY, "recovery: { enabled: true, maxStreams: 2 }");
+    let mut server = TestServer::start(&config);
+    run_node_tests(
+        "recovery-edges.test.mjs",
+        &server,
+        &[("EDGE_MODE", "streams")],
+    );
+    assert_healthy(&mut server);
+}
+
 const JWT: &str = r#"
 server: { host: 127.0.0.1, port: 0 }
 auth:

@@ -51,6 +51,49 @@ if (MODE === "open") {
   });
 }
 
+if (MODE === "open") {
+  test("a client that disconnects on purpose (socket.disconnect()) ends its session: connecting again is a new one", async () => {
+    const c = await rconnect("leaver");
+    assert.equal((await c.request("dialogue:join", { roomId: "r2" })).ok, true);
+    const pid = c.pid;
+    c.socket.disconnect(); // sends 41: the client left
+    await sleep(300);
+    assert.equal(c.socket._pid, pid, "the client still presents its pid");
+    const back = await c.comeBack();
+    assert.equal(back.recovered, false, JSON.stringify(c.connects));
+    assert.notEqual(c.pid, pid);
+    const r = await c.request("dialogue:trigger", { roomId: "r2", event: "message", data: {} });
+    assert.equal(r.code, "NOT_IN_ROOM", "the old session's room is not joined");
+    c.close();
+  });
+}
+
+if (MODE === "streams") {
+  test("a session sent more than recovery.maxStreams streams stops carrying offsets and is not recovered", async () => {
+    const writer = await rconnect("streams-writer");
+    const reader = await rconnect("streams-reader");
+    for (const c of [writer, reader]) {
+      for (const room of ["r1", "r2"]) assert.equal((await c.request("dialogue:join", { roomId: room })).ok, true);
+    }
+    // maxStreams is 2: r1/message and r1/note fit, r2/message is one too many.
+    for (const [room, event] of [["r1", "message"], ["r1", "note"]]) {
+      const seq = await post(writer, room, event, {});
+      await reader.waitFor("dialogue:event", (e) => e.roomId === room && e.event === event && e.seq === seq);
+    }
+    assert.equal(typeof reader.raw.at(-1).args.at(-1), "string", "offsets while within the bound");
+    const seq = await post(writer, "r2", "message", {});
+    await reader.waitFor("dialogue:event", (e) => e.roomId === "r2" && e.seq === seq);
+    const last = reader.raw.filter((r) => r.event === "dialogue:event").at(-1);
+    assert.equal(last.args.length, 1, "no offset beyond maxStreams");
+    await sleep(300);
+    const next = reader.nextConnect();
+    reader.socket.io.engine.close();
+    assert.equal((await next).recovered, false, JSON.stringify(reader.connects));
+    writer.close();
+    reader.close();
+  });
+}
+
 if (MODE === "jwt") {
   const SECRET = "recovery-secret-0123456789abcdef0123456789";
   const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
