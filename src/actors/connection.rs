@@ -1158,6 +1158,27 @@ impl Connection {
                     }
                 })
             }
+            ClientRequest::Presence(r) => {
+                let room = self.joined_room(r.room_id.clone());
+                Box::pin(async move {
+                    let room = match room.await {
+                        Ok(room) => room,
+                        Err(error) => return Done::Failed { error, ack },
+                    };
+                    match room.send(GetPresence { conn: Some(conn) }).await {
+                        Ok(Ok(json)) => Done::Reply {
+                            ack_json: json.clone(),
+                            emit: Some(("dialogue:presence", json)),
+                            ack,
+                        },
+                        Ok(Err(error)) => Done::Failed { error, ack },
+                        Err(_) => Done::Failed {
+                            error: gone(&r.room_id),
+                            ack,
+                        },
+                    }
+                })
+            }
             ClientRequest::ListRooms => Box::pin(async move {
                 let rooms = directory.send(ListRooms).await.unwrap_or_default();
                 let json = to_json(&rooms);

@@ -61,6 +61,9 @@ impl Directory {
         };
         for (id, room) in &settings.config.rooms {
             let shared = RoomShared {
+                presence: room
+                    .presence
+                    .then_some(settings.config.limits.presence_max_members),
                 id: id.as_str().into(),
                 name: room.name.clone().unwrap_or_else(|| id.clone()),
                 description: room.description.clone(),
@@ -284,6 +287,7 @@ impl Handler<CreateRoom> for Directory {
             default_subscriptions: msg.default_subscriptions,
             sync_history_on_join: msg.sync_history_on_join,
             auto_join: false,
+            presence: None,
             created_by: (!msg.identity.trusted).then(|| msg.identity.user_id.clone()),
             size: AtomicUsize::new(0),
             ready: Default::default(),

@@ -359,6 +359,15 @@ pub struct GetHistory {
     pub range: HistoryRange,
 }
 
+/// Who is in the room: `{roomId, members: [{userId, connections}], users}` (users sorted by
+/// id), serialised.
+#[derive(Message)]
+#[rtype(result = "Result<String, DialogueError>")]
+pub struct GetPresence {
+    /// The member asking; `None` for server-side reads.
+    pub conn: Option<ConnId>,
+}
+
 /// The answer to [`GetHistory`]: the `dialogue:historyResponse` object, serialised.
 #[derive(Debug)]
 pub struct HistoryPage {

@@ -23,7 +23,7 @@ use crate::protocol::socketio::encode_event;
 use crate::recovery::SubscriptionSpec;
 use actix::prelude::*;
 use bytestring::ByteString;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -51,6 +51,8 @@ pub struct RoomShared {
     /// Newest events per event type sent on join; `None` = no sync, `Some(usize::MAX)` = all.
     pub sync_history_on_join: Option<usize>,
     pub auto_join: bool,
+    /// `presence: true`: join and leave notices while the room has at most this many members.
+    pub presence: Option<usize>,
     /// Set for rooms created at run time.
     pub created_by: Option<Arc<str>>,
     /// Current member count, kept by the room actor.
@@ -272,6 +274,15 @@ pub struct RoomActor {
     awaiting: VecDeque<Awaiting>,
     /// This room's own address, for the store's answers.
     me: Option<Recipient<Committed>>,
+    /// Where a batch of presence notices is flushed.
+    flush_presence: Option<Recipient<FlushPresence>>,
+    /// Connections per member user id.
+    presence: HashMap<Arc<str>, usize>,
+    /// Users who came (first connection) or went (last connection) since the last notice.
+    came: BTreeSet<Arc<str>>,
+    went: BTreeSet<Arc<str>>,
+    /// A flush of the notices is scheduled.
+    presence_due: bool,
     /// Set when the room may no longer write (another owner, a conflict): every trigger is
     /// refused with this reason.
     stopped: Option<String>,
@@ -329,6 +340,11 @@ impl RoomActor {
             hand_over_scheduled: false,
             awaiting: VecDeque::new(),
             me: None,
+            flush_presence: None,
+            presence: HashMap::new(),
+            came: BTreeSet::new(),
+            went: BTreeSet::new(),
+            presence_due: false,
             stopped: None,
             closing: None,
             closed: false,
@@ -624,6 +640,7 @@ impl RoomActor {
             .filter_map(|(name, state)| Some((name.clone(), state.history.as_ref()?.last_seq())))
             .collect();
         let spec = subscriptions.spec();
+        self.presence_add(&msg.identity.user_id);
         self.members.insert(
             msg.conn,
             Member {
@@ -756,6 +773,63 @@ impl RoomActor {
         }
     }
 
+    /// One more connection of `user` is a member: the user came if it is the first.
+    fn presence_add(&mut self, user: &Arc<str>) {
+        let count = self.presence.entry(user.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            if !self.went.remove(user) {
+                self.came.insert(user.clone());
+            }
+            self.schedule_presence();
+        }
+    }
+
+    /// A connection of `user` left: the user went if it was the last.
+    fn presence_remove(&mut self, user: &Arc<str>) {
+        let Some(count) = self.presence.get_mut(user) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.presence.remove(user);
+            if !self.came.remove(user) {
+                self.went.insert(user.clone());
+            }
+            self.schedule_presence();
+        }
+    }
+
+    /// Notices go out in batches, [`PRESENCE_BATCH`] after the first change.
+    fn schedule_presence(&mut self) {
+        if self.shared.presence.is_none() || self.presence_due {
+            return;
+        }
+        let Some(flush) = self.flush_presence.clone() else {
+            return;
+        };
+        self.presence_due = true;
+        actix_rt::spawn(async move {
+            actix_rt::time::sleep(PRESENCE_BATCH).await;
+            flush.do_send(FlushPresence);
+        });
+    }
+
+    /// `{roomId, members: [{userId, connections}], users}`.
+    fn presence_json(&self) -> String {
+        let mut users: Vec<(&Arc<str>, &usize)> = self.presence.iter().collect();
+        users.sort();
+        let members: Vec<serde_json::Value> = users
+            .iter()
+            .map(|(user, n)| serde_json::json!({ "userId": &***user, "connections": n }))
+            .collect();
+        to_json(&serde_json::json!({
+            "roomId": self.room_id(),
+            "members": members,
+            "users": users.len(),
+        }))
+    }
+
     fn set_size(&self) {
         self.shared
             .size
@@ -811,6 +885,7 @@ impl Actor for RoomActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.me = Some(ctx.address().recipient());
+        self.flush_presence = Some(ctx.address().recipient());
         self.claim(ctx);
         log::debug!("room '{}' started", self.shared.id);
     }
@@ -1098,6 +1173,51 @@ impl RoomActor {
     }
 }
 
+/// How long presence notices gather before they go out (one frame per batch and kind).
+const PRESENCE_BATCH: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Sends the presence notices gathered since the last batch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushPresence;
+
+impl Handler<FlushPresence> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushPresence, _: &mut Context<Self>) {
+        self.presence_due = false;
+        let came = std::mem::take(&mut self.came);
+        let went = std::mem::take(&mut self.went);
+        let max = self.shared.presence.unwrap_or(0);
+        if self.members.len() > max {
+            return; // too big a room to tell everyone of everyone
+        }
+        for (event, users) in [
+            ("dialogue:memberJoined", came),
+            ("dialogue:memberLeft", went),
+        ] {
+            if users.is_empty() {
+                continue;
+            }
+            let ids: Vec<&str> = users.iter().map(|u| &**u).collect();
+            let json = to_json(&serde_json::json!({ "roomId": self.room_id(), "userIds": ids }));
+            let frame = SharedFrame::new(ByteString::from(encode_event(event, &json)));
+            for member in self.members.values() {
+                member.outbox.shared(&frame);
+            }
+        }
+    }
+}
+
+impl Handler<GetPresence> for RoomActor {
+    type Result = Result<String, DialogueError>;
+
+    fn handle(&mut self, msg: GetPresence, _: &mut Context<Self>) -> Self::Result {
+        self.check_member(msg.conn)?;
+        Ok(self.presence_json())
+    }
+}
+
 impl Handler<Leave> for RoomActor {
     type Result = Result<(), DialogueError>;
 
@@ -1106,6 +1226,7 @@ impl Handler<Leave> for RoomActor {
             .members
             .remove(&msg.conn)
             .ok_or_else(|| DialogueError::not_in_room(self.room_id()))?;
+        self.presence_remove(&member.identity.user_id);
         self.set_size();
         self.hooks.on_left(&member.identity, &self.shared.id);
         let left = to_json(&serde_json::json!({ "roomId": self.room_id() }));
@@ -1119,6 +1240,7 @@ impl Handler<MemberGone> for RoomActor {
 
     fn handle(&mut self, msg: MemberGone, _: &mut Context<Self>) {
         if let Some(member) = self.members.remove(&msg.conn) {
+            self.presence_remove(&member.identity.user_id);
             self.set_size();
             self.hooks.on_left(&member.identity, &self.shared.id);
         }

@@ -249,6 +249,9 @@ pub struct LimitsConfig {
     /// Events a join with `since` replays at most; further behind, the join says so and the
     /// client reads the history instead.
     pub max_resume_events: usize,
+    /// Members of a `presence` room above which join and leave notices stop (each would go
+    /// to every member); `dialogue:presence` still answers.
+    pub presence_max_members: usize,
 }
 
 impl Default for LimitsConfig {
@@ -266,6 +269,7 @@ impl Default for LimitsConfig {
             subscriptions_per_minute: 120,
             max_page_bytes: None,
             max_resume_events: 10_000,
+            presence_max_members: 1000,
         }
     }
 }
@@ -419,6 +423,10 @@ pub struct RoomConfig {
     /// Every connection joins this room when it connects.
     #[serde(default)]
     pub auto_join: bool,
+    /// Members get `dialogue:memberJoined` / `dialogue:memberLeft` (once per user, not per
+    /// connection) while the room has at most `limits.presenceMaxMembers` members.
+    #[serde(default)]
+    pub presence: bool,
     /// Who may join and trigger.
     #[serde(default)]
     pub access: RoomAccess,

@@ -7,7 +7,8 @@
 
 use super::{AppState, BodyError};
 use crate::actors::messages::{
-    CreateRoom, DeleteRoom, GetHistory, ListRooms, LookupRoom, Reply, Trigger, Triggered,
+    CreateRoom, DeleteRoom, GetHistory, GetPresence, ListRooms, LookupRoom, Reply, Trigger,
+    Triggered,
 };
 use crate::actors::room::RoomActor;
 use crate::auth::Identity;
@@ -40,7 +41,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/api/rooms/{room_id}/history/{event}",
             web::get().to(history),
-        );
+        )
+        .route("/api/rooms/{room_id}/presence", web::get().to(presence));
 }
 
 fn status(code: ErrorCode) -> StatusCode {
@@ -400,6 +402,32 @@ pub fn parse_history_query(query: &str) -> Result<HistoryRange, DialogueError> {
         })?
         .into_inner();
     history_range(query.start, query.end, query.before, query.limit)
+}
+
+/// `GET /api/rooms/{roomId}/presence`: who is in the room.
+async fn presence(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    let room_id = path.into_inner();
+    if let Err(e) = storable::check_room_id(&room_id) {
+        return error(&e);
+    }
+    let room = match room(&state, &room_id).await {
+        Ok(room) => room,
+        Err(r) => return r,
+    };
+    match room.send(GetPresence { conn: None }).await {
+        Ok(Ok(json)) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json),
+        Ok(Err(e)) => error(&e),
+        Err(_) => gone(),
+    }
 }
 
 async fn history(

@@ -111,6 +111,8 @@ pub enum ClientRequest {
     ListRooms,
     CreateRoom(CreateRoomRequest),
     DeleteRoom(RoomRef),
+    /// `dialogue:presence {roomId}`: who is in a room (a member asks).
+    Presence(RoomRef),
 }
 
 fn payload<T: for<'de> Deserialize<'de>>(
@@ -140,7 +142,8 @@ impl ClientRequest {
             }
             ClientRequest::Leave(r)
             | ClientRequest::SubscribeAll(r)
-            | ClientRequest::DeleteRoom(r) => storable::check_room_id(&r.room_id),
+            | ClientRequest::DeleteRoom(r)
+            | ClientRequest::Presence(r) => storable::check_room_id(&r.room_id),
             ClientRequest::Subscribe(e) | ClientRequest::Unsubscribe(e) => {
                 storable::check_room_id(&e.room_id)?;
                 storable::EVENT_NAME.check("eventName", &e.event_name)
@@ -220,6 +223,7 @@ pub fn parse_request(name: &str, arg: Option<Value>) -> Result<ClientRequest, Di
             arg,
         )?),
         "dialogue:deleteRoom" => ClientRequest::DeleteRoom(payload(name, ROOM, arg)?),
+        "dialogue:presence" => ClientRequest::Presence(payload(name, ROOM, arg)?),
         other => {
             return Err(DialogueError::invalid(format!(
                 "unknown event '{other}'; dialogue events start with 'dialogue:'"

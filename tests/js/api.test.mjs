@@ -106,7 +106,7 @@ phase("api: rooms created through the API are full rooms; delete persists", asyn
 phase("api: the OpenAPI document matches the routes", async () => {
   const doc = await (await fetch(`${URL}/api/openapi.json`)).json();
   assert.equal(doc.openapi.slice(0, 2), "3.");
-  const expected = ["GET /api/rooms", "POST /api/rooms", "DELETE /api/rooms/{roomId}", "POST /api/rooms/{roomId}/events/{event}", "GET /api/rooms/{roomId}/history/{event}"];
+  const expected = ["GET /api/rooms", "POST /api/rooms", "DELETE /api/rooms/{roomId}", "POST /api/rooms/{roomId}/events/{event}", "GET /api/rooms/{roomId}/history/{event}", "GET /api/rooms/{roomId}/presence"];
   const documented = Object.entries(doc.paths).flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${p}`));
   assert.deepEqual(documented.sort(), expected.sort());
   await api("/api/rooms", { method: "POST", body: { id: "doc-room", name: "Doc" } });
