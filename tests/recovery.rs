@@ -9,7 +9,6 @@ mod common;
 use common::proxy::ChaosProxy;
 use common::{lock_sqlite, run_node_tests, spawn_node_script, NodeProcess, TestServer};
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -106,8 +105,7 @@ fn a_recovered_session_stays_recoverable_after_a_crash() {
     );
     let mut server = TestServer::start_in(dir.path(), &config, &[]);
     server.wait_ready();
-    let hour = Duration::from_secs(3600);
-    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let steady = ChaosProxy::steady(server.addr());
     let mut node = spawn_node_script(
         "recovery-idle.mjs",
         &server.url,
@@ -151,8 +149,7 @@ rooms:
     );
     let mut server = TestServer::start_in(dir.path(), &config, &[]);
     server.wait_ready();
-    let hour = Duration::from_secs(3600);
-    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let steady = ChaosProxy::steady(server.addr());
     let phase = dir.path().join("phase");
     let phase_file = phase.to_string_lossy().into_owned();
     let mut node = spawn_node_script(
@@ -252,10 +249,6 @@ rooms:
   general: { name: General Chat, events: [message], syncHistoryOnJoin: 10 }
 "#;
 
-fn addr(server: &TestServer) -> SocketAddr {
-    format!("127.0.0.1:{}", server.port).parse().unwrap()
-}
-
 fn with_recovery(config: &str, recovery: &str) -> String {
     config.replace(
         "recovery: { enabled: true, maxDisconnectionDuration: 120000 }",
@@ -342,11 +335,7 @@ fn recovery_can_be_turned_off() {
 fn stock_client_recovers_through_a_chaos_proxy() {
     let mut server = TestServer::start(CHAOS);
     server.wait_ready();
-    let proxy = ChaosProxy::start(
-        addr(&server),
-        Duration::from_millis(300),
-        Duration::from_millis(1500),
-    );
+    let proxy = ChaosProxy::cutting(server.addr());
     let results = run_node_tests(
         "recovery-chaos.test.mjs",
         &server,
@@ -372,13 +361,8 @@ fn stock_client_recovers_across_a_restart_and_a_crash() {
     let phase = dir.path().join("phase");
     let mut server = TestServer::start_in(dir.path(), CHAOS, &[]);
     server.wait_ready();
-    let chaos = ChaosProxy::start(
-        addr(&server),
-        Duration::from_millis(300),
-        Duration::from_millis(1500),
-    );
-    let hour = Duration::from_secs(3600);
-    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let chaos = ChaosProxy::cutting(server.addr());
+    let steady = ChaosProxy::steady(server.addr());
     let phase_file = phase.to_string_lossy().into_owned();
     let mut node = spawn_node_script(
         "recovery-restart.mjs",
@@ -442,7 +426,7 @@ fn stock_client_recovers_across_a_restart_and_a_crash() {
 fn start_again(dir: &Path, config: &str, proxies: &[&ChaosProxy]) -> TestServer {
     let server = TestServer::start_in(dir, config, &[]);
     for p in proxies {
-        p.retarget(addr(&server));
+        p.retarget(server.addr());
     }
     server
 }
@@ -457,8 +441,7 @@ fn seed_client_flow_has_no_duplicates_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start_in(dir.path(), SEED, &[]);
     server.wait_ready();
-    let hour = Duration::from_secs(3600);
-    let steady = ChaosProxy::start(addr(&server), hour, hour);
+    let steady = ChaosProxy::steady(server.addr());
     let mut node = spawn_node_script(
         "seed-flow.mjs",
         &server.url,

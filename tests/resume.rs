@@ -42,11 +42,7 @@ rooms:
 #[test]
 fn native_resume_through_a_chaos_proxy() {
     let mut server = TestServer::start(CHAOS);
-    let proxy = ChaosProxy::start(
-        addr(&server),
-        Duration::from_millis(300),
-        Duration::from_millis(1500),
-    );
+    let proxy = ChaosProxy::cutting(server.addr());
     let results = run_node_tests(
         "resume-chaos.test.mjs",
         &server,
@@ -98,11 +94,7 @@ fn native_resume_across_a_restart_and_a_crash() {
 #[test]
 fn python_client_resumes_through_a_chaos_proxy() {
     let server = TestServer::start(CHAOS);
-    let proxy = ChaosProxy::start(
-        addr(&server),
-        Duration::from_millis(300),
-        Duration::from_millis(1500),
-    );
+    let proxy = ChaosProxy::cutting(server.addr());
     run_python("resume.py", &server, &[proxy.url().as_str()]);
     assert!(
         proxy.cuts() >= 3,
@@ -154,13 +146,8 @@ impl Stage {
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::start_in(dir.path(), CHAOS, &[]);
         server.wait_ready();
-        let chaos = ChaosProxy::start(
-            addr(&server),
-            Duration::from_millis(300),
-            Duration::from_millis(1500),
-        );
-        let hour = Duration::from_secs(3600);
-        let steady = ChaosProxy::start(addr(&server), hour, hour);
+        let chaos = ChaosProxy::cutting(server.addr());
+        let steady = ChaosProxy::steady(server.addr());
         Stage {
             dir,
             server,
@@ -183,11 +170,7 @@ impl Stage {
 
     fn start_again(&mut self) {
         self.server = TestServer::start_in(self.dir.path(), CHAOS, &[]);
-        self.chaos.retarget(addr(&self.server));
-        self.steady.retarget(addr(&self.server));
+        self.chaos.retarget(self.server.addr());
+        self.steady.retarget(self.server.addr());
     }
-}
-
-fn addr(server: &TestServer) -> std::net::SocketAddr {
-    format!("127.0.0.1:{}", server.port).parse().unwrap()
 }

@@ -132,6 +132,11 @@ impl TestServer {
     }
 
     /// The server's process id.
+    /// The loopback address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

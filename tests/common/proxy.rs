@@ -48,6 +48,21 @@ impl ChaosProxy {
         }
     }
 
+    /// A proxy that cuts each connection after 0.3–1.5 s (the chaos the resume tests use).
+    pub fn cutting(target: SocketAddr) -> ChaosProxy {
+        ChaosProxy::start(
+            target,
+            Duration::from_millis(300),
+            Duration::from_millis(1500),
+        )
+    }
+
+    /// A proxy that never cuts: only restarts behind it end connections.
+    pub fn steady(target: SocketAddr) -> ChaosProxy {
+        let hour = Duration::from_secs(3600);
+        ChaosProxy::start(target, hour, hour)
+    }
+
     /// Sends new connections to `target` from now on.
     pub fn retarget(&self, target: SocketAddr) {
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
