@@ -20,7 +20,8 @@
 //! - [`history`] — a room's in-memory window per event and the offset/cursor arithmetic.
 //! - [`http`] — routes: the Socket.IO endpoint with its WebSocket and long-polling
 //!   transports ([`http::websocket`], [`http::polling`]), the server API ([`http::api`]),
-//!   `/healthz`, `/readyz`, `/metrics`.
+//!   `/healthz`, `/readyz`, `/metrics`, and the web pages ([`http::pages`]: the chat page at
+//!   `/` and the dashboard at `/admin`, built from `web/` and embedded).
 //! - [`server`] — wiring it all up on a bound listener; `src/main.rs` is the thin CLI.
 //! - [`error`] — the client-facing error codes.
 //! - [`auth`] / [`hooks`] — identities (open or JWT), access rules, and the [`Hooks`] trait
@@ -29,7 +30,8 @@
 //!   carry, and the session store (saved rooms and subscriptions) that survives a crash.
 //! - [`store`] — sea-orm queries (SQLite and PostgreSQL): fenced batch writes, room leases,
 //!   the quarantine; [`spill`] — the file that keeps what could not be written at shutdown;
-//!   [`metrics`] — Prometheus metrics.
+//!   [`metrics`] — Prometheus metrics; [`stats`] — what the dashboard shows (room numbers,
+//!   recent errors, sampled rates).
 
 pub mod actors;
 pub mod auth;
@@ -44,6 +46,7 @@ pub mod protocol;
 pub mod recovery;
 pub mod server;
 pub mod spill;
+pub mod stats;
 pub mod store;
 
 pub use auth::Identity;

@@ -97,6 +97,7 @@ pub async fn run_with_hooks(
     } else {
         None
     };
+    crate::stats::start_sampler(directory.clone(), store_health.clone());
     let state = AppState {
         settings: settings.clone(),
         directory: directory.clone(),
@@ -115,6 +116,17 @@ pub async fn run_with_hooks(
             settings.config.api.keys.len()
         );
     }
+    let web_ui = if settings.config.http.web_ui {
+        let auth = &settings.config.auth.mode;
+        let ui = match std::env::var_os("DIALOGUE_WEB_DIR") {
+            Some(dir) => http::pages::WebUi::from_dir(dir.as_ref(), auth)
+                .map_err(|e| std::io::Error::other(format!("DIALOGUE_WEB_DIR: {e}")))?,
+            None => http::pages::WebUi::embedded(auth),
+        };
+        Some(Arc::new(ui))
+    } else {
+        None
+    };
     let addr = listener.local_addr()?;
     let workers = threads(server_cfg.workers);
     let cors = settings.config.cors.clone();
@@ -125,6 +137,11 @@ pub async fn run_with_hooks(
             .wrap(http::cors(&cors))
             .app_data(web::Data::new(state.clone()))
             .configure(http::configure)
+            .configure(|cfg| {
+                if let Some(ui) = &web_ui {
+                    http::pages::configure(cfg, ui.clone());
+                }
+            })
     })
     .workers(workers)
     // Slowloris: a request whose headers take longer is answered 408 and closed.

@@ -171,6 +171,19 @@ impl Handler<ListRooms> for Directory {
     }
 }
 
+impl Handler<RoomAddrs> for Directory {
+    type Result = MessageResult<RoomAddrs>;
+
+    fn handle(&mut self, _: RoomAddrs, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.rooms
+                .iter()
+                .map(|(id, r)| (id.clone(), r.addr.clone()))
+                .collect(),
+        )
+    }
+}
+
 impl Handler<CreateRoom> for Directory {
     type Result = Result<RoomInfo, DialogueError>;
 

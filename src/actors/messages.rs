@@ -326,7 +326,11 @@ impl AckTo {
                     self.outbox.frame(socketio::encode_ack(id, &ack).into());
                 }
             }
-            Err(error) => self.outbox.error(self.ack, error),
+            Err(error) => {
+                let (code, room) = (error.code.as_str(), Some(self.room_id.as_str()));
+                crate::stats::record_error(code, &error.message, room, None);
+                self.outbox.error(self.ack, error)
+            }
         }
     }
 }
@@ -368,6 +372,42 @@ pub struct GetPresence {
     pub conn: Option<ConnId>,
 }
 
+/// The numbers the operator dashboard (`/admin`) shows of a room.
+#[derive(Message)]
+#[rtype(result = "RoomStats")]
+pub struct GetRoomStats;
+
+/// The answer to [`GetRoomStats`].
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomStats {
+    pub id: String,
+    pub name: String,
+    /// Connections joined.
+    pub members: usize,
+    /// Distinct users among them.
+    pub users: usize,
+    /// Events published since the room started.
+    pub published: u64,
+    /// Their deliveries to members.
+    pub delivered: u64,
+    /// Each event type with history.
+    pub history: Vec<StreamStats>,
+}
+
+/// One (room, event) stream with history.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStats {
+    pub event: String,
+    /// Events in the memory window.
+    pub in_memory: usize,
+    /// The highest seq the database has committed (events are numbered from 1 without gaps).
+    pub stored: u64,
+    /// The last seq handed out.
+    pub last_seq: u64,
+}
+
 /// The answer to [`GetHistory`]: the `dialogue:historyResponse` object, serialised.
 #[derive(Debug)]
 pub struct HistoryPage {
@@ -403,6 +443,11 @@ pub struct ConnectionOpened {
 pub struct ConnectionClosed {
     pub conn: ConnId,
 }
+
+/// Every room's actor, by id.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, Addr<crate::actors::room::RoomActor>)>")]
+pub struct RoomAddrs;
 
 /// Lists every room.
 #[derive(Message)]

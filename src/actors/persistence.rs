@@ -312,6 +312,7 @@ impl Persistence {
         self.health.available.store(false, Ordering::Relaxed);
         if self.failing_since.is_none() {
             self.failing_since = Some(Instant::now());
+            crate::stats::record_error("DATABASE_UNAVAILABLE", what, None, None);
             log::error!(
                 "database unavailable ({what}); keeping {} events in memory and retrying",
                 self.backlog()
@@ -642,6 +643,11 @@ async fn keep_aside(
         Ok(new) => {
             if new {
                 METRICS.persist_quarantined.inc();
+                let what = format!(
+                    "'{event}' seq {} moved to the quarantine: {error}",
+                    stored.seq
+                );
+                crate::stats::record_error("QUARANTINED", &what, Some(room_id), None);
             }
             Ok(())
         }

@@ -155,6 +155,11 @@ struct EventState {
     /// The newest events: committed ones for `stored` streams, accepted ones for `accepted`.
     history: Option<EventHistory>,
     counters: EventCounters,
+    /// Events with history: the highest seq whose batch the database committed (for `/admin`).
+    written: u64,
+    /// Events published since the room started, and their deliveries (for `/admin`).
+    published: std::cell::Cell<u64>,
+    delivered: std::cell::Cell<u64>,
 }
 
 impl EventState {
@@ -176,6 +181,9 @@ impl EventState {
             reserved: high_water,
             committed: high_water,
             pending: 0,
+            written: 0,
+            published: Default::default(),
+            delivered: Default::default(),
         }
     }
 
@@ -201,6 +209,8 @@ struct Awaiting {
     pending: Vec<Pending>,
     /// Its counter marks: committed with it.
     marks: Vec<CounterMark>,
+    /// The highest seq of each stream it writes.
+    written: Vec<(Arc<str>, u64)>,
 }
 
 /// What the current mailbox drain accepted, for one [`PersistBatch`].
@@ -369,6 +379,11 @@ impl RoomActor {
         }
         let Some(me) = self.me.clone() else { return };
         let unsent = std::mem::take(&mut self.unsent);
+        let written = unsent
+            .streams
+            .iter()
+            .filter_map(|s| Some((s.event.clone(), s.events.iter().map(|e| e.seq).max()?)))
+            .collect();
         self.persistence.batches.do_send(PersistBatch {
             room_id: self.shared.id.clone(),
             owner: self.owner.clone(),
@@ -380,6 +395,7 @@ impl RoomActor {
         self.awaiting.push_back(Awaiting {
             pending: unsent.pending,
             marks: unsent.counters,
+            written,
         });
     }
 
@@ -403,6 +419,8 @@ impl RoomActor {
         }
         state.counters.triggered.inc();
         state.counters.delivered.inc_by(delivered);
+        state.published.set(state.published.get() + 1);
+        state.delivered.set(state.delivered.get() + delivered);
         self.hooks.after_each(&self.shared.id, event, &stored.json);
     }
 
@@ -750,6 +768,7 @@ impl RoomActor {
                 last_seq,
             ));
             state.last_assigned = last_seq;
+            state.written = window.last_seq;
             if window.last_seq > 0 {
                 log::debug!(
                     "room '{}' event '{name}' continues at seq {}",
@@ -1218,6 +1237,36 @@ impl Handler<GetPresence> for RoomActor {
     }
 }
 
+impl Handler<GetRoomStats> for RoomActor {
+    type Result = MessageResult<GetRoomStats>;
+
+    fn handle(&mut self, _: GetRoomStats, _: &mut Context<Self>) -> Self::Result {
+        let mut history: Vec<StreamStats> = self
+            .events
+            .values()
+            .filter_map(|state| {
+                let window = state.history.as_ref()?;
+                Some(StreamStats {
+                    event: state.name.to_string(),
+                    in_memory: window.len(),
+                    stored: state.written,
+                    last_seq: state.last_assigned,
+                })
+            })
+            .collect();
+        history.sort_by(|a, b| a.event.cmp(&b.event));
+        MessageResult(RoomStats {
+            id: self.shared.id.to_string(),
+            name: self.shared.name.clone(),
+            members: self.members.len(),
+            users: self.presence.len(),
+            published: self.events.values().map(|s| s.published.get()).sum(),
+            delivered: self.events.values().map(|s| s.delivered.get()).sum(),
+            history,
+        })
+    }
+}
+
 impl Handler<Leave> for RoomActor {
     type Result = Result<(), DialogueError>;
 
@@ -1365,9 +1414,21 @@ impl Handler<Committed> for RoomActor {
     /// The store's answer to the oldest batch handed over: its `stored` events become
     /// visible — window, fan-out, ack — in the order they were accepted.
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
-        let Some(Awaiting { pending, marks }) = self.awaiting.pop_front() else {
+        let Some(Awaiting {
+            pending,
+            marks,
+            written,
+        }) = self.awaiting.pop_front()
+        else {
             return;
         };
+        if msg.stop.is_none() {
+            for (event, seq) in written {
+                if let Some(state) = self.events.get_mut(&*event) {
+                    state.written = state.written.max(seq);
+                }
+            }
+        }
         for p in &pending {
             if let Some(state) = self.events.get_mut(&*p.event) {
                 state.pending -= 1;

@@ -29,6 +29,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub recovery: RecoveryConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Event types, by name.
     #[serde(default)]
     pub events: BTreeMap<String, EventConfig>,
@@ -299,6 +301,20 @@ impl Default for MetricsConfig {
             key: None,
             max_room_series: 1000,
         }
+    }
+}
+
+/// The pages the binary serves.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The chat page at `/` and the operator dashboard at `/admin` (its data needs an API key).
+    pub web_ui: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { web_ui: true }
     }
 }
 

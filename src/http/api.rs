@@ -42,7 +42,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/api/rooms/{room_id}/history/{event}",
             web::get().to(history),
         )
-        .route("/api/rooms/{room_id}/presence", web::get().to(presence));
+        .route("/api/rooms/{room_id}/presence", web::get().to(presence))
+        .route("/api/stats", web::get().to(stats));
 }
 
 fn status(code: ErrorCode) -> StatusCode {
@@ -61,6 +62,7 @@ fn status(code: ErrorCode) -> StatusCode {
 
 /// An error answer: the socket error code and message as JSON.
 pub fn error(e: &DialogueError) -> HttpResponse {
+    crate::stats::record_error(e.code.as_str(), &e.message, None, Some("(HTTP API)"));
     HttpResponse::build(status(e.code)).json(e)
 }
 
@@ -290,6 +292,17 @@ async fn trigger(
         Ok(Err(e)) => error(&e),
         Err(_) => gone(),
     }
+}
+
+/// `GET /api/stats`: what the operator dashboard shows.
+async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r;
+    }
+    let url = &state.settings.config.database.url;
+    HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(crate::stats::snapshot(&state.directory, &state.store, url).await)
 }
 
 async fn list_rooms(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

@@ -1,7 +1,8 @@
 //! HTTP routes: the Socket.IO endpoint (`/socket.io/`, WebSocket and long-polling transports,
-//! polling→WebSocket upgrade) and health.
+//! polling→WebSocket upgrade), health, metrics, the server API and the web pages.
 
 pub mod api;
+pub mod pages;
 pub mod polling;
 pub mod websocket;
 

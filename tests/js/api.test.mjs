@@ -106,7 +106,7 @@ phase("api: rooms created through the API are full rooms; delete persists", asyn
 phase("api: the OpenAPI document matches the routes", async () => {
   const doc = await (await fetch(`${URL}/api/openapi.json`)).json();
   assert.equal(doc.openapi.slice(0, 2), "3.");
-  const expected = ["GET /api/rooms", "POST /api/rooms", "DELETE /api/rooms/{roomId}", "POST /api/rooms/{roomId}/events/{event}", "GET /api/rooms/{roomId}/history/{event}", "GET /api/rooms/{roomId}/presence"];
+  const expected = ["GET /api/rooms", "POST /api/rooms", "DELETE /api/rooms/{roomId}", "POST /api/rooms/{roomId}/events/{event}", "GET /api/rooms/{roomId}/history/{event}", "GET /api/rooms/{roomId}/presence", "GET /api/stats"];
   const documented = Object.entries(doc.paths).flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${p}`));
   assert.deepEqual(documented.sort(), expected.sort());
   await api("/api/rooms", { method: "POST", body: { id: "doc-room", name: "Doc" } });
@@ -240,6 +240,39 @@ phase("api: /metrics counts what happened", async () => {
   assert.equal(ready.status, 200);
   assert.equal((await ready.json()).ready, true);
   assert.equal((await fetch(`${URL}/healthz`)).status, 200);
+});
+
+phase("api: /api/stats shows each room's members, users, history depth and the latest errors", async () => {
+  const stats = async () => (await api("/api/stats")).json();
+  const staffOf = (s) => s.rooms.find((r) => r.id === "staff");
+  const before = staffOf(await stats());
+  const clients = await Promise.all(["stat-a", "stat-a", "stat-b"].map((sub) => connectToken(sign({ sub, role: "staff" }))));
+  for (const c of clients) await c.request("dialogue:join", { roomId: "staff" });
+  for (let i = 0; i < 3; i++) {
+    const r = await api("/api/rooms/staff/events/message", { method: "POST", body: { data: { text: `s${i}`, username: "ops" } } });
+    assert.equal(r.status, 201);
+  }
+  const bad = await clients[2].request("dialogue:trigger", { roomId: "staff", event: "message", data: { text: "" } });
+  assert.equal(bad.code, "VALIDATION_FAILED");
+  const s = await stats();
+  const staff = staffOf(s);
+  assert.equal(staff.members, before.members + 3, "three connections");
+  assert.equal(staff.users, before.users + 2, "two users: the two tabs of stat-a count once");
+  assert.equal(staff.published, before.published + 3);
+  assert.equal(staff.delivered, before.delivered + 9, "3 events to 3 members");
+  const message = staff.history.find((h) => h.event === "message");
+  const was = before.history.find((h) => h.event === "message") ?? { lastSeq: 0, inMemory: 0 };
+  assert.equal(message.lastSeq, was.lastSeq + 3);
+  assert.equal(message.stored, message.lastSeq, "durability: stored — every acked event is in the database");
+  assert.equal(message.inMemory, Math.min(100, was.inMemory + 3));
+  assert.ok(s.connections >= 3);
+  assert.deepEqual([s.database.backend, s.database.state, s.database.backlog], ["sqlite", "ok", 0]);
+  const error = s.errors.find((e) => e.code === "VALIDATION_FAILED" && e.roomId === "staff");
+  assert.ok(error, `a recent VALIDATION_FAILED in staff: ${JSON.stringify(s.errors)}`);
+  assert.ok(Math.abs(error.at - Date.now()) < 60_000);
+  assert.equal(s.series.intervalMs, 5000);
+  for (const c of clients) c.close();
+  await eventually(async () => staffOf(await stats()).members === before.members, 5000, "the members to be gone");
 });
 
 phase("off: with no key the API is off", async () => {
