@@ -243,7 +243,11 @@ pub fn ensure_node_modules() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         let dir = js_dir();
-        if dir.join("node_modules").join("socket.io-client").exists() {
+        let modules = dir.join("node_modules");
+        if ["socket.io-client", "ws", "playwright-core"]
+            .iter()
+            .all(|m| modules.join(m).exists())
+        {
             return;
         }
         let status = Command::new("npm")
