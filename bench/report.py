@@ -16,7 +16,7 @@ DEFAULTS = {
     "MESSAGES": "100000", "DEEP_ROWS": "1000000", "HISTORY_SAMPLES": "500",
     "SCAN_PRELOAD": "5000", "RESTART_MESSAGES": "150", "SOAK_CONNECTIONS": "10000",
     "SOAK_ROOMS": "100", "SOAK_RATE": "1000", "SOAK_SECONDS": "300",
-    "JITTER_RECEIVERS": "1000", "JITTER_RATE": "100", "JITTER_SECONDS": "60",
+    "WEB_CONNECTIONS": "1000", "WEB_REQUESTS": "500", "JITTER_RECEIVERS": "1000", "JITTER_RATE": "100", "JITTER_SECONDS": "60",
     "STORM_RECEIVERS": "10000",
 }
 
@@ -81,6 +81,11 @@ def figures(settings):
          field("kib_per_connection"), "KiB", ("<=", 8, "≤ 8 KB"), "28.6 KB", "median"),
         ("Connections opened (connect + join) per second", "idle",
          field("connections_per_s"), "/s", (">=", 10000, "≥ 10,000/s"), "1,500/s", "median"),
+        ("Chat page first load (page + assets), gzipped as sent", "web",
+         field("first_load_gzip_kib"), "KiB", ("<=", 100, "≤ 100 KB"), "—", "median"),
+        ("`GET /` p99", "web", field("page_p99_ms"), "ms", None, "—", "median"),
+        ("`GET /api/stats` p99 (the dashboard's data), 100 rooms, 1,000 connections", "web",
+         field("stats_p99_ms"), "ms", ("<=", 10, "≤ 10 ms"), "—", "median"),
         ("Messages/s triggered through to the database, SQLite, `stored`", "persist-sqlite",
          field("persisted_per_s"), "/s", (">=", 60000, "≥ 60,000/s"), "18,600/s", "median"),
         ("Messages/s triggered through to the database, SQLite, `accepted`",
@@ -242,11 +247,11 @@ def main():
         return [r for r in rows if r["bench"] == bench]
 
     out = ["# Benchmarks", ""]
-    if reduced or a.scenarios.split() != "fanout latency idle persist history scan restart soak jitter storm".split():
+    if reduced or a.scenarios.split() != "fanout latency idle web persist history scan restart soak jitter storm".split():
         out += ["> **Smoke run, not the reference figures**: "
                 + (f"reduced settings ({', '.join(f'{k}={v}' for k, v in sorted(reduced.items()))})"
                    if reduced else "default settings")
-                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle persist history scan restart soak jitter storm".split() else "")
+                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle web persist history scan restart soak jitter storm".split() else "")
                 + ". Run `bench/run` with no overrides for figures to judge the targets by.", ""]
     out += [
         f"Measured {a.started} on commit `{a.commit}` by `bench/run`.",
@@ -299,6 +304,10 @@ def main():
             "`database.durability: stored` (fan-out after the commit; SQLite) and `accepted`.",
             "- **idle**: `IDLE_CONNECTIONS` connections opened `IDLE_CONCURRENCY` at a time, each "
             "joined to a room; server RSS (VmRSS) before and after, over the connections.",
+            "- **web**: the chat page and the assets it links, fetched with `Accept-Encoding: gzip` "
+            "(bytes as sent); then `WEB_REQUESTS` sequential `GET /` and `GET /api/stats` (which asks "
+            "every room for its numbers) with `WEB_CONNECTIONS` connections joined over the "
+            "`SOAK_ROOMS` rooms, one new TCP connection per request.",
             "- **persist**: 4 clients trigger `MESSAGES` events (64 in flight each) into a room "
             "whose 100-event window is full; every event is written (write-behind); rows/s from the "
             "start until the run's newest seq is stored (watched with max(seq), an index lookup), "

@@ -15,6 +15,7 @@ mod jitter;
 mod restart;
 mod server;
 mod stats;
+mod web;
 
 use clap::{Parser, Subcommand};
 use client::Client;
@@ -105,6 +106,20 @@ enum Scenario {
         /// Milliseconds to wait before each memory reading.
         #[arg(long, default_value_t = 1000)]
         settle_ms: u64,
+    },
+    /// The web pages: the chat page's first load (gzipped bytes), and the time of `GET /` and
+    /// `GET /api/stats` (the dashboard's data) with K connections joined over the rooms.
+    Web {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Requests timed per route.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// A key of the server's `api.keys`.
+        #[arg(long)]
+        api_key: String,
     },
     /// Restart: N messages into a room with history, SIGTERM (or, with `--kill`, SIGKILL) to
     /// the server, the restart command (run with `sh -c`; it starts the server again in the
@@ -565,6 +580,21 @@ async fn main() -> std::process::ExitCode {
                 concurrency,
                 server_pid,
                 settle: Duration::from_millis(settle_ms),
+            })
+            .await
+        }
+        Scenario::Web {
+            target,
+            connections,
+            requests,
+            api_key,
+        } => {
+            web::run(web::Options {
+                rooms: target.room_names(),
+                url: target.url,
+                connections,
+                requests,
+                api_key,
             })
             .await
         }

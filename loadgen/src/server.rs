@@ -78,8 +78,29 @@ pub async fn wait_exit(pid: u32, timeout: Duration) -> bool {
     true
 }
 
-/// The HTTP status of `GET {url}{path}` (a bare HTTP/1.0 request, enough for /readyz).
-pub async fn http_status(url: &str, path: &str) -> Result<u16, String> {
+/// An HTTP answer: status, headers (names lowercase) and the body as sent.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET {url}{path}` with extra `headers`, as a bare HTTP/1.0 request read to its end (the
+/// server closes it): enough for /readyz, the web pages and /api/stats.
+pub async fn http_get(
+    url: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpAnswer, String> {
     let host = url
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -90,23 +111,41 @@ pub async fn http_status(url: &str, path: &str) -> Result<u16, String> {
     let mut s = tokio::net::TcpStream::connect(&host)
         .await
         .map_err(|e| format!("connect {host}: {e}"))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += "\r\n";
+    s.write_all(request.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') {
-        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    line.split_whitespace()
-        .nth(1)
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let split = memchr::memmem::find(&answer, b"\r\n\r\n")
+        .ok_or_else(|| format!("bad HTTP response: {:?}", String::from_utf8_lossy(&answer)))?;
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad HTTP response: {line:?}"))
+        .ok_or_else(|| format!("bad HTTP status line: {head:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body: answer[split + 4..].to_vec(),
+    })
+}
+
+/// The HTTP status of `GET {url}{path}`.
+pub async fn http_status(url: &str, path: &str) -> Result<u16, String> {
+    Ok(http_get(url, path, &[]).await?.status)
 }
 
 /// Waits for `GET /readyz` to answer 200.
