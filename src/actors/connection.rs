@@ -1199,6 +1199,7 @@ impl Connection {
                     events: None,
                     default_subscriptions: None,
                     sync_history_on_join: None,
+                    presence: c.presence,
                     identity,
                 };
                 match directory.send(create).await {

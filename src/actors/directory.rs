@@ -300,7 +300,9 @@ impl Handler<CreateRoom> for Directory {
             default_subscriptions: msg.default_subscriptions,
             sync_history_on_join: msg.sync_history_on_join,
             auto_join: false,
-            presence: None,
+            presence: msg
+                .presence
+                .then_some(self.settings.config.limits.presence_max_members),
             created_by: (!msg.identity.trusted).then(|| msg.identity.user_id.clone()),
             size: AtomicUsize::new(0),
             ready: Default::default(),

@@ -468,6 +468,8 @@ pub struct CreateRoom {
     pub default_subscriptions: Option<Vec<String>>,
     /// Newest events per type sent on join (`usize::MAX` = the whole window).
     pub sync_history_on_join: Option<usize>,
+    /// Join and leave notices (`dialogue:memberJoined` / `dialogue:memberLeft`).
+    pub presence: bool,
     /// Who creates it (a trusted identity for the server API).
     pub identity: Arc<Identity>,
 }

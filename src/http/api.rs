@@ -326,6 +326,8 @@ struct CreateRoomBody {
     events: Option<Vec<String>>,
     default_subscriptions: Option<Vec<String>>,
     sync_history_on_join: Option<crate::config::SyncHistory>,
+    #[serde(default)]
+    presence: bool,
 }
 
 async fn create_room(
@@ -363,6 +365,7 @@ async fn create_room(
             Some(SyncHistory::All(true)) => Some(usize::MAX),
             Some(SyncHistory::Newest(n)) => Some(n as usize),
         },
+        presence: body.presence,
         identity: Arc::new(Identity::server("server API")),
     };
     match state.directory.send(create).await {

@@ -86,7 +86,7 @@ struct RawHistoryRequest {
     limit: Option<u64>,
 }
 
-/// `dialogue:createRoom {id, name, description?, maxSize?}`.
+/// `dialogue:createRoom {id, name, description?, maxSize?, presence?}`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateRoomRequest {
@@ -96,6 +96,9 @@ pub struct CreateRoomRequest {
     pub description: Option<String>,
     #[serde(default)]
     pub max_size: Option<u32>,
+    /// Join and leave notices, as `presence: true` in the configuration.
+    #[serde(default)]
+    pub presence: bool,
 }
 
 /// A client → server dialogue event, parsed and shape-checked.

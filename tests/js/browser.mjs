@@ -73,9 +73,10 @@ export async function openRoom(page, roomId) {
   await page.waitForSelector(`#rooms [data-room-id="${roomId}"][data-active="true"][data-joined="true"]`);
 }
 
+/** Writes a screenshot of the whole page (not only the part scrolled into view). */
 export async function screenshot(page, name) {
   fs.mkdirSync(SHOTS, { recursive: true });
   const file = path.join(SHOTS, name);
-  await page.screenshot({ path: file });
+  await page.screenshot({ path: file, fullPage: true });
   return file;
 }

@@ -116,3 +116,26 @@ test("GET /api/rooms/{roomId}/presence", async () => {
   assert.equal((await gone.json()).code, "ROOM_NOT_FOUND");
   c.close();
 });
+
+test("a room created at run time with presence: true sends notices (without, none)", async () => {
+  const a = await connect("p-maker");
+  const made = await a.request("dialogue:createRoom", { id: "made-presence", name: "Made", presence: true });
+  assert.equal(made.ok, true, JSON.stringify(made));
+  await a.request("dialogue:createRoom", { id: "made-quiet", name: "Quiet" });
+  const api = await fetch(`${URL}/api/rooms`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ id: "api-presence", name: "API", presence: true }),
+  });
+  assert.equal(api.status, 201);
+  for (const room of ["made-presence", "made-quiet", "api-presence"]) await join(a, room);
+  const b = await connect("p-visitor");
+  for (const room of ["made-presence", "made-quiet", "api-presence"]) await join(b, room);
+  for (const room of ["made-presence", "api-presence"]) {
+    await a.waitFor("dialogue:memberJoined", (e) => e.roomId === room && e.userIds.includes("p-visitor"));
+  }
+  await a.expectNone("dialogue:memberJoined", (e) => e.roomId === "made-quiet", 300);
+  b.close();
+  await a.waitFor("dialogue:memberLeft", (e) => e.roomId === "made-presence" && e.userIds.includes("p-visitor"));
+  a.close();
+});
