@@ -22,6 +22,8 @@ const SAMPLES: usize = 120;
 const MAX_ERRORS: usize = 50;
 /// Longest error message kept, in bytes.
 const MAX_ERROR_MESSAGE: usize = 300;
+/// How long a room may take to answer (one restoring its state answers nothing meanwhile).
+const ROOM_ANSWER: Duration = Duration::from_millis(500);
 
 /// An error answered to a client or met by the service.
 #[derive(Debug, Clone, Serialize)]
@@ -37,7 +39,19 @@ pub struct RecentError {
     pub user_id: Option<String>,
 }
 
-static ERRORS: LazyLock<Mutex<VecDeque<RecentError>>> = LazyLock::new(Default::default);
+/// Errors answered to clients, and the service's own (the database's): kept apart, so that a
+/// client sending bad requests cannot push the service's errors out.
+static CLIENT_ERRORS: LazyLock<Mutex<VecDeque<RecentError>>> = LazyLock::new(Default::default);
+static SERVICE_ERRORS: LazyLock<Mutex<VecDeque<RecentError>>> = LazyLock::new(Default::default);
+
+/// Whose error it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// A request refused (validation, rate limits, …).
+    Client,
+    /// The service met it (the database, the quarantine).
+    Service,
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -49,8 +63,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Keeps an error for the dashboard (the newest [`MAX_ERRORS`]).
-pub fn record_error(code: &str, message: &str, room_id: Option<&str>, user_id: Option<&str>) {
+/// Keeps an error for the dashboard (the newest [`MAX_ERRORS`] of each source).
+pub fn record_error(
+    source: ErrorSource,
+    code: &str,
+    message: &str,
+    room_id: Option<&str>,
+    user_id: Option<&str>,
+) {
     let mut end = message.len().min(MAX_ERROR_MESSAGE);
     while !message.is_char_boundary(end) {
         end -= 1;
@@ -62,7 +82,10 @@ pub fn record_error(code: &str, message: &str, room_id: Option<&str>, user_id: O
         room_id: room_id.map(str::to_owned),
         user_id: user_id.map(str::to_owned),
     };
-    let mut errors = lock(&ERRORS);
+    let mut errors = lock(match source {
+        ErrorSource::Client => &CLIENT_ERRORS,
+        ErrorSource::Service => &SERVICE_ERRORS,
+    });
     if errors.len() == MAX_ERRORS {
         errors.pop_front();
     }
@@ -95,27 +118,34 @@ struct Sampler {
 static SAMPLER: LazyLock<Mutex<Sampler>> = LazyLock::new(Default::default);
 static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-/// Every room's numbers.
-pub async fn room_stats(directory: &Addr<Directory>) -> Vec<RoomStats> {
+/// Every room's numbers, by room id; `None` for a room that did not answer within
+/// [`ROOM_ANSWER`] (restoring its state, or overloaded).
+pub async fn room_stats(directory: &Addr<Directory>) -> Vec<(String, Option<RoomStats>)> {
     let Ok(rooms) = directory.send(RoomAddrs).await else {
         return Vec::new();
     };
-    let asked = rooms.into_iter().map(|(_, room)| room.send(GetRoomStats));
-    futures_util::future::join_all(asked)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    let asked = rooms.into_iter().map(|(id, room)| async move {
+        let answer = tokio::time::timeout(ROOM_ANSWER, room.send(GetRoomStats)).await;
+        (id, answer.ok().and_then(Result::ok))
+    });
+    futures_util::future::join_all(asked).await
 }
 
 /// Folds one sample into the series.
-fn sample(rooms: &[RoomStats], backlog: usize) {
+fn sample(rooms: &[(String, Option<RoomStats>)], backlog: usize) {
     let now = Instant::now();
     let mut sampler = lock(&SAMPLER);
     let (mut events, mut deliveries) = (0.0, 0.0);
     let mut last = HashMap::with_capacity(rooms.len());
     let mut rates = HashMap::with_capacity(rooms.len());
-    for room in rooms {
+    for (id, room) in rooms {
+        let Some(room) = room else {
+            // Not answering: its counts wait for the next sample.
+            if let Some(then) = sampler.last.get(id) {
+                last.insert(id.clone(), *then);
+            }
+            continue;
+        };
         if let Some((then, published, delivered)) = sampler.last.get(&room.id) {
             let secs = now.duration_since(*then).as_secs_f64().max(0.001);
             // A room deleted and made again starts from 0: no negative rate.
@@ -149,6 +179,8 @@ pub fn start_sampler(directory: Addr<Directory>, store: Arc<StoreHealth>) {
     LazyLock::force(&STARTED);
     actix_rt::spawn(async move {
         let mut tick = actix_rt::time::interval(SAMPLE_INTERVAL);
+        // A late sample is not followed by catch-up ones milliseconds apart.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let rooms = room_stats(&directory).await;
@@ -170,14 +202,20 @@ pub async fn snapshot(
     };
     let rooms: Vec<Value> = rooms
         .into_iter()
-        .map(|room| {
-            let rate = rates.get(&room.id).copied().unwrap_or(0.0);
-            let mut room = serde_json::to_value(room).unwrap_or_default();
-            room["eventsPerSecond"] = json!(rate);
-            room
+        .map(|(id, room)| match room {
+            Some(room) => {
+                let rate = rates.get(&room.id).copied().unwrap_or(0.0);
+                let mut room = serde_json::to_value(room).unwrap_or_default();
+                room["eventsPerSecond"] = json!(rate);
+                room["answering"] = json!(true);
+                room
+            }
+            None => json!({ "id": id, "answering": false }),
         })
         .collect();
-    let errors: Vec<RecentError> = lock(&ERRORS).iter().rev().cloned().collect();
+    let mut errors: Vec<RecentError> = lock(&CLIENT_ERRORS).iter().cloned().collect();
+    errors.extend(lock(&SERVICE_ERRORS).iter().cloned());
+    errors.sort_by_key(|e| std::cmp::Reverse(e.at));
     let backend = if database_url.starts_with("postgres") {
         "postgres"
     } else {

@@ -114,3 +114,38 @@ fn readyz_follows_the_database() {
     pg.start_server();
     run_node_tests("api.test.mjs", &server, &[("PHASE", "readyz-back")]);
 }
+
+/// `GET /api/stats` answers while a room is restoring (here: its lease is held by another
+/// process on the same database), showing that room as not answering.
+#[test]
+fn stats_answer_while_a_room_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config("  mode: open", "test-key", SQLITE);
+    let owner = TestServer::start_in(dir.path(), &config, &[]);
+    owner.wait_ready();
+    let second = TestServer::start_in(dir.path(), &config, &[]);
+    let (status, readyz) = second.readyz();
+    assert_eq!(status, 503, "{readyz}");
+    assert!(readyz["roomsRestoring"].as_u64() > Some(0), "{readyz}");
+    let (status, body) =
+        second.http_get_with("/api/stats", &[("Authorization", "Bearer test-key")]);
+    assert_eq!(status, 200, "answered: {body}");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let general = stats["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "general")
+        .expect("general is listed");
+    assert_eq!(general["answering"], false, "{stats}");
+    let (_, body) = owner.http_get_with("/api/stats", &[("Authorization", "Bearer test-key")]);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        stats["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["answering"] == true),
+        "{stats}"
+    );
+}

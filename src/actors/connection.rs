@@ -356,7 +356,8 @@ impl Connection {
     fn reply_error(&mut self, ctx: &mut Context<Self>, ack: Option<u64>, error: &DialogueError) {
         log::debug!("connection {}: {error}", self.id);
         let user = self.identity.as_ref().map(|i| &*i.user_id);
-        crate::stats::record_error(error.code.as_str(), &error.message, None, user);
+        let source = crate::stats::ErrorSource::Client;
+        crate::stats::record_error(source, error.code.as_str(), &error.message, None, user);
         for frame in error_frames(ack, error) {
             self.send(ctx, frame.into());
         }

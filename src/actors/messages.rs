@@ -328,7 +328,8 @@ impl AckTo {
             }
             Err(error) => {
                 let (code, room) = (error.code.as_str(), Some(self.room_id.as_str()));
-                crate::stats::record_error(code, &error.message, room, None);
+                let source = crate::stats::ErrorSource::Client;
+                crate::stats::record_error(source, code, &error.message, room, None);
                 self.outbox.error(self.ack, error)
             }
         }

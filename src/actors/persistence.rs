@@ -312,7 +312,8 @@ impl Persistence {
         self.health.available.store(false, Ordering::Relaxed);
         if self.failing_since.is_none() {
             self.failing_since = Some(Instant::now());
-            crate::stats::record_error("DATABASE_UNAVAILABLE", what, None, None);
+            let source = crate::stats::ErrorSource::Service;
+            crate::stats::record_error(source, "DATABASE_UNAVAILABLE", what, None, None);
             log::error!(
                 "database unavailable ({what}); keeping {} events in memory and retrying",
                 self.backlog()
@@ -647,7 +648,8 @@ async fn keep_aside(
                     "'{event}' seq {} moved to the quarantine: {error}",
                     stored.seq
                 );
-                crate::stats::record_error("QUARANTINED", &what, Some(room_id), None);
+                let source = crate::stats::ErrorSource::Service;
+                crate::stats::record_error(source, "QUARANTINED", &what, Some(room_id), None);
             }
             Ok(())
         }

@@ -62,7 +62,14 @@ fn status(code: ErrorCode) -> StatusCode {
 
 /// An error answer: the socket error code and message as JSON.
 pub fn error(e: &DialogueError) -> HttpResponse {
-    crate::stats::record_error(e.code.as_str(), &e.message, None, Some("(HTTP API)"));
+    let source = crate::stats::ErrorSource::Client;
+    crate::stats::record_error(
+        source,
+        e.code.as_str(),
+        &e.message,
+        None,
+        Some("(HTTP API)"),
+    );
     HttpResponse::build(status(e.code)).json(e)
 }
 

@@ -152,22 +152,28 @@ impl WebUi {
     }
 }
 
-/// Registers `/`, `/admin` and `/assets/{file}`.
+/// Registers `/`, `/admin` and `/assets/{file}` (GET and HEAD).
 pub fn configure(cfg: &mut web::ServiceConfig, ui: Arc<WebUi>) {
+    let get = || {
+        web::route()
+            .guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+    };
     cfg.app_data(web::Data::from(ui))
-        .route("/", web::get().to(chat))
-        .route("/admin", web::get().to(admin))
-        .route("/assets/{file}", web::get().to(asset));
+        .route("/", get().to(chat))
+        .route("/admin", get().to(admin))
+        .route("/assets/{file}", get().to(asset));
 }
 
-/// True when the request's `If-None-Match` names `etag`.
+/// True when the request's `If-None-Match` names `etag` (weak comparison, as RFC 9110 asks:
+/// a proxy may have marked the tag `W/`).
 fn not_modified(req: &HttpRequest, etag: &HeaderValue) -> bool {
     req.headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim() == "*" || t.trim().as_bytes() == etag.as_bytes())
+            v.split(',').map(str::trim).any(|t| {
+                t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == etag.as_bytes()
+            })
         })
 }
 

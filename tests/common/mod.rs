@@ -143,13 +143,22 @@ impl TestServer {
 
     /// `GET path` on the server: the HTTP status (0 when nothing answered) and the body.
     pub fn http_get(&self, path: &str) -> (u16, String) {
+        self.http_get_with(path, &[])
+    }
+
+    /// `GET path` with extra request headers; (0, "") when no answer came within 5 s.
+    pub fn http_get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
         use std::io::{Read, Write};
         let mut answer = String::new();
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let extra: String = headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}\r\n"))
+                .collect();
             let _ = write!(
                 s,
-                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n"
             );
             let _ = s.read_to_string(&mut answer);
         }
