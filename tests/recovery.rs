@@ -145,6 +145,7 @@ events:
   message: {{ history: {{ limit: 100 }} }}
 rooms:
   r2: {{ name: R2, events: [message], syncHistoryOnJoin: 50 }}
+  auto: {{ name: Auto, events: [message], syncHistoryOnJoin: 50, autoJoin: true }}
 "#
     );
     let mut server = TestServer::start_in(dir.path(), &config, &[]);
@@ -207,6 +208,19 @@ rooms:
     assert_eq!(
         result["nativeNow"]["resumed"],
         Value::Bool(true),
+        "{result}"
+    );
+    // The autoJoin room resumed from the CONNECT: `auth.epochs` names the epoch of
+    // `auth.since`, as `epoch` does for a join.
+    assert_eq!(
+        result["autoFresh"],
+        serde_json::json!([1, 2, 3, 4, 5, 6]),
+        "{result}"
+    );
+    assert_eq!(result["autoOld"]["reason"], "UNKNOWN_POSITION", "{result}");
+    assert_eq!(
+        result["autoNow"],
+        serde_json::json!({"resumed": true, "events": {"message": 1}}),
         "{result}"
     );
     assert_healthy(&mut server);

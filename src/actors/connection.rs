@@ -91,12 +91,17 @@ enum Work {
     AutoJoin {
         room_id: String,
         room: Addr<RoomActor>,
-        /// The client's positions in this room, from its CONNECT `auth.since`.
-        since: Option<BTreeMap<String, u64>>,
+        /// The client's positions in this room, from its CONNECT `auth.since`, and the
+        /// room's epoch they belong to (`auth.epochs`).
+        since: Option<(BTreeMap<String, u64>, Option<u64>)>,
     },
     /// A room of a recovered session: joined again, replaying what the client missed.
     Restore { room: SessionRoom },
 }
+
+/// The CONNECT's resume of the autoJoin rooms: per room, the positions (`auth.since`) and the
+/// epoch they belong to (`auth.epochs`).
+type AutoSince = BTreeMap<String, (BTreeMap<String, u64>, Option<u64>)>;
 
 /// A recoverable session held by this connection (see [`crate::recovery`]).
 struct Recoverable {
@@ -605,7 +610,8 @@ impl Connection {
         if let Some(timer) = self.connect_timer.take() {
             ctx.cancel_future(timer);
         }
-        // Resume of the autoJoin rooms: `auth.since = {roomId: {event: seq}}`.
+        // Resume of the autoJoin rooms: `auth.since = {roomId: {event: seq}}`, and the epochs
+        // those seqs came with, `auth.epochs = {roomId: epoch}`.
         let since = match packet.data.as_ref().and_then(|auth| auth.get("since")) {
             None | Some(Value::Null) => BTreeMap::new(),
             Some(since) => match serde_json::from_value::<BTreeMap<String, BTreeMap<String, u64>>>(
@@ -625,6 +631,24 @@ impl Connection {
                 }
             },
         };
+        let mut epochs = match packet.data.as_ref().and_then(|auth| auth.get("epochs")) {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(epochs) => match serde_json::from_value::<BTreeMap<String, u64>>(epochs.clone()) {
+                Ok(epochs) if epochs.len() <= MAX_SINCE_EVENTS => epochs,
+                _ => {
+                    let message = "auth.epochs must be {roomId: epoch}";
+                    let frame = socketio::encode_connect_error("/", message);
+                    return self.send(ctx, frame.into());
+                }
+            },
+        };
+        let since: AutoSince = since
+            .into_iter()
+            .map(|(room, seqs)| {
+                let epoch = epochs.remove(&room);
+                (room, (seqs, epoch))
+            })
+            .collect();
         let identity = match self
             .hooks
             .authenticate(packet.data.as_ref(), &self.socket_id)
@@ -716,7 +740,7 @@ impl Connection {
         &mut self,
         ctx: &mut Context<Self>,
         identity: Arc<Identity>,
-        since: BTreeMap<String, BTreeMap<String, u64>>,
+        since: AutoSince,
         recoverable: bool,
         recovered: Option<(String, StoredSession, recovery::Positions)>,
     ) {
@@ -1013,12 +1037,13 @@ impl Connection {
                 room,
                 since,
             } => {
+                let (since, epoch) = since.map_or((None, None), |(s, e)| (Some(s), e));
                 let spec = JoinSpec {
                     kind: JoinKind::Auto,
                     since,
                     slot: self.slot_for(&room_id),
                     subscriptions: None,
-                    epoch: None,
+                    epoch,
                 };
                 return Box::pin(join(room, room_id, spec, conn, identity, outbox, None));
             }

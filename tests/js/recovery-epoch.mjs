@@ -4,7 +4,8 @@
 // room is at epoch 1 and numbers new events 1..6. The recovered session must join that room
 // afresh (its offset says 5, which names a lost event), and a native join with
 // `since: {message: 5}, epoch: 0` must say UNKNOWN_POSITION — not replay from 6 and skip the
-// new 1..5.
+// new 1..5. The same for the autoJoin room `auto`, resumed from the CONNECT's `auth.since`
+// with `auth.epochs`.
 import { readFileSync, existsSync } from "node:fs";
 import { rconnect, post, sleep } from "./recovery-helpers.mjs";
 
@@ -29,6 +30,7 @@ for (const c of [writer, reader]) if (!(await c.request("dialogue:join", { roomI
 console.log("READY");
 await phase("locked");
 for (let n = 1; n <= 5; n++) await post(writer, "r2", "message", { n, lost: true });
+for (let n = 1; n <= 5; n++) await post(writer, "auto", "message", { n, lost: true });
 await reader.waitFor("dialogue:event", (e) => e.roomId === "r2" && e.seq === 5);
 reader.socket.io.reconnection(false); // it stays away until the room has moved on
 console.log("SENT");
@@ -40,6 +42,22 @@ if (!writer.connects.at(-1).recovered) {
 }
 const fresh = [];
 for (let n = 1; n <= 6; n++) fresh.push(await post(writer, "r2", "message", { n, lost: false }));
+const autoFresh = [];
+for (let n = 1; n <= 6; n++) autoFresh.push(await post(writer, "auto", "message", { n, lost: false }));
+
+// The autoJoin room resumed from the CONNECT, with the old epoch and with the current one.
+async function autoResume(userId, epoch) {
+  const c = await rconnect(userId, {
+    url: STEADY_URL,
+    auth: { userId, recovery: false, since: { auto: { message: 5 } }, epochs: { auto: epoch } },
+  });
+  for (let i = 0; i < 100 && !c.raw.some((r) => r.event === "dialogue:joined"); i++) await sleep(50);
+  const joined = c.raw.find((r) => r.event === "dialogue:joined" && r.args[0].roomId === "auto");
+  c.close();
+  return joined?.args[0].resume ?? null;
+}
+const autoOld = await autoResume("epoch-auto-old", 0);
+const autoNow = await autoResume("epoch-auto-now", 1);
 
 // Native resume from a lost seq of the old epoch, and from the current epoch.
 const native = await rconnect("epoch-native", { url: STEADY_URL, recovery: false });
@@ -58,7 +76,7 @@ for (let i = 0; i < 100 && after("dialogue:history").length === 0; i++) await sl
 await sleep(200);
 const joined = after("dialogue:joined").find((e) => e.roomId === "r2") ?? {};
 const history = after("dialogue:history").find((e) => e.roomId === "r2") ?? { events: [] };
-const replayed = after("dialogue:event").map((e) => e.seq);
+const replayed = after("dialogue:event").filter((e) => e.roomId === "r2").map((e) => e.seq);
 console.log(
   `RESULT ${JSON.stringify({
     fresh,
@@ -68,6 +86,9 @@ console.log(
     replayed,
     nativeOld: old.resume ?? null,
     nativeNow: now.resume ?? null,
+    autoFresh,
+    autoOld,
+    autoNow,
   })}`,
 );
 writer.close();
