@@ -5,6 +5,8 @@ import { byId, h, show, errorText } from "./dom.js";
 import { areaChart } from "./admin/chart.js";
 
 const POLL_MS = 2000;
+const FAILING_POLL_MS = 10_000; // while the server does not answer: longest wait between tries
+const TIMEOUT_MS = 5000; // a request without a (complete) answer by then has failed
 const KEY_STORE = "dialogue.apiKey";
 
 const ui = {
@@ -36,6 +38,9 @@ const ui = {
 
 let apiKey = null;
 let pollTimer = null;
+let failures = 0; // polls failed in a row
+let lastUpdate = null; // when the statistics shown were read
+const inFlight = new Set(); // AbortControllers of requests under way (signing out aborts them)
 let roomEvents = new Map(); // room id -> event names (GET /api/rooms), for the send form
 
 // ---------------------------------------------------------------------------------------
@@ -61,14 +66,38 @@ function saveKey(key) {
 /** Thrown when the server refuses the key. */
 class Refused extends Error {}
 
-/** fetch with the bearer key; answers {status, body} (body parsed when it is JSON). */
+/** No (complete) answer within TIMEOUT_MS. */
+class NoAnswer extends Error {}
+
+/**
+ * fetch with the bearer key; answers {status, body} (body parsed when it is JSON). Throws
+ * NoAnswer when the answer has not fully arrived within TIMEOUT_MS.
+ */
 async function api(path, options = {}) {
-  const response = await fetch(path, {
-    ...options,
-    headers: { ...options.headers, Authorization: `Bearer ${apiKey}` },
-    cache: "no-store",
-  });
-  const text = await response.text();
+  const controller = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    controller.abort();
+  }, TIMEOUT_MS);
+  inFlight.add(controller);
+  let response;
+  let text;
+  try {
+    response = await fetch(path, {
+      ...options,
+      headers: { ...options.headers, Authorization: `Bearer ${apiKey}` },
+      cache: "no-store",
+      signal: controller.signal,
+    });
+    text = await response.text();
+  } catch (err) {
+    if (timedOut) throw new NoAnswer(`no answer from the server within ${TIMEOUT_MS / 1000} s`);
+    throw err;
+  } finally {
+    clearTimeout(timer);
+    inFlight.delete(controller);
+  }
   let body = text;
   try {
     body = JSON.parse(text);
@@ -89,6 +118,8 @@ function signIn(key) {
   show(ui.keyPanel, false);
   show(ui.dashboard, true);
   show(ui.forgetKey, true);
+  failures = 0;
+  lastUpdate = null;
   setPollStatus("reconnecting", "Loading…");
   poll();
   loadRooms();
@@ -97,9 +128,15 @@ function signIn(key) {
 /** Back to the key form, e.g. because the server refused the key. */
 function signOut(message = "") {
   clearTimeout(pollTimer);
+  for (const controller of inFlight) controller.abort();
+  inFlight.clear();
   apiKey = null;
   ui.roomsBody.replaceChildren();
   ui.errors.replaceChildren();
+  ui.charts.replaceChildren();
+  for (const el of [ui.connections, ui.database, ui.backlog, ui.failures, ui.uptime]) el.textContent = "–";
+  ui.sendResult.textContent = "";
+  ui.sendForm.reset();
   saveKey(null);
   ui.error.textContent = message;
   show(ui.dashboard, false);
@@ -111,7 +148,10 @@ function signOut(message = "") {
 }
 
 function refused(err) {
-  signOut(`Refused: the API key is not valid (${err.message}).`);
+  const why = err.message.startsWith("HTTP 404")
+    ? "the server API is off: configure api.keys or DIALOGUE_API_KEYS"
+    : "the API key is not valid";
+  signOut(`Refused: ${why} (${err.message}).`);
 }
 
 function setPollStatus(state, text) {
@@ -131,8 +171,10 @@ async function poll() {
     if (status !== 200 || typeof body !== "object" || body === null) {
       throw new Error(`HTTP ${status}${body?.message ? `: ${body.message}` : ""}`);
     }
+    failures = 0;
+    lastUpdate = new Date();
     ui.error.textContent = "";
-    setPollStatus("connected", `Live · updated ${new Date().toLocaleTimeString()}`);
+    setPollStatus("connected", `Live · updated ${lastUpdate.toLocaleTimeString()}`);
     render(body);
   } catch (err) {
     if (key !== apiKey) return;
@@ -140,16 +182,25 @@ async function poll() {
       refused(err);
       return;
     }
-    ui.error.textContent = `Cannot read the statistics: ${err.message}. Retrying…`;
-    setPollStatus("reconnecting", "Retrying…");
+    // Not live: what is shown is as old as the last update. Tries less often while failing.
+    failures += 1;
+    const wait = Math.min(FAILING_POLL_MS, POLL_MS * 2 ** failures);
+    const why = err instanceof NoAnswer ? "no answer from the server" : err.message;
+    const since = lastUpdate ? ` · last update ${lastUpdate.toLocaleTimeString()}` : "";
+    ui.error.textContent = `Cannot read the statistics: ${why}. Retrying in ${wait / 1000} s…`;
+    setPollStatus("reconnecting", `Not live — ${why}${since}`);
+    pollTimer = setTimeout(poll, wait);
+    return;
   }
   pollTimer = setTimeout(poll, POLL_MS);
 }
 
 /** GET /api/rooms: room ids and their events, for the send form's suggestions. */
 async function loadRooms() {
+  const key = apiKey;
   try {
     const { status, body } = await api("/api/rooms");
+    if (key !== apiKey) return;
     const rooms = Array.isArray(body) ? body : Array.isArray(body?.rooms) ? body.rooms : [];
     if (status !== 200) return;
     roomEvents = new Map(rooms.map((r) => [r.id, Array.isArray(r.events) ? r.events : []]));
@@ -157,7 +208,7 @@ async function loadRooms() {
     if (!ui.sendRoom.value && rooms.length) ui.sendRoom.value = rooms[0].id;
     suggestEvents();
   } catch (err) {
-    if (err instanceof Refused) refused(err);
+    if (key === apiKey && err instanceof Refused) refused(err);
   }
 }
 
@@ -297,19 +348,23 @@ async function sendEvent(event) {
   const body = from ? { data, from } : { data };
   const path = `/api/rooms/${encodeURIComponent(room)}/events/${encodeURIComponent(name)}`;
   sendResult(true, "Sending…");
+  const key = apiKey;
   try {
     const { status, body: answer } = await api(path, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
+    if (key !== apiKey) return; // signed out meanwhile
     if (status === 201) {
       sendResult(true, `201 Created — ${name} #${answer?.seq ?? "?"} in ${room}\n${JSON.stringify(answer)}`);
     } else {
       sendResult(false, `${status} ${errorText(answer) || "request failed"}`);
     }
   } catch (err) {
+    if (key !== apiKey) return;
     if (err instanceof Refused) refused(err);
+    else if (err instanceof NoAnswer) sendResult(false, `No answer: ${err.message} (the event may or may not have been sent).`);
     else sendResult(false, `Could not send: ${err.message}`);
   }
 }

@@ -3,7 +3,7 @@
 
 import { io } from "socket.io-client";
 import { byId, h, show, errorText } from "./dom.js";
-import { RoomModel } from "./chat/room-model.js";
+import { RoomModel, MAX_EVENTS, TRIM_TO } from "./chat/room-model.js";
 import { MessageList } from "./chat/message-list.js";
 
 const ACK_TIMEOUT_MS = 10_000;
@@ -11,6 +11,10 @@ const RETRY_MS = 5_000; // after RATE_LIMITED and other failed history reads
 const SETTLE_MS = 400; // wait for a join history after a join the page did not ask for
 const MAX_SINCE_POSITIONS = 1000; // what the server takes in auth.since
 const REFRESH_MS = 15_000; // rooms without presence notices: re-read members and sizes
+const PRESENCE_QUIET_MS = 1_000; // after presence notices, re-read the open room's members once quiet…
+const PRESENCE_MAX_WAIT_MS = 5_000; // …or this long after the first of a steady stream
+// A room not shown that the user left scrolled up keeps what it holds, up to this many events.
+const HARD_MAX_EVENTS = 4 * MAX_EVENTS;
 
 const authMode = document.querySelector('meta[name="dialogue-auth"]')?.content === "jwt" ? "jwt" : "open";
 
@@ -114,10 +118,18 @@ function setupLogin() {
   ui.signOut.addEventListener("click", () => signOut());
 }
 
-/** Back to the sign-in form, with an explanation when there is one. */
+/**
+ * Back to the sign-in form, with an explanation when there is one. Every way there (sign
+ * out, the server ending the session or refusing it) forgets the user: the next one to
+ * sign in in this tab finds nothing of theirs.
+ */
 function showLogin(message = "") {
   stop();
   store.set("credentials", null);
+  store.set("rooms", null);
+  store.set("active", null);
+  ui.loginName.value = "";
+  ui.loginToken.value = "";
   ui.loginError.textContent = message;
   show(ui.app, false);
   show(ui.signin, true);
@@ -125,24 +137,50 @@ function showLogin(message = "") {
 }
 
 function signOut() {
-  store.set("rooms", null);
-  store.set("active", null);
   showLogin();
 }
 
-/** Closes the socket and forgets everything the session knew. */
+/** Closes the socket and forgets everything the session knew, on the page too. */
 function stop() {
   if (state.socket) {
     state.socket.removeAllListeners();
     state.socket.io.removeAllListeners();
-    state.socket.disconnect();
+    state.socket.disconnect(); // answers still due are dropped (request)
   }
-  Object.assign(state, { socket: null, userId: null, connected: false, everConnected: false, active: null, sending: false });
+  for (const room of state.joined.values()) {
+    clearTimeout(room.settle);
+    clearTimeout(room.retryTimer);
+  }
+  clearTimeout(roomsRefresh);
+  roomsRefresh = null;
+  cancelPresenceCheck();
+  clearTimeout(noticeTimer);
+  Object.assign(state, {
+    socket: null,
+    userId: null,
+    connected: false,
+    everConnected: false,
+    active: null,
+    sending: false,
+    lastError: null,
+  });
   state.rooms.clear();
-  state.joined.clear();
+  state.joined.clear(); // with each room's events, members and draft
   window.dialogueReady = false;
   window.dialogueSocket = undefined;
   list.show(null);
+  list.setHistoryState("start", "");
+  ui.composerText.value = "";
+  ui.composerError.textContent = "";
+  ui.composerEvent.replaceChildren();
+  ui.notice.textContent = "";
+  ui.createRoom.reset();
+  ui.createRoomError.textContent = "";
+  ui.whoami.textContent = "";
+  setStatus("disconnected", "Disconnected");
+  toggleSidebar(false);
+  renderRooms();
+  renderRoom();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -166,10 +204,14 @@ function start(credentials) {
   bindEvents(socket);
 }
 
-/** CONNECT payload: who we are, and where each joined room stands (resume of autoJoin rooms). */
+/**
+ * CONNECT payload: who we are, and where each joined room stands with the epoch those seqs
+ * came with (resume of autoJoin rooms).
+ */
 function authPayload(credentials) {
   const payload = { ...credentials };
   const since = {};
+  const epochs = {};
   let positions = 0;
   for (const room of state.joined.values()) {
     const roomSince = room.since();
@@ -177,18 +219,25 @@ function authPayload(credentials) {
     positions += Object.keys(roomSince).length;
     if (positions > MAX_SINCE_POSITIONS) break;
     since[room.id] = roomSince;
+    epochs[room.id] = room.sinceEpoch();
   }
-  if (Object.keys(since).length) payload.since = since;
+  if (Object.keys(since).length) Object.assign(payload, { since, epochs });
   return payload;
 }
 
-/** Emits a request and answers its ack, or `{ok: false, code: "TIMEOUT"}`. */
+/**
+ * Emits a request and answers its ack, or `{ok: false, code: "TIMEOUT"}`. The answer to a
+ * session that has ended since (signed out) never comes: nothing of it reaches the page.
+ */
 async function request(event, payload) {
+  const socket = state.socket;
+  let answer;
   try {
-    return await state.socket.timeout(ACK_TIMEOUT_MS).emitWithAck(event, payload);
+    answer = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck(event, payload);
   } catch {
-    return { ok: false, code: "TIMEOUT", message: "the server did not answer in time" };
+    answer = { ok: false, code: "TIMEOUT", message: "the server did not answer in time" };
   }
+  return socket === state.socket ? answer : new Promise(() => {});
 }
 
 function setStatus(stateName, text) {
@@ -480,32 +529,63 @@ async function refreshPresence(room) {
   if (room === activeModel()) renderMembers();
 }
 
+/**
+ * A presence notice: the member list follows it as it is (a room of a thousand members
+ * sends many; none makes the page ask the server for the rooms again — their sizes follow
+ * on the slow refresh). The open room's list is checked against the server now and then.
+ */
 function changeMembers(roomId, userIds, joined) {
   const room = state.joined.get(roomId);
-  scheduleRoomsRefresh();
   if (!room || !Array.isArray(userIds)) return;
   for (const userId of userIds) {
+    if (typeof userId !== "string") continue;
     if (joined) room.members.set(userId, room.members.get(userId) ?? 1);
     else room.members.delete(userId);
   }
-  if (room === activeModel()) renderMembers();
+  if (room !== activeModel()) return;
+  renderMembers();
+  schedulePresenceCheck();
 }
 
+/** Debounced dialogue:presence of the open room: once notices pause, or every few seconds of a steady stream. */
+const presenceCheck = { timer: null, first: 0 };
+function schedulePresenceCheck() {
+  const now = Date.now();
+  if (presenceCheck.timer === null) presenceCheck.first = now;
+  clearTimeout(presenceCheck.timer);
+  const wait = Math.min(PRESENCE_QUIET_MS, presenceCheck.first + PRESENCE_MAX_WAIT_MS - now);
+  presenceCheck.timer = setTimeout(() => {
+    presenceCheck.timer = null;
+    const room = activeModel();
+    if (room && state.connected) refreshPresence(room);
+  }, Math.max(0, wait));
+}
+
+function cancelPresenceCheck() {
+  clearTimeout(presenceCheck.timer);
+  presenceCheck.timer = null;
+}
+
+/** The member list of the open room, updated in place (one element per user, kept). */
 function renderMembers() {
   const room = activeModel();
   const ids = room ? [...room.members.keys()].sort((a, b) => a.localeCompare(b)) : [];
   ui.membersCount.textContent = room ? `(${ids.length})` : "";
-  ui.members.replaceChildren(
-    ...ids.map((userId) =>
-      h(
-        "li",
-        { dataset: { userId } },
-        h("span", { class: "presence-dot", "aria-hidden": "true" }),
-        userId,
-        userId === state.userId ? h("span", { class: "you" }, " (you)") : null,
-      ),
-    ),
-  );
+  const current = new Map([...ui.members.children].map((li) => [li.dataset.userId, li]));
+  const items = ids.map((userId) => {
+    const you = userId === state.userId;
+    const li = current.get(userId);
+    if (li && li.dataset.you === String(you)) return li;
+    return h(
+      "li",
+      { dataset: { userId, you: String(you) } },
+      h("span", { class: "presence-dot", "aria-hidden": "true" }),
+      userId,
+      you ? h("span", { class: "you" }, " (you)") : null,
+    );
+  });
+  const same = items.length === ui.members.children.length && items.every((li, i) => ui.members.children[i] === li);
+  if (!same) ui.members.replaceChildren(...items);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -515,7 +595,8 @@ function bindEvents(socket) {
   socket.on("dialogue:history", ({ roomId, events }) => {
     const room = state.joined.get(roomId);
     if (!room) return;
-    const added = (Array.isArray(events) ? events : []).filter((e) => room.add(e) >= 0);
+    const added = addEvents(room, Array.isArray(events) ? events : []);
+    if (!added) return; // reset: reloading
     room.joinHistoryDone();
     if (room === activeModel()) list.insert(added, state.userId);
     markReady(room);
@@ -523,9 +604,66 @@ function bindEvents(socket) {
   // The second argument (the recovery offset) is socket.io-client's business.
   socket.on("dialogue:event", (e) => {
     const room = state.joined.get(e?.roomId);
-    if (!room || room.add(e) < 0) return;
-    if (room === activeModel()) list.insert([e], state.userId, { live: true });
+    if (!room) return;
+    const added = addEvents(room, [e]);
+    if (!added?.length) return;
+    if (room === activeModel()) list.insert(added, state.userId, { live: true });
+    trimRoom(room);
   });
+}
+
+/**
+ * Adds events to a room model; answers those that were new, or null when one of them showed
+ * that the room's numbering started again under a new epoch (RoomModel.collides): the room
+ * is then reloaded from its newest events and the rest of the batch is not used.
+ */
+function addEvents(room, events) {
+  const resets = room.resets;
+  const added = [];
+  for (const e of events) {
+    if (room.add(e) >= 0) added.push(e);
+    if (room.resets !== resets) {
+      reloadRoom(room);
+      return null;
+    }
+  }
+  return added;
+}
+
+/** After a reset by epoch: show the room empty and load its newest page of each event type. */
+function reloadRoom(room) {
+  clearTimeout(room.retryTimer);
+  room.retryTimer = null;
+  room.retryNote = null;
+  room.loading = false;
+  room.scroll = null;
+  notify(`${room.name || room.id}: reloaded — the server restarted uncleanly and gave recent numbers out again.`);
+  if (room !== activeModel()) return; // loaded when it is opened
+  list.show(room, state.userId);
+  updateHistoryStatus(room);
+  loadOlder(room, { force: true });
+}
+
+/**
+ * Keeps a room at MAX_EVENTS at most: past it the oldest go, down to TRIM_TO (paging back
+ * brings them again). The room shown
+ * is trimmed only while the user is at the bottom (not while reading older messages they
+ * scrolled to; when they come back down). A room not shown is trimmed unless the user left
+ * it scrolled up, and then only past HARD_MAX_EVENTS (it opens at the bottom afterwards).
+ */
+function trimRoom(room) {
+  if (room.events.length <= MAX_EVENTS) return;
+  if (room === activeModel()) {
+    if (!list.nearBottom()) return;
+    list.remove(room.trim(TRIM_TO));
+    updateHistoryStatus(room);
+    return;
+  }
+  if (room.scroll && !room.scroll.atBottom) {
+    if (room.events.length <= HARD_MAX_EVENTS) return;
+    room.scroll = null;
+  }
+  room.trim(TRIM_TO);
 }
 
 /** The room's join (and its history, if any) is through: paging may start. */
@@ -558,6 +696,10 @@ async function loadOlder(room, { force = false } = {}) {
   if (room.generation === generation && state.joined.get(room.id) === room) {
     if (ack.ok) {
       const added = room.applyPage(page, ack);
+      if (!added) {
+        reloadRoom(room); // reset by epoch: it loads again from the newest events
+        return;
+      }
       if (room === activeModel()) list.insert(added, state.userId);
     } else {
       pageFailed(room, page, ack);
@@ -713,7 +855,9 @@ function setup() {
   ui.sidebarToggle.addEventListener("click", () => toggleSidebar());
   ui.messages.addEventListener("scroll", () => {
     const room = activeModel();
-    if (room) loadOlder(room);
+    if (!room) return;
+    if (list.nearBottom()) trimRoom(room); // back at the bottom: the oldest may go again
+    loadOlder(room);
   }, { passive: true });
   const credentials = store.get("credentials");
   if (credentials && (credentials.userId || credentials.token)) start(credentials);

@@ -161,6 +161,28 @@ export class MessageList {
     if (live && !stuck) this.newHint.hidden = false;
   }
 
+  /**
+   * Removes the elements of events the room model has just dropped (RoomModel.trim); what
+   * the user sees does not move.
+   */
+  remove(events) {
+    if (!this.room || events.length === 0) return;
+    this.keepScroll(() => {
+      for (const e of events) {
+        const key = eventKey(e);
+        this.elements.get(key)?.remove();
+        this.elements.delete(key);
+      }
+      // The event now after each gap lost the one it continued.
+      const all = this.room.events;
+      for (const e of events) {
+        const i = this.room.indexOf(e);
+        const el = all[i] ? this.elements.get(eventKey(all[i])) : null;
+        el?.classList.toggle("msg-cont", continues(all[i - 1], all[i]));
+      }
+    });
+  }
+
   /** Runs a DOM change; answers whether the list stuck to the bottom. */
   keepScroll(change) {
     const stick = this.nearBottom();

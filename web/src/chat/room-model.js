@@ -2,6 +2,10 @@
 // per event type what is loaded (for paging back) and the newest seq seen (for resuming).
 
 export const PAGE_SIZE = 50;
+/** Events a room keeps at most: beyond it the oldest go (see trim), and paging brings them back. */
+export const MAX_EVENTS = 1000;
+/** A trim goes this far below MAX_EVENTS, so that a burst of events is not trimmed one by one. */
+export const TRIM_TO = MAX_EVENTS - MAX_EVENTS / 10;
 
 /** `event:epoch:seq`: names one event for good (a seq is reused only under a new epoch). */
 export const eventKey = (e) => `${e.event}:${e.epoch ?? 0}:${e.seq}`;
@@ -47,6 +51,7 @@ export class RoomModel {
     this.declared = null; // RoomInfo.events, once the room list names them
     this.members = new Map(); // userId -> connections
     this.generation = 0;
+    this.resets = 0;
     this.reset();
   }
 
@@ -55,9 +60,10 @@ export class RoomModel {
     this.events = [];
     this.keys = new Set();
     this.streams = new Map();
-    this.epoch = 0;
+    this.epoch = 0; // the highest epoch of any event seen (sent with a join's `since`)
     this.synced = false; // a join history arrived
     this.generation += 1; // answers to requests of an earlier generation are dropped
+    this.resets += 1;
   }
 
   stream(name) {
@@ -84,8 +90,16 @@ export class RoomModel {
     return [...names];
   }
 
-  /** Adds an event unless it is known already; answers its display index, or -1. */
+  /**
+   * Adds an event unless it is known already; answers its display index, or -1. An event
+   * that shows the room's numbering started again below what the page holds (see collides)
+   * resets the room instead (`resets` grows; the event is not kept): the caller reloads it.
+   */
   add(e) {
+    if (this.collides(e)) {
+      this.reset();
+      return -1;
+    }
     this.track(e);
     const key = eventKey(e);
     if (this.keys.has(key)) return -1;
@@ -98,6 +112,18 @@ export class RoomModel {
   /** Display index of an event the room holds. */
   indexOf(e) {
     return lowerBound(this.events, e);
+  }
+
+  /**
+   * True when `e` comes from a later epoch than the page's position in its type, at or
+   * below that position's seq: after an unclean stop with `durability: accepted` the room
+   * gave those seqs out again, so what the page holds from that seq on names lost events,
+   * and its resume position is wrong. (A seq above it continues the numbering: nothing
+   * the page holds is renamed.)
+   */
+  collides(e) {
+    const s = this.streams.get(e.event);
+    return s !== undefined && s.last !== null && (e.epoch ?? 0) > s.epoch && e.seq <= s.last;
   }
 
   /** Updates the paging cursor and the resume position of the event's type. */
@@ -137,11 +163,14 @@ export class RoomModel {
     return Object.keys(since).length ? since : null;
   }
 
-  /** The epoch the `since` positions belong to (the oldest of them, to be safe; seq 0 is in every epoch). */
+  /**
+   * The epoch the `since` positions belong to: the highest seen on any of the room's events.
+   * A type with no event since a takeover keeps a position of an earlier epoch; one from
+   * a numbering given out again would have reset the room when the new epoch's events came
+   * (collides), so sending the highest epoch does not make every resume UNKNOWN_POSITION.
+   */
   sinceEpoch() {
-    let epoch = this.epoch;
-    for (const s of this.streams.values()) if (s.last) epoch = Math.min(epoch, s.epoch);
-    return epoch;
+    return this.epoch;
   }
 
   /** True when every type is loaded back to its first event. */
@@ -169,11 +198,50 @@ export class RoomModel {
       : { roomId: this.id, eventName: name, before: s.oldest, limit: s.limit };
   }
 
-  /** Takes a page answer; answers the events that were new, in display order. */
+  /**
+   * Drops the oldest events beyond `max` (and any other of their types at or below a dropped
+   * seq, so that each type keeps an unbroken run up to its newest); their types page back
+   * from the dropped seqs again. Answers the dropped events.
+   */
+  trim(max = MAX_EVENTS) {
+    const excess = this.events.length - max;
+    if (excess <= 0) return [];
+    const top = new Map(); // type -> its dropped event with the highest seq
+    for (const e of this.events.slice(0, excess)) {
+      const t = top.get(e.event);
+      if (!t || e.seq > t.seq) top.set(e.event, e);
+    }
+    const dropped = [];
+    const kept = [];
+    this.events.forEach((e, i) => {
+      const t = top.get(e.event);
+      (i < excess || (t && e.seq <= t.seq) ? dropped : kept).push(e);
+    });
+    this.events = kept;
+    for (const e of dropped) this.keys.delete(eventKey(e));
+    for (const [name, t] of top) {
+      const s = this.stream(name);
+      s.oldest = t.seq + 1; // `before` it: the dropped ones come back
+      s.oldestAt = t.timestamp;
+      s.hasMore = true;
+    }
+    this.generation += 1; // a page asked before the trim would leave a hole: dropped
+    return dropped;
+  }
+
+  /**
+   * Takes a page answer; answers the events that were new, in display order, or null when
+   * one of them reset the room (add).
+   */
   applyPage(request, answer) {
     const s = this.stream(request.eventName);
     const events = Array.isArray(answer.events) ? answer.events : [];
-    const added = events.filter((e) => this.add(e) >= 0);
+    const resets = this.resets;
+    const added = [];
+    for (const e of events) {
+      if (this.add(e) >= 0) added.push(e);
+      if (this.resets !== resets) return null;
+    }
     if (events.length === 0) {
       s.hasMore = false;
       if (s.last === null) s.last = 0; // the type has no events at all
