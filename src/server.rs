@@ -142,6 +142,7 @@ pub async fn run_with_hooks(
                     http::pages::configure(cfg, ui.clone());
                 }
             })
+            .default_service(web::to(http::not_found))
     })
     .workers(workers)
     // Slowloris: a request whose headers take longer is answered 408 and closed.

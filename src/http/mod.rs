@@ -161,6 +161,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .configure(api::configure);
 }
 
+/// Any other route or method: 404 with the JSON error.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    HttpResponse::NotFound().json(serde_json::json!({
+        "code": "NOT_FOUND",
+        "message": format!("no route {} {}", req.method(), req.path()),
+    }))
+}
+
 /// CORS for browsers, from the configuration.
 pub fn cors(config: &CorsConfig) -> actix_cors::Cors {
     let mut cors = actix_cors::Cors::default()

@@ -67,6 +67,11 @@ test("assets: hashed names cached for good, pages revalidated, gzip, first load 
   assert.equal((await raw("/", { "If-None-Match": `W/${page.headers.etag}` })).status, 304, "weak comparison");
   const head = await fetch(`${URL}/`, { method: "HEAD" });
   assert.equal(head.status, 200, "HEAD / (uptime monitors)");
+  for (const [method, path] of [["POST", "/"], ["GET", "/nowhere"], ["GET", "/assets/..%2f..%2fetc%2fpasswd"]]) {
+    const r = await fetch(`${URL}${path}`, { method });
+    assert.equal(r.status, 404, `${method} ${path}`);
+    assert.equal((await r.json()).code, "NOT_FOUND", `${method} ${path}: a JSON error`);
+  }
   const stale = await raw("/assets/chat.0000000000.js");
   assert.equal(stale.status, 404);
   assert.equal(JSON.parse(stale.body).code, "NOT_FOUND");
