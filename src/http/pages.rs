@@ -8,7 +8,7 @@
 use crate::config::AuthMode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::Bytes;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
@@ -177,19 +177,28 @@ fn not_modified(req: &HttpRequest, etag: &HeaderValue) -> bool {
         })
 }
 
-fn page(req: &HttpRequest, page: &Page) -> HttpResponse {
-    let mut response = if not_modified(req, &page.etag) {
+/// The start of an answer with `etag`: 304 when the client holds it already (`true`: send no
+/// body), else 200.
+fn revalidated(req: &HttpRequest, etag: &HeaderValue) -> (HttpResponseBuilder, bool) {
+    let held = not_modified(req, etag);
+    let mut response = if held {
         HttpResponse::NotModified()
     } else {
         HttpResponse::Ok()
     };
     response
-        .insert_header((header::ETAG, page.etag.clone()))
+        .insert_header((header::ETAG, etag.clone()))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
+    (response, held)
+}
+
+fn page(req: &HttpRequest, page: &Page) -> HttpResponse {
+    let (mut response, held) = revalidated(req, &page.etag);
+    response
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::REFERRER_POLICY, "no-referrer"));
-    if not_modified(req, &page.etag) {
+    if held {
         return response.finish();
     }
     response
@@ -227,22 +236,13 @@ fn takes_gzip(req: &HttpRequest) -> bool {
 
 async fn asset(req: HttpRequest, file: web::Path<String>, ui: web::Data<WebUi>) -> HttpResponse {
     let Some(asset) = ui.assets.get(file.as_str()) else {
-        return HttpResponse::NotFound().json(serde_json::json!({
-            "code": "NOT_FOUND",
-            "message": format!("no asset {file}"),
-        }));
+        return super::not_found(req).await;
     };
-    let mut response = if not_modified(&req, &asset.etag) {
-        HttpResponse::NotModified()
-    } else {
-        HttpResponse::Ok()
-    };
+    let (mut response, held) = revalidated(&req, &asset.etag);
     response
-        .insert_header((header::ETAG, asset.etag.clone()))
         .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
-        .insert_header((header::VARY, "Accept-Encoding"))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
-    if not_modified(&req, &asset.etag) {
+        .insert_header((header::VARY, "Accept-Encoding"));
+    if held {
         return response.finish();
     }
     response.content_type(asset.content_type);
