@@ -22,6 +22,8 @@
 //!   transports ([`http::websocket`], [`http::polling`]), the server API ([`http::api`]),
 //!   `/healthz`, `/readyz`, `/metrics`, and the web pages ([`http::pages`]: the chat page at
 //!   `/` and the dashboard at `/admin`, built from `web/` and embedded).
+//! - [`cluster`] — several nodes on one database through Redis: membership so far
+//!   (`docs/cluster.md` is the plan).
 //! - [`server`] — wiring it all up on a bound listener; `src/main.rs` is the thin CLI.
 //! - [`error`] — the client-facing error codes.
 //! - [`auth`] / [`hooks`] — identities (open or JWT), access rules, and the [`Hooks`] trait
@@ -35,6 +37,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -72,12 +72,29 @@ pub async fn run_with_hooks(
         .map(|_| Arbiter::new())
         .collect();
     let persistence_thread = Arbiter::new();
+    let node: Arc<str> = crate::store::node_name().into();
     let (persistence_addr, persistence, store_health) = Persistence::start(
         db_url,
         db.clone(),
         &settings.config.database,
+        node.clone(),
         &persistence_thread.handle(),
     );
+    let cluster = match &settings.config.cluster.redis {
+        Some(url) => {
+            let lease = Duration::from_millis(settings.config.cluster.lease_timeout);
+            let cluster = crate::cluster::Cluster::join(&url.value, &node, lease)
+                .await
+                .map_err(std::io::Error::other)?;
+            cluster.start_heartbeat();
+            log::info!(
+                "cluster: joined through Redis with {} live nodes",
+                cluster.nodes().len()
+            );
+            Some(cluster)
+        }
+        None => None,
+    };
     let directory = Directory::new(
         settings.clone(),
         room_threads.iter().map(Arbiter::handle).collect(),
@@ -107,6 +124,7 @@ pub async fn run_with_hooks(
         hooks,
         per_ip: http::PerIp::new(settings.config.server.max_connections_per_ip),
         recovery,
+        cluster: cluster.clone(),
     };
     if settings.config.api.keys.is_empty() {
         log::info!("server API off: no api.keys or DIALOGUE_API_KEYS configured");
@@ -184,6 +202,9 @@ pub async fn run_with_hooks(
         let _ = persistence_addr.send(WaitWritten).await;
     };
     let saved = tokio::time::timeout(timeout, flushed).await.is_ok();
+    if let Some(cluster) = &cluster {
+        let _ = tokio::time::timeout(Duration::from_secs(2), cluster.leave()).await;
+    }
     let result = if saved {
         let _ =
             tokio::time::timeout(Duration::from_secs(5), persistence_addr.send(ReleaseAll)).await;

@@ -236,3 +236,15 @@ fn check_config_warns_about_rules_in_open_mode() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
 }
+
+#[test]
+fn cluster_redis_must_be_a_redis_url() {
+    let (ok, err) = check(&format!("{GOOD}cluster:\n  redis: http://cache:6379\n"));
+    assert!(!ok);
+    assert!(
+        err.contains("bad.yaml:12:10: cluster.redis: 'http://cache:6379' is not a Redis URL"),
+        "{err}"
+    );
+    let (ok, err) = check(&format!("{GOOD}cluster:\n  redis: redis://cache:6379\n"));
+    assert!(ok, "{err}");
+}

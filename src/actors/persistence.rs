@@ -139,17 +139,18 @@ pub struct Persistence {
 }
 
 impl Persistence {
-    /// Starts the supervised actor on its own arbiter with an open connection.
+    /// Starts the supervised actor on its own arbiter with an open connection; `node` is
+    /// this process's name in room leases ([`store::node_name`]).
     pub fn start(
         url: String,
         db: DatabaseConnection,
         config: &crate::config::DatabaseConfig,
+        node: Arc<str>,
         arbiter: &ArbiterHandle,
     ) -> (Addr<Persistence>, PersistenceLink, Arc<StoreHealth>) {
         let health = Arc::new(StoreHealth::default());
         health.available.store(true, Ordering::Relaxed);
         let actor_health = health.clone();
-        let node: Arc<str> = store::node_name().into();
         let lease_timeout = Duration::from_millis(config.lease_timeout.max(100));
         let spill_file = PathBuf::from(&config.spill_file);
         log::info!("this process is {node} in room leases");

@@ -181,6 +181,12 @@ impl Settings {
                 self.config.database.url = url;
             }
         }
+        if let Ok(url) = std::env::var("DIALOGUE_REDIS_URL") {
+            if !url.is_empty() {
+                self.config.cluster.redis =
+                    Some(Spanned::new(url, Location::UNKNOWN, Location::UNKNOWN));
+            }
+        }
     }
 }
 
@@ -300,6 +306,26 @@ fn validate(config: &Config, text: &str) -> Result<EventCatalog, Vec<ConfigProbl
                 message,
             )),
         }
+    }
+
+    if let Some(url) = &config.cluster.redis {
+        if !["redis://", "rediss://", "unix://"]
+            .iter()
+            .any(|scheme| url.value.starts_with(scheme))
+        {
+            problems.push(problem(
+                url.referenced,
+                "cluster.redis".into(),
+                format!("'{}' is not a Redis URL (redis://host:port)", url.value),
+            ));
+        }
+    }
+    if config.cluster.lease_timeout < 100 {
+        problems.push(problem(
+            Location::UNKNOWN,
+            "cluster.leaseTimeout".into(),
+            "must be at least 100 ms".into(),
+        ));
     }
 
     for (id, room) in &config.rooms {

@@ -31,6 +31,8 @@ pub struct Config {
     pub recovery: RecoveryConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// Event types, by name.
     #[serde(default)]
     pub events: BTreeMap<String, EventConfig>,
@@ -300,6 +302,27 @@ impl Default for MetricsConfig {
         MetricsConfig {
             key: None,
             max_room_series: 1000,
+        }
+    }
+}
+
+/// Several nodes sharing one database (see `docs/cluster.md`); off without `redis`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://host:port[/db]` (or `rediss://`); `DIALOGUE_REDIS_URL` overrides. None = a
+    /// single node.
+    #[schemars(with = "Option<String>")]
+    pub redis: Option<Spanned<String>>,
+    /// A node that has not renewed its heartbeat for this long is gone (ms).
+    pub lease_timeout: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis: None,
+            lease_timeout: 5000,
         }
     }
 }

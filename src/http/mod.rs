@@ -41,6 +41,8 @@ pub struct AppState {
     pub per_ip: PerIp,
     /// Recoverable Socket.IO sessions; `None` when `recovery.enabled` is false.
     pub recovery: Option<crate::recovery::SessionStore>,
+    /// This node's view of the cluster; `None` for a single node.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// Counts the Socket.IO sessions open from each IP address, up to a bound.
@@ -437,12 +439,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let stopped = state.store.stopped.load(Ordering::Relaxed);
     let backlog_bytes = state.store.backlog_bytes.load(Ordering::Relaxed);
     let database = &state.settings.config.database;
+    let redis = state.cluster.as_ref().map(|c| c.available());
     let ready = available
         && backlog < database.max_backlog
         && backlog_bytes < database.max_backlog_bytes
         && restoring == 0
-        && stopped == 0;
-    let body = serde_json::json!({
+        && stopped == 0
+        && redis != Some(false);
+    let mut body = serde_json::json!({
         "ready": ready,
         "database": if available { "available" } else { "unavailable" },
         "backlog": backlog,
@@ -452,6 +456,15 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "roomsRestoring": restoring,
         "roomsStopped": stopped,
     });
+    if let Some(cluster) = &state.cluster {
+        body["redis"] = serde_json::json!(if cluster.available() {
+            "available"
+        } else {
+            "unavailable"
+        });
+        body["node"] = serde_json::json!(&*cluster.node);
+        body["nodes"] = serde_json::json!(cluster.nodes());
+    }
     if ready {
         HttpResponse::Ok().json(body)
     } else {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub mod pg;
 pub mod proxy;
+pub mod redis;
 
 /// A running server; killed on drop.
 pub struct TestServer {
