@@ -164,12 +164,7 @@ fn web_ui_can_be_turned_off() {
 fn committed_web_build_is_fresh() {
     let web = repo().join("web");
     if !web.join("node_modules").join("esbuild").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&web)
-            .status()
-            .expect("npm must be installed");
-        assert!(status.success(), "npm ci in web/ failed");
+        common::npm_ci(&web);
     }
     let out = tempfile::tempdir().unwrap();
     let status = Command::new("node")

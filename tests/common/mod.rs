@@ -260,13 +260,18 @@ pub fn ensure_node_modules() {
         {
             return;
         }
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm must be installed to run the Socket.IO client tests");
-        assert!(status.success(), "npm ci in tests/js failed");
+        npm_ci(&dir);
     });
+}
+
+/// `npm ci` in `dir`: its packages from the committed lockfile.
+pub fn npm_ci(dir: &Path) {
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .status()
+        .expect("npm must be installed to run the Node tests");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
 }
 
 /// Runs `node --test <script>` against `server`; panics with the output if a test fails.
