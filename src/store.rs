@@ -42,9 +42,70 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     // Migrate, then open the pool afresh: SQLite connections opened before the migration can
     // keep a schema without the unique index and refuse the first ON CONFLICT insert.
     let db = Database::connect(options.clone()).await?;
-    Migrator::up(&db, None).await?;
+    // Processes starting at once on a fresh database (a cluster's nodes) would race to apply
+    // the same migration; they take turns instead.
+    let turn = MigrationTurn::take(url, &options).await?;
+    let migrated = Migrator::up(&db, None).await;
+    turn.release().await;
+    migrated?;
     db.close().await?;
     Database::connect(options).await
+}
+
+/// This process's turn to apply migrations, held until [`MigrationTurn::release`]: on SQLite
+/// an exclusive `flock` of the database file (SQLite's own locks are `fcntl` locks, which it
+/// does not disturb), on PostgreSQL a session advisory lock on a connection of its own.
+enum MigrationTurn {
+    File(#[allow(dead_code)] std::fs::File),
+    Postgres(DatabaseConnection),
+    None,
+}
+
+/// The advisory lock key of migrations (any constant the application uses for nothing else).
+const MIGRATION_LOCK: i64 = 0x6469_616c_6f67_7565; // "dialogue"
+
+impl MigrationTurn {
+    async fn take(url: &str, options: &ConnectOptions) -> Result<MigrationTurn, DbErr> {
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or_default().to_owned();
+            if path.is_empty() || path.contains(":memory:") {
+                return Ok(MigrationTurn::None);
+            }
+            let file = tokio::task::spawn_blocking(move || {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)?;
+                file.lock()?;
+                Ok::<_, std::io::Error>(file)
+            })
+            .await
+            .map_err(|e| DbErr::Custom(format!("migration lock: {e}")))?
+            .map_err(|e| DbErr::Custom(format!("migration lock of the database file: {e}")))?;
+            return Ok(MigrationTurn::File(file));
+        }
+        let mut one = options.clone();
+        one.max_connections(1).min_connections(1);
+        let conn = Database::connect(one).await?;
+        conn.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .await?;
+        Ok(MigrationTurn::Postgres(conn))
+    }
+}
+
+impl MigrationTurn {
+    /// Gives the turn to the next process (the file lock ends with its file; the advisory
+    /// lock is released, and its connection closed).
+    async fn release(self) {
+        if let MigrationTurn::Postgres(conn) = self {
+            let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
+            let _ = conn.execute_unprepared(&unlock).await;
+            let _ = conn.close().await;
+        }
+    }
 }
 
 /// SQLite: copies what the write-ahead log holds into the database file without waiting for

@@ -140,3 +140,85 @@ fn unreachable_redis_stops_the_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cluster.redis"), "{stderr}");
 }
+
+/// Starts three processes at the same moment on one fresh database; all must come up (they
+/// race to apply the migrations). Spawned from this thread, not through [`TestServer`], so
+/// that none waits for another's start.
+fn three_at_once(db: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ host: 127.0.0.1 }}\ndatabase: {{ url: \"{db}\" }}\n\
+             events:\n  message: {{ history: {{ limit: 10 }} }}\n"
+        ),
+    )
+    .unwrap();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        })
+        .collect();
+    let mut children: Vec<std::process::Child> = ports
+        .iter()
+        .map(|port| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dialogue"));
+            cmd.arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .current_dir(dir.path())
+                .env("PORT", port.to_string())
+                .env_remove("DATABASE_URL")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            common::die_with_parent(&mut cmd);
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let started = Instant::now();
+    let mut ready = vec![false; 3];
+    while !ready.iter().all(|r| *r) && started.elapsed() < Duration::from_secs(30) {
+        for (i, child) in children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("node {i} stopped at start: {status}");
+            }
+            ready[i] = ready[i] || ready_at(ports[i]);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(ready, vec![true; 3], "every node became ready");
+}
+
+/// True when `GET /readyz` on `port` answers 200.
+fn ready_at(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+}
+
+#[test]
+fn nodes_started_at_once_on_a_fresh_sqlite_database_all_start() {
+    let dir = tempfile::tempdir().unwrap();
+    three_at_once(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("fresh.db").display()
+    ));
+}
+
+#[test]
+fn nodes_started_at_once_on_a_fresh_postgres_database_all_start() {
+    let Some(pg) = Postgres::start() else { return };
+    three_at_once(&rt().block_on(pg.create_db("fresh")));
+}
