@@ -22,6 +22,8 @@ pub struct Cluster {
     lease: Duration,
     /// The last heartbeat reached Redis.
     available: Arc<AtomicBool>,
+    /// Set by [`Cluster::leave`]: no heartbeat may add the node again.
+    left: Arc<AtomicBool>,
     /// The live nodes at the last heartbeat, sorted.
     nodes: Arc<Mutex<Vec<String>>>,
 }
@@ -56,6 +58,7 @@ impl Cluster {
             redis,
             lease,
             available: Arc::new(AtomicBool::new(false)),
+            left: Arc::default(),
             nodes: Arc::default(),
         };
         cluster
@@ -100,6 +103,9 @@ impl Cluster {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                if cluster.left.load(Ordering::Relaxed) {
+                    return;
+                }
                 let _ = cluster.heartbeat().await;
             }
         });
@@ -107,6 +113,7 @@ impl Cluster {
 
     /// Leaves the cluster at a clean stop.
     pub async fn leave(&self) {
+        self.left.store(true, Ordering::Relaxed);
         let mut redis = self.redis.clone();
         let left: Result<i64, _> = redis::Script::new(LEAVE)
             .key(NODES)
