@@ -86,6 +86,22 @@ fn chat_page_and_dashboard_in_chromium() {
     assert!(!server.log_contains("panicked"));
 }
 
+/// `auth.mode: jwt`: the page signs in with a pasted token (`tests/js/web-jwt.test.mjs`).
+#[test]
+fn chat_page_signs_in_with_a_token() {
+    if chromium().is_none() {
+        return;
+    }
+    const SECRET: &str = "web-secret-0123456789abcdef0123456789";
+    let config = format!(
+        "{CONFIG}auth:\n  mode: jwt\n  jwt: {{ algorithm: HS256, secret: \"{SECRET}\" }}\n"
+    );
+    let mut server = TestServer::start(&config);
+    let env = browser_env(&[("JWT_SECRET", SECRET.to_owned())]);
+    run_node_tests("web-jwt.test.mjs", &server, &refs(&env));
+    assert!(server.is_running());
+}
+
 /// `kill -9` with the page open: it reconnects by itself and shows what it missed, once —
 /// recovered by socket.io-client's connection-state recovery.
 #[test]
