@@ -29,6 +29,10 @@ pub struct Metrics {
     pub persist_stopped_rooms: IntCounter,
     pub fanout_seconds: Histogram,
     pub history_read_seconds: HistogramVec,
+    /// Cluster: live nodes at the last heartbeat (0 for a single node).
+    pub cluster_nodes: IntGauge,
+    /// Cluster: 1 while the last heartbeat reached Redis.
+    pub cluster_redis_up: IntGauge,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -114,6 +118,19 @@ impl Metrics {
         registry
             .register(Box::new(history_read_seconds.clone()))
             .expect("unique");
+        let cluster_nodes = IntGauge::new(
+            "dialogue_cluster_nodes",
+            "Live nodes this node saw at its last heartbeat (0: not clustered)",
+        )
+        .expect("valid");
+        let cluster_redis_up = IntGauge::new(
+            "dialogue_cluster_redis_up",
+            "1 while this node's last heartbeat reached Redis",
+        )
+        .expect("valid");
+        for g in [&cluster_nodes, &cluster_redis_up] {
+            registry.register(Box::new(g.clone())).expect("unique");
+        }
         Metrics {
             joins: counter_vec(&registry, "dialogue_joins_total", "Room joins", &["room"]),
             triggered: counter_vec(
@@ -150,6 +167,8 @@ impl Metrics {
             persist_stopped_rooms,
             fanout_seconds,
             history_read_seconds,
+            cluster_nodes,
+            cluster_redis_up,
         }
     }
 

@@ -39,6 +39,13 @@ fn readyz_until(
     }
 }
 
+/// A gauge's value in the node's `/metrics`.
+fn metric(node: &TestServer, name: &str) -> Option<i64> {
+    let (_, text) = node.http_get("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn nodes(body: &Value) -> Vec<String> {
     body["nodes"]
         .as_array()
@@ -76,6 +83,8 @@ fn nodes_see_each_other_come_and_go_and_redis_outages() {
         want.sort();
         assert_eq!(nodes(&body), want, "every node sees the three: {body}");
     }
+    assert_eq!(metric(&servers[0], "dialogue_cluster_nodes"), Some(3));
+    assert_eq!(metric(&servers[0], "dialogue_cluster_redis_up"), Some(1));
 
     // kill -9: gone from the others' view once its heartbeat runs out (leaseTimeout 1 s).
     servers[2].kill9();
@@ -104,6 +113,7 @@ fn nodes_see_each_other_come_and_go_and_redis_outages() {
     let (status, body) = readyz_until(&servers[0], Duration::from_secs(10), |s, _| s == 503);
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["redis"], "unavailable", "{body}");
+    assert_eq!(metric(&servers[0], "dialogue_cluster_redis_up"), Some(0));
     redis.start_server();
     let (status, body) = readyz_until(&servers[0], Duration::from_secs(15), |s, _| s == 200);
     assert_eq!(status, 200, "{body}");

@@ -4,6 +4,7 @@
 //! clock), and reads the live nodes from it; `/readyz` reports Redis. Room placement uses the
 //! live nodes ([`owner_of`]).
 
+use crate::metrics::METRICS;
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,6 +81,8 @@ impl Cluster {
         match answer {
             Ok(mut nodes) => {
                 nodes.sort();
+                METRICS.cluster_nodes.set(nodes.len() as i64);
+                METRICS.cluster_redis_up.set(1);
                 *self.nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
                 if !self.available.swap(true, Ordering::Relaxed) {
                     log::info!("cluster: Redis available; node {}", self.node);
@@ -87,6 +90,7 @@ impl Cluster {
                 Ok(())
             }
             Err(e) => {
+                METRICS.cluster_redis_up.set(0);
                 if self.available.swap(false, Ordering::Relaxed) {
                     log::error!("cluster: Redis unavailable ({e}); retrying");
                 }
