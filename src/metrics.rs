@@ -43,14 +43,22 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     c
 }
 
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
-        let connections =
-            IntGauge::new("dialogue_connections", "Connected Socket.IO sessions").expect("valid");
-        registry
-            .register(Box::new(connections.clone()))
-            .expect("unique");
+        let connections = gauge(
+            &registry,
+            "dialogue_connections",
+            "Connected Socket.IO sessions",
+        );
         let persist_batches = IntCounter::new(
             "dialogue_persist_batches_total",
             "Transactions that wrote evicted history",
@@ -63,11 +71,11 @@ impl Metrics {
             "Failed database writes or connects (retried)",
         )
         .expect("valid");
-        let persist_backlog = IntGauge::new(
+        let persist_backlog = gauge(
+            &registry,
             "dialogue_persist_backlog",
             "Evicted events waiting to be written",
-        )
-        .expect("valid");
+        );
         let persist_quarantined = IntCounter::new(
             "dialogue_persist_quarantined_total",
             "Events the database refused, moved to the quarantine table",
@@ -110,27 +118,21 @@ impl Metrics {
             registry.register(Box::new(m.clone())).expect("unique");
         }
         registry
-            .register(Box::new(persist_backlog.clone()))
-            .expect("unique");
-        registry
             .register(Box::new(fanout_seconds.clone()))
             .expect("unique");
         registry
             .register(Box::new(history_read_seconds.clone()))
             .expect("unique");
-        let cluster_nodes = IntGauge::new(
+        let cluster_nodes = gauge(
+            &registry,
             "dialogue_cluster_nodes",
             "Live nodes this node saw at its last heartbeat (0: not clustered)",
-        )
-        .expect("valid");
-        let cluster_redis_up = IntGauge::new(
+        );
+        let cluster_redis_up = gauge(
+            &registry,
             "dialogue_cluster_redis_up",
             "1 while this node's last heartbeat reached Redis",
-        )
-        .expect("valid");
-        for g in [&cluster_nodes, &cluster_redis_up] {
-            registry.register(Box::new(g.clone())).expect("unique");
-        }
+        );
         Metrics {
             joins: counter_vec(&registry, "dialogue_joins_total", "Room joins", &["room"]),
             triggered: counter_vec(

@@ -119,6 +119,18 @@ pub(super) fn check_bearer(req: &HttpRequest, keys: &[String]) -> Result<(), Htt
     }
 }
 
+/// What a `/api/rooms/{roomId}` route checks first: the key, then the room id.
+fn authorized_room_id(
+    req: &HttpRequest,
+    state: &AppState,
+    path: web::Path<String>,
+) -> Result<String, HttpResponse> {
+    authorize(req, state)?;
+    let room_id = path.into_inner();
+    storable::check_room_id(&room_id).map_err(|e| error(&e))?;
+    Ok(room_id)
+}
+
 /// Compares without stopping at the first difference (no timing hint about the key).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -387,13 +399,10 @@ async fn delete_room(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(r) = authorize(&req, &state) {
-        return r;
-    }
-    let room_id = path.into_inner();
-    if let Err(e) = storable::check_room_id(&room_id) {
-        return error(&e);
-    }
+    let room_id = match authorized_room_id(&req, &state, path) {
+        Ok(room_id) => room_id,
+        Err(r) => return r,
+    };
     let delete = DeleteRoom {
         room_id: room_id.clone(),
         identity: Arc::new(Identity::server("server API")),
@@ -433,13 +442,10 @@ async fn presence(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(r) = authorize(&req, &state) {
-        return r;
-    }
-    let room_id = path.into_inner();
-    if let Err(e) = storable::check_room_id(&room_id) {
-        return error(&e);
-    }
+    let room_id = match authorized_room_id(&req, &state, path) {
+        Ok(room_id) => room_id,
+        Err(r) => return r,
+    };
     let room = match room(&state, &room_id).await {
         Ok(room) => room,
         Err(r) => return r,
