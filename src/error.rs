@@ -1,11 +1,11 @@
 //! Error codes sent to clients (`dialogue:error`, ack errors, HTTP API bodies) and the
 //! crate's error type.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The codes of SPEC §5, sent as `{code, message}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     RoomNotFound,
@@ -43,7 +43,7 @@ impl ErrorCode {
 }
 
 /// An application-level error answered to one request; the connection stays up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct DialogueError {
     pub code: ErrorCode,

@@ -100,6 +100,7 @@ pub async fn run_with_hooks(
         room_threads.iter().map(Arbiter::handle).collect(),
         persistence.clone(),
         hooks.clone(),
+        cluster.clone(),
     )
     .start();
 
@@ -194,17 +195,26 @@ pub async fn run_with_hooks(
     );
     server.await?;
 
+    let timeout = Duration::from_millis(settings.config.server.shutdown_timeout);
+    // A cluster node leaves the live nodes first: the others take its rooms over, each once
+    // this node wrote what the room accepted and gave up its lease.
+    if let Some(cluster) = &cluster {
+        let _ = tokio::time::timeout(Duration::from_secs(2), cluster.leave()).await;
+        let handed = directory.send(crate::actors::directory::HandOverAll);
+        if tokio::time::timeout(timeout, handed).await.is_err() {
+            log::warn!(
+                "not every room was handed over within {}ms",
+                timeout.as_millis()
+            );
+        }
+    }
     // Every room hands over what it accepted and not yet sent; the store writes what is
     // queued, then gives up the rooms' leases (a clean stop: no epoch change).
-    let timeout = Duration::from_millis(settings.config.server.shutdown_timeout);
     let flushed = async {
         let _ = directory.send(FlushAll).await;
         let _ = persistence_addr.send(WaitWritten).await;
     };
     let saved = tokio::time::timeout(timeout, flushed).await.is_ok();
-    if let Some(cluster) = &cluster {
-        let _ = tokio::time::timeout(Duration::from_secs(2), cluster.leave()).await;
-    }
     let result = if saved {
         let _ =
             tokio::time::timeout(Duration::from_secs(5), persistence_addr.send(ReleaseAll)).await;

@@ -5,6 +5,8 @@
 use crate::actors::messages::*;
 use crate::actors::outbox::{Outbox, SharedFrame};
 use crate::actors::room::{RoomActor, RoomShared, MAILBOX_CAPACITY};
+use crate::cluster::bus::{BusNotice, DirectoryChange, RoomSpec};
+use crate::cluster::NodesChanged;
 use crate::config::{Settings, SyncHistory};
 use crate::error::{DialogueError, ErrorCode};
 use crate::hooks::Hooks;
@@ -38,6 +40,8 @@ pub struct Directory {
     runtime_rooms: std::collections::HashSet<String>,
     /// Rooms created per user in the current minute (`limits.roomsPerMinute`).
     created_by_user: HashMap<Arc<str>, (std::time::Instant, u32)>,
+    /// The cluster (`None`: a single node).
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Directory {
@@ -47,8 +51,10 @@ impl Directory {
         arbiters: Vec<ArbiterHandle>,
         persistence: PersistenceLink,
         hooks: Arc<dyn Hooks>,
+        cluster: Option<crate::cluster::Cluster>,
     ) -> Self {
         let mut dir = Directory {
+            cluster,
             hooks,
             settings: settings.clone(),
             rooms: BTreeMap::new(),
@@ -99,6 +105,7 @@ impl Directory {
             self.settings.events.clone(),
             self.persistence.clone(),
             self.hooks.clone(),
+            self.cluster.clone(),
         );
         let addr = match self
             .arbiters
@@ -131,6 +138,11 @@ impl Actor for Directory {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        if let Some(cluster) = &self.cluster {
+            cluster.set_on_change(ctx.address().recipient());
+            cluster.bus.set_handler(ctx.address().recipient());
+            self.load_cluster_rooms(ctx);
+        }
     }
 }
 
@@ -185,9 +197,48 @@ impl Handler<RoomAddrs> for Directory {
 }
 
 impl Handler<CreateRoom> for Directory {
-    type Result = Result<RoomInfo, DialogueError>;
+    type Result = ResponseActFuture<Self, Result<RoomInfo, DialogueError>>;
 
     fn handle(&mut self, msg: CreateRoom, _: &mut Context<Self>) -> Self::Result {
+        let spec = match self.check_new_room(msg) {
+            Ok(spec) => spec,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+        };
+        let Some(cluster) = self.cluster.clone() else {
+            return Box::pin(actix::fut::ready(Ok(self.create_room(spec))));
+        };
+        // Cluster-wide: the first node to put the id in the shared hash creates it.
+        let id = spec.id.clone();
+        Box::pin(
+            async move { (cluster.save_room(&spec).await, spec) }
+                .into_actor(self)
+                .map(move |(saved, spec), act, _| match saved {
+                    Ok(true) => {
+                        let info = act.create_room(spec.clone());
+                        if let Some(cluster) = &act.cluster {
+                            cluster.bus.announce(
+                                crate::cluster::bus::DirectoryChange::RoomCreated { room: spec }
+                                    .to_json(),
+                            );
+                        }
+                        Ok(info)
+                    }
+                    Ok(false) => Err(DialogueError::new(
+                        ErrorCode::RoomExists,
+                        format!("room '{id}' already exists"),
+                    )),
+                    Err(e) => Err(DialogueError::new(
+                        ErrorCode::StorageUnavailable,
+                        format!("the cluster's room directory (Redis) is unavailable: {e}"),
+                    )),
+                }),
+        )
+    }
+}
+
+impl Directory {
+    /// Checks a room to create (access, limits, ids, events): what makes it.
+    fn check_new_room(&mut self, msg: CreateRoom) -> Result<RoomSpec, DialogueError> {
         let id = msg.id.trim();
         if id.is_empty() || id.len() > MAX_ROOM_ID || id != msg.id {
             return Err(DialogueError::invalid(format!(
@@ -291,28 +342,101 @@ impl Handler<CreateRoom> for Directory {
                 )));
             }
         }
-        let shared = self.start_room(RoomShared {
-            id: id.into(),
+        Ok(RoomSpec {
+            id: id.to_owned(),
             name: msg.name,
             description: msg.description,
             max_size: msg.max_size,
             events,
             default_subscriptions: msg.default_subscriptions,
-            sync_history_on_join: msg.sync_history_on_join,
-            auto_join: false,
+            sync_history_on_join: msg.sync_history_on_join.map(|n| n as u64),
             presence: msg
                 .presence
                 .then_some(self.settings.config.limits.presence_max_members),
-            created_by: (!msg.identity.trusted).then(|| msg.identity.user_id.clone()),
+            created_by: (!msg.identity.trusted).then(|| msg.identity.user_id.to_string()),
+        })
+    }
+
+    /// Starts a room created at run time (here, or on another node of the cluster) and
+    /// announces it to the connected clients.
+    fn create_room(&mut self, spec: RoomSpec) -> RoomInfo {
+        let id = spec.id.clone();
+        let shared = self.start_room(RoomShared {
+            id: spec.id.as_str().into(),
+            name: spec.name,
+            description: spec.description,
+            max_size: spec.max_size,
+            events: spec.events,
+            default_subscriptions: spec.default_subscriptions,
+            sync_history_on_join: spec
+                .sync_history_on_join
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            auto_join: false,
+            presence: spec.presence,
+            created_by: spec.created_by.map(|u| u.as_str().into()),
             size: AtomicUsize::new(0),
             ready: Default::default(),
         });
-        self.runtime_rooms.insert(id.to_owned());
+        self.runtime_rooms.insert(id);
         let info = shared.info();
         log::info!("room '{}' created by {}", info.id, msg_creator(&shared));
         self.hooks.on_room_created(&info);
         self.broadcast("dialogue:roomCreated", &to_json(&info));
-        Ok(info)
+        info
+    }
+
+    /// Deletes a room here: its history is written first; the answer waits for that.
+    fn remove_room(&mut self, room_id: &str) -> Option<Request<RoomActor, CloseRoom>> {
+        let entry = self.rooms.remove(room_id)?;
+        self.runtime_rooms.remove(room_id);
+        Some(entry.addr.send(CloseRoom))
+    }
+
+    /// Starts the rooms other nodes created at run time (at start, and when the connection to
+    /// Redis was lost: the announcements meanwhile were too); drops those deleted meanwhile.
+    fn load_cluster_rooms(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        ctx.spawn(
+            async move { cluster.runtime_rooms().await }
+                .into_actor(self)
+                .map(|rooms, act, _| {
+                    let Ok(rooms) = rooms else {
+                        return;
+                    };
+                    let known: std::collections::HashSet<String> =
+                        rooms.iter().map(|r| r.id.clone()).collect();
+                    for spec in rooms {
+                        if !act.rooms.contains_key(&spec.id) {
+                            act.create_room(spec);
+                        }
+                    }
+                    let gone: Vec<String> = act
+                        .runtime_rooms
+                        .iter()
+                        .filter(|id| !known.contains(*id))
+                        .cloned()
+                        .collect();
+                    for id in gone {
+                        act.forget_room(&id);
+                    }
+                }),
+        );
+    }
+
+    /// A room deleted on another node: deleted here, and the clients told.
+    fn forget_room(&mut self, room_id: &str) {
+        if let Some(closing) = self.remove_room(room_id) {
+            actix_rt::spawn(async move {
+                let _ = closing.await;
+            });
+            self.hooks.on_room_deleted(room_id);
+            self.broadcast(
+                "dialogue:roomDeleted",
+                &to_json(&serde_json::json!({ "roomId": room_id })),
+            );
+        }
     }
 }
 
@@ -334,28 +458,32 @@ impl Handler<DeleteRoom> for Directory {
         {
             return refuse(e);
         }
-        let Some(entry) = self.rooms.remove(&msg.room_id) else {
+        let Some(closing) = self.remove_room(&msg.room_id) else {
             return Box::pin(actix::fut::ready(Err(DialogueError::room_not_found(
                 &msg.room_id,
             ))));
         };
-        self.runtime_rooms.remove(&msg.room_id);
+        if let Some(cluster) = self.cluster.clone() {
+            let room_id = msg.room_id.clone();
+            actix_rt::spawn(async move {
+                if let Err(e) = cluster.forget_room(&room_id).await {
+                    log::warn!("cluster: room '{room_id}' stays in the shared directory: {e}");
+                }
+                cluster.bus.announce(
+                    crate::cluster::bus::DirectoryChange::RoomDeleted { room_id }.to_json(),
+                );
+            });
+        }
         // The room answers once its history is in the database.
-        Box::pin(
-            entry
-                .addr
-                .send(CloseRoom)
-                .into_actor(self)
-                .map(move |_, act, _| {
-                    log::info!("room '{}' deleted by {}", msg.room_id, msg.identity.user_id);
-                    act.hooks.on_room_deleted(&msg.room_id);
-                    act.broadcast(
-                        "dialogue:roomDeleted",
-                        &to_json(&serde_json::json!({ "roomId": msg.room_id })),
-                    );
-                    Ok(())
-                }),
-        )
+        Box::pin(closing.into_actor(self).map(move |_, act, _| {
+            log::info!("room '{}' deleted by {}", msg.room_id, msg.identity.user_id);
+            act.hooks.on_room_deleted(&msg.room_id);
+            act.broadcast(
+                "dialogue:roomDeleted",
+                &to_json(&serde_json::json!({ "roomId": msg.room_id })),
+            );
+            Ok(())
+        }))
     }
 }
 
@@ -372,6 +500,65 @@ impl Handler<FlushAll> for Directory {
             .collect();
         Box::pin(async move {
             futures_util::future::join_all(flushes).await;
+        })
+    }
+}
+
+impl Handler<NodesChanged> for Directory {
+    type Result = ();
+
+    fn handle(&mut self, _: NodesChanged, _: &mut Context<Self>) {
+        for room in self.rooms.values() {
+            room.addr.do_send(Reassess);
+        }
+    }
+}
+
+impl Handler<BusNotice> for Directory {
+    type Result = ();
+
+    fn handle(&mut self, msg: BusNotice, ctx: &mut Context<Self>) {
+        match msg {
+            BusNotice::Request { room, op, respond } => match self.rooms.get(&room) {
+                Some(entry) => entry.addr.do_send(RemoteOp { op, respond }),
+                None => respond.answer(Err(DialogueError::room_not_found(&room))),
+            },
+            BusNotice::Reconnected => self.load_cluster_rooms(ctx),
+            BusNotice::Directory(json) => match serde_json::from_str(&json) {
+                Ok(DirectoryChange::NodeLeft { .. }) => {
+                    if let Some(cluster) = self.cluster.clone() {
+                        actix_rt::spawn(async move { cluster.refresh().await });
+                    }
+                }
+                Ok(DirectoryChange::RoomCreated { room }) => {
+                    if !self.rooms.contains_key(&room.id) {
+                        self.create_room(room);
+                    }
+                }
+                Ok(DirectoryChange::RoomDeleted { room_id }) => self.forget_room(&room_id),
+                Err(e) => log::warn!("cluster: unreadable directory change: {e}"),
+            },
+        }
+    }
+}
+
+/// Answers once every room this node owned is handed over (a clean stop of a cluster node,
+/// after it left the live nodes).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandOverAll;
+
+impl Handler<HandOverAll> for Directory {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: HandOverAll, _: &mut Context<Self>) -> Self::Result {
+        let waits: Vec<_> = self
+            .rooms
+            .values()
+            .map(|r| r.addr.send(WaitHandedOver))
+            .collect();
+        Box::pin(async move {
+            futures_util::future::join_all(waits).await;
         })
     }
 }

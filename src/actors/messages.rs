@@ -259,6 +259,8 @@ pub enum Reply {
     /// To a waiting sender (the HTTP API, an awaited trigger). Dropped unanswered = the room
     /// stopped.
     Channel(tokio::sync::oneshot::Sender<Result<Triggered, DialogueError>>),
+    /// To another node, which forwarded the trigger to this room's owner.
+    Remote(crate::cluster::bus::Responder),
 }
 
 impl Reply {
@@ -277,6 +279,7 @@ impl Reply {
             Reply::Channel(tx) => {
                 let _ = tx.send(result);
             }
+            Reply::Remote(respond) => respond.answer(result.map(|t| t.to_json())),
         }
     }
 }
@@ -347,12 +350,41 @@ impl Drop for AckTo {
 }
 
 /// An accepted event.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Triggered {
     pub seq: u64,
     /// The stored `EventMessage`, when [`Trigger::echo`] asked for it.
     pub json: Option<String>,
 }
+
+impl Triggered {
+    /// As a forwarded trigger's answer carries it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------- cluster → room
+
+/// A request from another node for this room (it must own the room).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoteOp {
+    pub op: crate::cluster::bus::Op,
+    pub respond: crate::cluster::bus::Responder,
+}
+
+/// The live nodes changed: the room checks whether it should own itself or follow another
+/// node, and hands itself over or takes over accordingly.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reassess;
+
+/// Answers once the room is not this node's any more (everything it accepted written and
+/// its lease given up) — at once for a replica (a clean stop of a cluster node).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WaitHandedOver;
 
 /// A page of one event's history, newest first.
 #[derive(Message)]
@@ -394,6 +426,13 @@ pub struct RoomStats {
     pub delivered: u64,
     /// Each event type with history.
     pub history: Vec<StreamStats>,
+    /// In a cluster: this node's part in the room (`owner`, `claiming`, `handing-over`,
+    /// `replica`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// In a cluster: the node that owns the room, as this node knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One (room, event) stream with history.

@@ -1,14 +1,23 @@
-//! Several nodes sharing one database, coordinated through Redis (`cluster.redis`; the plan
-//! is `docs/cluster.md`). This part keeps the node membership: each node renews a heartbeat
-//! in the sorted set [`NODES`] (member = node name, score = when it expires, in Redis's own
-//! clock), and reads the live nodes from it; `/readyz` reports Redis. Room placement uses the
-//! live nodes ([`owner_of`]).
+//! Several nodes sharing one database, coordinated through Redis (`cluster.redis`;
+//! `docs/cluster.md` is the design).
+//!
+//! - Membership (this file): each node renews a heartbeat in the sorted set [`NODES`]
+//!   (member = node name, score = when it expires, in Redis's own clock) and reads the live
+//!   nodes from it. A node whose last heartbeat is older than the lease sees no node at all
+//!   (it cannot know who owns what), so it owns nothing.
+//! - Placement: the owner of a room is the live node with the highest rendezvous hash
+//!   ([`owner_of`]); the room's database lease fences its writes while ownership moves.
+//! - [`bus`]: the pub/sub messages between nodes (events to replicas, requests to owners,
+//!   directory changes).
+
+pub mod bus;
 
 use crate::metrics::METRICS;
+use actix::prelude::*;
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The sorted set of node heartbeats.
 pub const NODES: &str = "dlg:nodes";
@@ -26,8 +35,21 @@ pub struct Cluster {
     /// Set by [`Cluster::leave`]: no heartbeat may add the node again.
     left: Arc<AtomicBool>,
     /// The live nodes at the last heartbeat, sorted.
-    nodes: Arc<Mutex<Vec<String>>>,
+    nodes: Arc<Mutex<Arc<Vec<String>>>>,
+    /// When a heartbeat last reached Redis.
+    last_ok: Arc<Mutex<Instant>>,
+    /// Told when this node's view of the live nodes changes (the directory).
+    on_change: Arc<OnceLock<Recipient<NodesChanged>>>,
+    /// The view the last [`NodesChanged`] was sent for.
+    told: Arc<Mutex<Arc<Vec<String>>>>,
+    /// The pub/sub messages between nodes.
+    pub bus: bus::Bus,
 }
+
+/// This node's view of the live nodes changed: rooms check who owns them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NodesChanged;
 
 /// Renews `node`'s heartbeat to expire `lease_ms` from Redis's clock, drops the expired ones
 /// and answers the live nodes, in one round trip.
@@ -50,23 +72,107 @@ impl Cluster {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(lease / 2))
             .set_response_timeout(Some(lease / 2));
-        let redis = tokio::time::timeout(lease, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| format!("cluster.redis: no answer from {url} within {lease:?}"))?
-            .map_err(|e| format!("cluster.redis: cannot connect to {url}: {e}"))?;
+        let redis = tokio::time::timeout(
+            lease,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        .map_err(|_| format!("cluster.redis: no answer from {url} within {lease:?}"))?
+        .map_err(|e| format!("cluster.redis: cannot connect to {url}: {e}"))?;
+        let node: Arc<str> = node.into();
         let cluster = Cluster {
-            node: node.into(),
+            bus: bus::Bus::start(client, redis.clone(), node.clone()),
+            node,
             redis,
             lease,
             available: Arc::new(AtomicBool::new(false)),
             left: Arc::default(),
             nodes: Arc::default(),
+            last_ok: Arc::new(Mutex::new(Instant::now())),
+            on_change: Arc::default(),
+            told: Arc::default(),
         };
         cluster
             .heartbeat()
             .await
             .map_err(|e| format!("cluster.redis: {e}"))?;
         Ok(cluster)
+    }
+
+    /// One heartbeat (none once the node left); tells the directory when the view changed.
+    pub async fn refresh(&self) {
+        if self.left.load(Ordering::Relaxed) {
+            return;
+        }
+        let _ = self.heartbeat().await;
+        self.tell_if_changed();
+    }
+
+    /// Sends [`NodesChanged`] if the view is not the one last told.
+    fn tell_if_changed(&self) {
+        let view = self.view();
+        let mut told = self.told.lock().unwrap_or_else(|e| e.into_inner());
+        if *told != view {
+            log::info!("cluster: live nodes now {:?}", view);
+            *told = view;
+            if let Some(handler) = self.on_change.get() {
+                handler.do_send(NodesChanged);
+            }
+        }
+    }
+
+    /// Where [`NodesChanged`] goes (the directory).
+    pub fn set_on_change(&self, handler: Recipient<NodesChanged>) {
+        let _ = self.on_change.set(handler);
+        *self.told.lock().unwrap_or_else(|e| e.into_inner()) = self.view();
+    }
+
+    /// The live nodes as this node may act on them: none when its own heartbeat has not
+    /// reached Redis within the lease (the others may have taken its rooms), and not itself
+    /// once it left.
+    pub fn view(&self) -> Arc<Vec<String>> {
+        let stale = self
+            .last_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            >= self.lease;
+        if stale {
+            return Arc::default();
+        }
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if self.left.load(Ordering::Relaxed) {
+            return Arc::new(
+                nodes
+                    .iter()
+                    .filter(|n| **n != *self.node)
+                    .cloned()
+                    .collect(),
+            );
+        }
+        nodes
+    }
+
+    /// The node that owns `room` in this node's view; `None` when it knows no live node.
+    pub fn owner(&self, room: &str) -> Option<Arc<str>> {
+        let view = self.view();
+        owner_of(room, &view).map(|node| {
+            if node == &*self.node {
+                self.node.clone()
+            } else {
+                node.into()
+            }
+        })
+    }
+
+    /// True when this node owns `room` in its view.
+    pub fn owns(&self, room: &str) -> bool {
+        owner_of(room, &self.view()) == Some(&*self.node)
+    }
+
+    /// The lease: how long a node without heartbeat still counts as live.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// One heartbeat: renews this node and refreshes the live nodes.
@@ -83,7 +189,8 @@ impl Cluster {
                 nodes.sort();
                 METRICS.cluster_nodes.set(nodes.len() as i64);
                 METRICS.cluster_redis_up.set(1);
-                *self.nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+                *self.nodes.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(nodes);
+                *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 if !self.available.swap(true, Ordering::Relaxed) {
                     log::info!("cluster: Redis available; node {}", self.node);
                 }
@@ -110,7 +217,7 @@ impl Cluster {
                 if cluster.left.load(Ordering::Relaxed) {
                     return;
                 }
-                let _ = cluster.heartbeat().await;
+                cluster.refresh().await;
             }
         });
     }
@@ -127,6 +234,54 @@ impl Cluster {
         if let Err(e) = left {
             log::warn!("cluster: could not leave {NODES}: {e}");
         }
+        // The others look again at once rather than at their next heartbeat.
+        self.bus.announce(
+            bus::DirectoryChange::NodeLeft {
+                node: self.node.to_string(),
+            }
+            .to_json(),
+        );
+        self.tell_if_changed();
+    }
+
+    /// Puts a room created at run time in the shared directory: false when the id is
+    /// taken.
+    pub async fn save_room(&self, spec: &bus::RoomSpec) -> Result<bool, String> {
+        let json = serde_json::to_string(spec).map_err(|e| e.to_string())?;
+        let mut redis = self.redis.clone();
+        redis::cmd("HSETNX")
+            .arg(bus::ROOMS)
+            .arg(&spec.id)
+            .arg(json)
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Takes a deleted room out of the shared directory.
+    pub async fn forget_room(&self, room_id: &str) -> Result<(), String> {
+        let mut redis = self.redis.clone();
+        redis::cmd("HDEL")
+            .arg(bus::ROOMS)
+            .arg(room_id)
+            .query_async::<i64>(&mut redis)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The rooms created at run time on any node.
+    pub async fn runtime_rooms(&self) -> Result<Vec<bus::RoomSpec>, String> {
+        let mut redis = self.redis.clone();
+        let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(bus::ROOMS)
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(all
+            .values()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect())
     }
 
     /// True when the last heartbeat reached Redis.
@@ -136,7 +291,10 @@ impl Cluster {
 
     /// The live nodes at the last heartbeat, sorted.
     pub fn nodes(&self) -> Vec<String> {
-        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .to_vec()
     }
 }
 

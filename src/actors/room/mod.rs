@@ -27,6 +27,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod cluster;
+use cluster::Role;
+
 /// Requests a room queues before `send`ers wait (connections send one request at a time).
 pub const MAILBOX_CAPACITY: usize = 1 << 16;
 /// Longest event name accepted (the database column is 100 characters).
@@ -299,6 +302,19 @@ pub struct RoomActor {
     /// The room is being deleted: answered once everything is written and the lease released.
     closing: Option<tokio::sync::oneshot::Sender<()>>,
     closed: bool,
+    /// The cluster this node is part of (`None`: a single node, always the owner).
+    cluster: Option<crate::cluster::Cluster>,
+    /// Owner or replica of the room ([`cluster`]).
+    role: Role,
+    /// A replica reading the owner's windows.
+    syncing: bool,
+    /// A replica becoming the owner: the last seqs its members had, to deliver what the
+    /// restored windows hold beyond them.
+    catch_up_from: Option<HashMap<String, u64>>,
+    /// Waiting for a hand-over to finish (a node's clean stop).
+    handed_over: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// This room counts in [`PersistenceLink::restoring`].
+    restoring_counted: bool,
 }
 
 impl RoomActor {
@@ -307,6 +323,7 @@ impl RoomActor {
         catalog: Arc<EventCatalog>,
         persistence: PersistenceLink,
         hooks: Arc<dyn Hooks>,
+        cluster: Option<crate::cluster::Cluster>,
     ) -> Self {
         let metric_label = crate::metrics::room_label(&shared.id);
         let mut events = HashMap::new();
@@ -358,7 +375,37 @@ impl RoomActor {
             stopped: None,
             closing: None,
             closed: false,
+            cluster,
+            role: Role::Owner,
+            syncing: false,
+            catch_up_from: None,
+            handed_over: Vec::new(),
+            restoring_counted: true,
         }
+    }
+
+    /// Counts the room in (or out of) the rooms still restoring, once.
+    fn set_restoring(&mut self, restoring: bool) {
+        if restoring != self.restoring_counted {
+            self.restoring_counted = restoring;
+            if restoring {
+                self.persistence.restoring.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.persistence.restoring.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counters reserved ahead go back to their exact value and everything accepted goes to
+    /// the store: a clean stop leaves no gap.
+    fn flush_exact(&mut self) {
+        for state in self.events.values_mut() {
+            if state.history.is_none() && state.reserved > state.last_assigned {
+                state.reserved = state.last_assigned;
+                self.unsent.mark(&state.name, state.last_assigned, true);
+            }
+        }
+        self.hand_over();
     }
 
     /// Schedules the hand-over of what this drain accepted for when the mailbox is drained.
@@ -399,8 +446,17 @@ impl RoomActor {
         });
     }
 
-    /// Delivers an event to the subscribed members.
+    /// Delivers an event to the subscribed members, and (the owner in a cluster) publishes
+    /// it once for the other nodes' members.
     fn publish(&self, event: &str, frame: &SharedFrame, stored: &StoredEvent) {
+        if let (Some(cluster), Role::Owner) = (&self.cluster, &self.role) {
+            cluster.bus.publish_event(&self.shared.id, &stored.json);
+        }
+        self.deliver(event, frame, stored);
+    }
+
+    /// Delivers an event to the subscribed members here.
+    fn deliver(&self, event: &str, frame: &SharedFrame, stored: &StoredEvent) {
         let Some(state) = self.events.get(event) else {
             return;
         };
@@ -456,6 +512,9 @@ impl RoomActor {
         self.members.clear();
         self.set_size();
         crate::metrics::remove_room(&self.metric_label, self.events.keys());
+        if let Some(cluster) = &self.cluster {
+            cluster.bus.unsubscribe(&self.shared.id);
+        }
         let release = self.persistence.release.send(ReleaseRoom {
             room_id: self.shared.id.clone(),
             owner: self.owner.clone(),
@@ -737,7 +796,7 @@ impl RoomActor {
     }
 
     fn restored(&mut self, restore: RoomRestore) {
-        self.persistence.restoring.fetch_sub(1, Ordering::Relaxed);
+        self.set_restoring(false);
         self.shared.ready.store(true, Ordering::Relaxed);
         self.epoch = restore.epoch;
         for (name, window) in restore.windows {
@@ -789,6 +848,9 @@ impl RoomActor {
         self.restored_counters = restore.counters;
         if self.epoch > 0 {
             log::debug!("room '{}' is at epoch {}", self.shared.id, self.epoch);
+        }
+        if let Some(before) = self.catch_up_from.take() {
+            self.deliver_missed(before);
         }
     }
 
@@ -905,7 +967,7 @@ impl Actor for RoomActor {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.me = Some(ctx.address().recipient());
         self.flush_presence = Some(ctx.address().recipient());
-        self.claim(ctx);
+        self.start_in_cluster(ctx);
         log::debug!("room '{}' started", self.shared.id);
     }
 }
@@ -918,6 +980,9 @@ impl Handler<Join> for RoomActor {
         if self.closed {
             let gone = DialogueError::room_not_found(&self.shared.id);
             return Box::pin(async move { Err(gone) });
+        }
+        if let Err(e) = self.check_synced() {
+            return Box::pin(async move { Err(e) });
         }
         if let Some(member) = self.members.get(&msg.conn) {
             // Joining twice is harmless: confirm again, change nothing.
@@ -1263,6 +1328,15 @@ impl Handler<GetRoomStats> for RoomActor {
             published: self.events.values().map(|s| s.published.get()).sum(),
             delivered: self.events.values().map(|s| s.delivered.get()).sum(),
             history,
+            role: self
+                .cluster
+                .as_ref()
+                .map(|_| self.role.name(self.shared.ready.load(Ordering::Relaxed))),
+            owner: self.cluster.as_ref().and_then(|c| match &self.role {
+                Role::Owner => Some(c.node.to_string()),
+                Role::HandingOver => None,
+                Role::Replica { owner, .. } => owner.as_ref().map(|o| o.to_string()),
+            }),
         })
     }
 }
@@ -1400,6 +1474,9 @@ impl Handler<Trigger> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Trigger, ctx: &mut Context<Self>) {
+        if self.role != Role::Owner {
+            return self.forward(msg, ctx);
+        }
         if let Err(e) = self.accept(msg, ctx) {
             // `accept` hands the reply back with the refusal.
             let (error, reply) = *e;
@@ -1516,6 +1593,7 @@ impl Handler<Committed> for RoomActor {
                 .observe(p.accepted_at.elapsed().as_secs_f64());
         }
         self.maybe_finish_close(ctx);
+        self.maybe_finish_hand_over(ctx);
     }
 }
 
@@ -1793,14 +1871,7 @@ impl Handler<FlushHistory> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: FlushHistory, _: &mut Context<Self>) {
-        // Counters reserved ahead go back to their exact value: a clean stop leaves no gap.
-        for state in self.events.values_mut() {
-            if state.history.is_none() && state.reserved > state.last_assigned {
-                state.reserved = state.last_assigned;
-                self.unsent.mark(&state.name, state.last_assigned, true);
-            }
-        }
-        self.hand_over();
+        self.flush_exact();
     }
 }
 

@@ -1,0 +1,685 @@
+//! A room in a cluster (`docs/cluster.md`). Every node runs an actor for every room; the
+//! room's owner (the live node with the highest rendezvous hash) numbers, stores and
+//! publishes its events, exactly as a single node does, and publishes each once on the
+//! room's channel. The others are replicas: they keep their local members, subscriptions,
+//! join history and history pages themselves, from a copy of the owner's windows kept current
+//! by the published events, and forward triggers to the owner.
+//!
+//! Ownership moves when the live nodes change ([`Reassess`]): an owner that is not the owner
+//! any more writes what it accepted, gives up its database lease and becomes a replica; a
+//! replica that becomes the owner claims the lease (the epoch rises after an unclean stop)
+//! and restores from the database, then delivers to its members what they had not received.
+
+use super::RoomActor;
+use crate::actors::messages::*;
+use crate::actors::outbox::SharedFrame;
+use crate::auth::Identity;
+use crate::cluster::bus::{Failure, Op, RoomFeed};
+use crate::error::{DialogueError, ErrorCode};
+use crate::history::EventHistory;
+use crate::protocol::dialogue::to_json;
+use crate::protocol::socketio::encode_event;
+use actix::prelude::*;
+use bytestring::ByteString;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What this node is for the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Numbers, stores and publishes (claiming its lease until `shared.ready`).
+    Owner,
+    /// Was the owner; writes what it accepted, then gives up its lease.
+    HandingOver,
+    /// Follows `owner`'s events; `synced` once it holds a copy of the owner's windows.
+    Replica {
+        owner: Option<Arc<str>>,
+        synced: bool,
+    },
+}
+
+impl Role {
+    /// For `/api/stats`.
+    pub(super) fn name(&self, ready: bool) -> &'static str {
+        match self {
+            Role::Owner if ready => "owner",
+            Role::Owner => "claiming",
+            Role::HandingOver => "handing-over",
+            Role::Replica { .. } => "replica",
+        }
+    }
+}
+
+/// One event as the owner publishes it (its `EventMessage` JSON).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireEvent<'a> {
+    event: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    from: String,
+    timestamp: i64,
+    #[serde(borrow, default)]
+    meta: Option<&'a RawValue>,
+    seq: u64,
+    #[serde(default)]
+    epoch: u64,
+}
+
+/// The owner's answer to [`Op::Window`].
+#[derive(Deserialize)]
+struct Window<'a> {
+    epoch: u64,
+    #[serde(default)]
+    floors: HashMap<String, u64>,
+    #[serde(borrow)]
+    streams: Vec<WindowStream<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WindowStream<'a> {
+    event: String,
+    last: u64,
+    /// Oldest first.
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+/// How a replica's sync ended.
+enum Synced {
+    /// The owner's window (its answer to [`Op::Window`]).
+    Window(Arc<str>, String),
+    /// This node owns the room now.
+    Mine,
+    /// No owner answered in time.
+    Failed,
+}
+
+impl RoomActor {
+    /// The room's first step in a cluster: the owner claims it, a replica syncs.
+    pub(super) fn start_in_cluster(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = &self.cluster else {
+            return self.claim(ctx);
+        };
+        if cluster.owns(&self.shared.id) {
+            self.role = Role::Owner;
+            self.claim(ctx);
+        } else {
+            self.become_replica(ctx);
+        }
+    }
+
+    /// The room answers as a replica from now on (its members stay).
+    fn become_replica(&mut self, ctx: &mut Context<Self>) {
+        self.role = Role::Replica {
+            owner: None,
+            synced: false,
+        };
+        self.set_restoring(false);
+        self.shared.ready.store(true, Ordering::Relaxed);
+        self.sync(ctx);
+    }
+
+    /// Checks who owns the room now and moves accordingly.
+    pub(super) fn reassess(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        if self.closed {
+            return;
+        }
+        let owner = cluster.owner(&self.shared.id);
+        let mine = owner.as_deref() == Some(&*cluster.node);
+        match (&self.role, mine) {
+            (Role::Owner, false) => self.start_hand_over(ctx),
+            (Role::Replica { .. }, true) => self.become_owner(ctx),
+            (Role::Replica { owner: now, .. }, false) if *now != owner => self.sync(ctx),
+            _ => {}
+        }
+    }
+
+    /// Replica → owner: claims the database lease and restores (as at a start), then
+    /// delivers to the local members what the restored windows hold beyond what they had.
+    fn become_owner(&mut self, ctx: &mut Context<Self>) {
+        if let Some(cluster) = &self.cluster {
+            cluster.bus.unsubscribe(&self.shared.id);
+        }
+        log::info!("room '{}' is this node's now: claiming it", self.shared.id);
+        self.role = Role::Owner;
+        self.shared.ready.store(false, Ordering::Relaxed);
+        self.set_restoring(true);
+        // A fresh lease token: the one of an earlier ownership was given up.
+        self.owner = uuid::Uuid::new_v4().simple().to_string().into();
+        self.catch_up_from = Some(self.last_seqs());
+        self.claim(ctx);
+    }
+
+    /// Owner → replica: stops numbering (triggers go to the new owner), writes what it
+    /// accepted, gives up the lease, then syncs from the new owner.
+    fn start_hand_over(&mut self, ctx: &mut Context<Self>) {
+        log::info!(
+            "room '{}' moves to another node: handing it over",
+            self.shared.id
+        );
+        self.role = Role::HandingOver;
+        self.flush_exact();
+        self.maybe_finish_hand_over(ctx);
+    }
+
+    /// Gives up the lease once everything accepted is written.
+    pub(super) fn maybe_finish_hand_over(&mut self, ctx: &mut Context<Self>) {
+        if self.role != Role::HandingOver || !self.awaiting.is_empty() || !self.unsent.is_empty() {
+            return;
+        }
+        if self.stopped.take().is_some() {
+            // It no longer holds `/readyz` down: the room is somebody else's.
+            self.persistence.stopped.fetch_sub(1, Ordering::Relaxed);
+        }
+        let release = self.persistence.release.send(ReleaseRoom {
+            room_id: self.shared.id.clone(),
+            owner: self.owner.clone(),
+        });
+        ctx.wait(release.into_actor(self).map(|_, act, ctx| {
+            log::info!("room '{}' handed over", act.shared.id);
+            for waiter in act.handed_over.drain(..) {
+                let _ = waiter.send(());
+            }
+            act.become_replica(ctx);
+        }));
+    }
+
+    /// Per event with history: the last seq in the window.
+    fn last_seqs(&self) -> HashMap<String, u64> {
+        self.events
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), s.history.as_ref()?.last_seq())))
+            .collect()
+    }
+
+    /// Delivers to the local members the events of the windows above `before` (what they
+    /// had), in order per event.
+    pub(super) fn deliver_missed(&mut self, before: HashMap<String, u64>) {
+        let mut missed = Vec::new();
+        for (name, state) in &self.events {
+            let Some(history) = &state.history else {
+                continue;
+            };
+            let had = before.get(name).copied().unwrap_or(0);
+            if history.last_seq() <= had {
+                continue;
+            }
+            let range = crate::history::SeqRange {
+                lo: had + 1,
+                hi: history.last_seq(),
+            };
+            let events: Vec<Arc<StoredEvent>> =
+                history.newest_first(range).rev().cloned().collect();
+            missed.push((state.name.clone(), events));
+        }
+        for (name, event) in super::merge_streams(missed) {
+            let frame = SharedFrame::new(ByteString::from(encode_event(
+                "dialogue:event",
+                &event.json,
+            )));
+            self.deliver(&name, &frame, &event);
+        }
+    }
+
+    /// Reads the owner's windows (subscribed to the room's channel first, so no event falls
+    /// between), while the room waits: joins and pages are answered from a current copy.
+    pub(super) fn sync(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        if self.syncing || self.closed {
+            return;
+        }
+        self.syncing = true;
+        let room = self.shared.id.clone();
+        let feed = ctx.address().recipient::<RoomFeed>();
+        let attempt_limit = cluster.lease().max(Duration::from_secs(1));
+        let budget = cluster.lease() * 3 + Duration::from_secs(5);
+        ctx.wait(
+            async move {
+                let deadline = Instant::now() + budget;
+                let mut subscribed = false;
+                let mut pause = Duration::from_millis(50);
+                while Instant::now() < deadline {
+                    match cluster.owner(&room) {
+                        Some(owner) if owner == cluster.node => return Synced::Mine,
+                        Some(owner) => {
+                            if !subscribed {
+                                subscribed =
+                                    cluster.bus.subscribe(room.clone(), feed.clone()).await;
+                            }
+                            if subscribed {
+                                let asked =
+                                    cluster
+                                        .bus
+                                        .request(&owner, &room, &Op::Window, attempt_limit);
+                                if let Ok(window) = asked.await {
+                                    return Synced::Window(owner, window);
+                                }
+                            }
+                        }
+                        None => {}
+                    }
+                    actix_rt::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Synced::Failed
+            }
+            .into_actor(self)
+            .map(|synced, act, ctx| act.synced(synced, ctx)),
+        );
+    }
+
+    fn synced(&mut self, synced: Synced, ctx: &mut Context<Self>) {
+        self.syncing = false;
+        match synced {
+            Synced::Mine => self.become_owner(ctx),
+            Synced::Failed => {
+                log::warn!(
+                    "room '{}': no owner answered; its triggers are refused until one does",
+                    self.shared.id
+                );
+                self.role = Role::Replica {
+                    owner: None,
+                    synced: false,
+                };
+                ctx.run_later(Duration::from_secs(1), |act, ctx| {
+                    if matches!(act.role, Role::Replica { synced: false, .. }) {
+                        act.sync(ctx);
+                    }
+                });
+            }
+            Synced::Window(owner, json) => match self.apply_window(&json) {
+                Ok(()) => {
+                    log::debug!("room '{}' follows {owner}", self.shared.id);
+                    self.role = Role::Replica {
+                        owner: Some(owner),
+                        synced: true,
+                    };
+                }
+                Err(e) => {
+                    log::error!(
+                        "room '{}': unreadable window from {owner}: {e}",
+                        self.shared.id
+                    );
+                    self.role = Role::Replica {
+                        owner: None,
+                        synced: false,
+                    };
+                }
+            },
+        }
+    }
+
+    /// Takes the owner's windows: what the local members had not received is delivered,
+    /// then the windows replace this copy.
+    fn apply_window(&mut self, json: &str) -> Result<(), serde_json::Error> {
+        let window: Window = serde_json::from_str(json)?;
+        let before = self.last_seqs();
+        let epoch_changed = window.epoch != self.epoch;
+        self.epoch = window.epoch;
+        self.epoch_floor = window.floors;
+        for stream in window.streams {
+            let mut events = Vec::with_capacity(stream.events.len());
+            for raw in stream.events {
+                events.push(Arc::new(self.stored_from_wire(raw.get())?.1));
+            }
+            let Ok(state) = self.event_state(&stream.event) else {
+                continue;
+            };
+            let Some(limit) = state.def.history_limit else {
+                continue;
+            };
+            state.history = Some(EventHistory::restore(
+                limit,
+                state.def.history_max_bytes,
+                events,
+                stream.last,
+            ));
+            state.last_assigned = stream.last;
+            state.written = stream.last;
+        }
+        // After an unclean stop of the old owner, seqs above its stored ones were lost and
+        // are numbered again: members get what follows what the store kept.
+        let before = if epoch_changed {
+            before
+                .into_iter()
+                .map(|(name, seq)| {
+                    let floor = self.epoch_floor.get(&name).copied().unwrap_or(seq);
+                    (name, seq.min(floor))
+                })
+                .collect()
+        } else {
+            before
+        };
+        if !self.members.is_empty() {
+            self.deliver_missed(before);
+        }
+        Ok(())
+    }
+
+    /// Parses a published event back into the owner's stored event (the same JSON text).
+    fn stored_from_wire(&self, json: &str) -> Result<(String, StoredEvent), serde_json::Error> {
+        let wire: WireEvent = serde_json::from_str(json)?;
+        let stored = StoredEvent::new(
+            &self.shared.id,
+            &wire.event,
+            wire.seq,
+            wire.epoch,
+            wire.timestamp,
+            wire.from.as_str().into(),
+            wire.data,
+            wire.meta,
+        );
+        Ok((wire.event, stored))
+    }
+
+    /// The window answer for a replica: epoch, lost-tail floors, and per event with history
+    /// its last seq and window (oldest first).
+    fn window_json(&self) -> String {
+        let mut json = String::from("{\"epoch\":");
+        json.push_str(&self.epoch.to_string());
+        json.push_str(",\"floors\":");
+        json.push_str(&to_json(&self.epoch_floor));
+        json.push_str(",\"streams\":[");
+        let mut first = true;
+        for state in self.events.values() {
+            let Some(history) = &state.history else {
+                continue;
+            };
+            if !first {
+                json.push(',');
+            }
+            first = false;
+            json.push_str("{\"event\":");
+            json.push_str(&to_json(&state.name));
+            json.push_str(",\"last\":");
+            json.push_str(&history.last_seq().to_string());
+            json.push_str(",\"events\":[");
+            super::push_joined(&mut json, history.snapshot().iter().map(|e| &*e.json));
+            json.push_str("]}");
+        }
+        json.push_str("]}");
+        json
+    }
+
+    /// A trigger on a replica: the membership is checked here, the rest by the owner. The
+    /// request is sent at once (triggers keep their order); when no answer comes because the
+    /// owner went, it goes to the next owner, within a bound.
+    pub(super) fn forward(&mut self, msg: Trigger, ctx: &mut Context<Self>) {
+        let Trigger {
+            conn,
+            identity,
+            event,
+            data,
+            meta,
+            echo,
+            reply,
+        } = msg;
+        if self.closed {
+            return reply.answer(Err(DialogueError::room_not_found(&self.shared.id)));
+        }
+        if let Err(e) = self.check_member(conn) {
+            return reply.answer(Err(e));
+        }
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let op = Op::Trigger {
+            user_id: identity.user_id.to_string(),
+            claims: identity.claims.clone(),
+            trusted: identity.trusted,
+            event,
+            data,
+            meta,
+            echo,
+        };
+        let room = self.shared.id.clone();
+        let budget = cluster.lease() * 3 + Duration::from_secs(5);
+        let target = match &self.role {
+            Role::Replica {
+                owner: Some(owner), ..
+            } => Some(owner.clone()),
+            _ => cluster.owner(&room).filter(|o| *o != cluster.node),
+        };
+        let mut attempt = target.map(|owner| {
+            (
+                owner.clone(),
+                cluster.bus.request(&owner, &room, &op, budget),
+            )
+        });
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let deadline = Instant::now() + budget;
+            loop {
+                if let Some((owner, answer)) = attempt.take() {
+                    let mut answer = Box::pin(answer);
+                    // Waits for the answer while `owner` is still the owner.
+                    let answered = loop {
+                        tokio::select! {
+                            a = &mut answer => break Some(a),
+                            _ = actix_rt::time::sleep(Duration::from_millis(200)) => {
+                                if cluster.owner(&room).as_deref() != Some(&*owner)
+                                    || Instant::now() >= deadline
+                                {
+                                    break None;
+                                }
+                            }
+                        }
+                    };
+                    match answered {
+                        Some(Ok(json)) => {
+                            let triggered = serde_json::from_str::<Triggered>(&json)
+                                .map_err(|e| DialogueError::invalid(e.to_string()));
+                            return reply.answer(triggered);
+                        }
+                        Some(Err(Failure::Refused(e))) => return reply.answer(Err(e)),
+                        Some(Err(Failure::NotOwner)) | Some(Err(Failure::NoAnswer)) | None => {}
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return reply.answer(Err(DialogueError::new(
+                        ErrorCode::StorageUnavailable,
+                        format!("room '{room}' has no reachable owner node right now; try again"),
+                    )));
+                }
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
+                match cluster.owner(&room) {
+                    // This node owns the room now: the room takes the trigger itself.
+                    Some(owner) if owner == cluster.node => {
+                        let Op::Trigger {
+                            event,
+                            data,
+                            meta,
+                            echo,
+                            ..
+                        } = op
+                        else {
+                            return;
+                        };
+                        return me.do_send(Trigger {
+                            conn: None,
+                            identity,
+                            event,
+                            data,
+                            meta,
+                            echo,
+                            reply,
+                        });
+                    }
+                    Some(owner) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        attempt =
+                            Some((owner.clone(), cluster.bus.request(&owner, &room, &op, left)));
+                    }
+                    None => {}
+                }
+            }
+        });
+    }
+
+    /// A replica delivers one published event: in seq order per event with history; a gap
+    /// (a lost publish) or a new epoch (a new owner after a crash) reads the window again.
+    fn follow(&mut self, json: &str, ctx: &mut Context<Self>) {
+        let Role::Replica { synced: true, .. } = self.role else {
+            return; // the sync under way covers it
+        };
+        let (name, stored) = match self.stored_from_wire(json) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                log::warn!(
+                    "room '{}': unreadable event from its owner: {e}",
+                    self.shared.id
+                );
+                return;
+            }
+        };
+        if stored.epoch < self.epoch {
+            return; // from an owner that lost the room
+        }
+        if stored.epoch > self.epoch {
+            return self.resync(ctx);
+        }
+        let Ok(state) = self.event_state(&name) else {
+            return;
+        };
+        let stored = Arc::new(stored);
+        if let Some(history) = state.history.as_mut() {
+            let last = history.last_seq();
+            if stored.seq <= last {
+                return; // had it
+            }
+            if stored.seq > last + 1 {
+                log::info!(
+                    "room '{}': '{name}' seq {} after {last}: reading the owner's window",
+                    self.shared.id,
+                    stored.seq
+                );
+                return self.resync(ctx);
+            }
+            history.push(stored.clone());
+            state.last_assigned = stored.seq;
+            state.written = stored.seq;
+        } else {
+            state.last_assigned = state.last_assigned.max(stored.seq);
+        }
+        let frame = SharedFrame::new(ByteString::from(encode_event(
+            "dialogue:event",
+            &stored.json,
+        )));
+        let name: Arc<str> = state.name.clone();
+        self.deliver(&name, &frame, &stored);
+    }
+
+    fn resync(&mut self, ctx: &mut Context<Self>) {
+        if let Role::Replica { synced, .. } = &mut self.role {
+            *synced = false;
+        }
+        self.sync(ctx);
+    }
+
+    /// Refuses a join while the replica has no copy of the owner's windows.
+    pub(super) fn check_synced(&self) -> Result<(), DialogueError> {
+        match &self.role {
+            Role::Replica { synced: false, .. } => Err(DialogueError::new(
+                ErrorCode::StorageUnavailable,
+                format!(
+                    "room '{}' is moving between nodes and has no reachable owner; try again",
+                    self.shared.id
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Handler<RoomFeed> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomFeed, ctx: &mut Context<Self>) {
+        match msg {
+            RoomFeed::Event(json) => self.follow(&json, ctx),
+            RoomFeed::Resync => {
+                if matches!(self.role, Role::Replica { .. }) {
+                    self.resync(ctx)
+                }
+            }
+        }
+    }
+}
+
+impl Handler<RemoteOp> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoteOp, ctx: &mut Context<Self>) {
+        if self.role != Role::Owner || self.closed {
+            return msg.respond.not_owner();
+        }
+        match msg.op {
+            Op::Window => {
+                self.hand_over();
+                msg.respond.answer(Ok(self.window_json()))
+            }
+            Op::Trigger {
+                user_id,
+                claims,
+                trusted,
+                event,
+                data,
+                meta,
+                echo,
+            } => {
+                let identity = Arc::new(Identity {
+                    user_id: user_id.into(),
+                    claims,
+                    trusted,
+                });
+                let trigger = Trigger {
+                    conn: None,
+                    identity,
+                    event,
+                    data,
+                    meta,
+                    echo,
+                    reply: Reply::Remote(msg.respond),
+                };
+                if let Err(e) = self.accept(trigger, ctx) {
+                    let (error, reply) = *e;
+                    reply.answer(Err(error));
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Reassess> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Reassess, ctx: &mut Context<Self>) {
+        self.reassess(ctx);
+    }
+}
+
+impl Handler<WaitHandedOver> for RoomActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: WaitHandedOver, ctx: &mut Context<Self>) -> Self::Result {
+        self.reassess(ctx);
+        if !matches!(self.role, Role::HandingOver) {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.handed_over.push(tx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
