@@ -52,6 +52,8 @@ pub enum Op {
     /// Trigger an event (the requesting node checked the membership).
     #[serde(rename_all = "camelCase")]
     Trigger {
+        /// The same on every attempt: an owner that accepted it already answers its seq again.
+        key: String,
         user_id: String,
         claims: Value,
         trusted: bool,

@@ -178,12 +178,17 @@ impl Cluster {
     /// One heartbeat: renews this node and refreshes the live nodes.
     async fn heartbeat(&self) -> Result<(), String> {
         let mut redis = self.redis.clone();
-        let answer: Result<Vec<String>, _> = redis::Script::new(HEARTBEAT)
-            .key(NODES)
+        let script = redis::Script::new(HEARTBEAT);
+        let mut invocation = script.key(NODES);
+        invocation
             .arg(&*self.node)
-            .arg(self.lease.as_millis() as u64)
-            .invoke_async(&mut redis)
-            .await;
+            .arg(self.lease.as_millis() as u64);
+        // A heartbeat that hangs (Redis unreachable) must not hold back the stale check.
+        let answer: Result<Vec<String>, String> =
+            match tokio::time::timeout(self.lease / 2, invocation.invoke_async(&mut redis)).await {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", self.lease / 2)),
+            };
         match answer {
             Ok(mut nodes) => {
                 nodes.sort();
@@ -201,7 +206,7 @@ impl Cluster {
                 if self.available.swap(false, Ordering::Relaxed) {
                     log::error!("cluster: Redis unavailable ({e}); retrying");
                 }
-                Err(e.to_string())
+                Err(e)
             }
         }
     }

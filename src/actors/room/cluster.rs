@@ -28,6 +28,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Forwarded triggers whose seq a room keeps, for retries whose first answer was lost.
+const FORWARDED_KEYS: usize = 4096;
+
 /// What this node is for the room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Role {
@@ -434,6 +437,7 @@ impl RoomActor {
             return;
         };
         let op = Op::Trigger {
+            key: uuid::Uuid::new_v4().simple().to_string(),
             user_id: identity.user_id.to_string(),
             claims: identity.claims.clone(),
             trusted: identity.trusted,
@@ -586,6 +590,18 @@ impl RoomActor {
         self.sync(ctx);
     }
 
+    /// Keeps the seq of a forwarded trigger's key for its retries (the newest
+    /// [`FORWARDED_KEYS`]).
+    fn remember_forwarded(&mut self, key: String, seq: u64) {
+        if self.forwarded_order.len() >= FORWARDED_KEYS {
+            if let Some(oldest) = self.forwarded_order.pop_front() {
+                self.forwarded.remove(&oldest);
+            }
+        }
+        self.forwarded_order.push_back(key.clone());
+        self.forwarded.insert(key, seq);
+    }
+
     /// Refuses a join while the replica has no copy of the owner's windows.
     pub(super) fn check_synced(&self) -> Result<(), DialogueError> {
         match &self.role {
@@ -629,6 +645,7 @@ impl Handler<RemoteOp> for RoomActor {
                 msg.respond.answer(Ok(self.window_json()))
             }
             Op::Trigger {
+                key,
                 user_id,
                 claims,
                 trusted,
@@ -637,6 +654,13 @@ impl Handler<RemoteOp> for RoomActor {
                 meta,
                 echo,
             } => {
+                // A retry of a trigger accepted already (its answer was lost): the same seq.
+                if let Some(&seq) = self.forwarded.get(&key) {
+                    return msg
+                        .respond
+                        .answer(Ok(Triggered { seq, json: None }.to_json()));
+                }
+                let name = event.clone();
                 let identity = Arc::new(Identity {
                     user_id: user_id.into(),
                     claims,
@@ -651,9 +675,15 @@ impl Handler<RemoteOp> for RoomActor {
                     echo,
                     reply: Reply::Remote(msg.respond),
                 };
-                if let Err(e) = self.accept(trigger, ctx) {
-                    let (error, reply) = *e;
-                    reply.answer(Err(error));
+                match self.accept(trigger, ctx) {
+                    Ok(()) => {
+                        let seq = self.events.get(&name).map_or(0, |s| s.last_assigned);
+                        self.remember_forwarded(key, seq);
+                    }
+                    Err(e) => {
+                        let (error, reply) = *e;
+                        reply.answer(Err(error));
+                    }
                 }
             }
         }

@@ -315,6 +315,9 @@ pub struct RoomActor {
     handed_over: Vec<tokio::sync::oneshot::Sender<()>>,
     /// This room counts in [`PersistenceLink::restoring`].
     restoring_counted: bool,
+    /// Forwarded triggers accepted here: their key's seq, for retries ([`cluster`]).
+    forwarded: HashMap<String, u64>,
+    forwarded_order: VecDeque<String>,
 }
 
 impl RoomActor {
@@ -381,6 +384,8 @@ impl RoomActor {
             catch_up_from: None,
             handed_over: Vec::new(),
             restoring_counted: true,
+            forwarded: HashMap::new(),
+            forwarded_order: VecDeque::new(),
         }
     }
 
