@@ -90,7 +90,7 @@ impl Directory {
                 },
                 auto_join: room.auto_join,
                 created_by: None,
-                size: AtomicUsize::new(0),
+                size: Arc::new(AtomicUsize::new(0)),
                 ready: Default::default(),
             };
             dir.start_room(shared);
@@ -115,6 +115,9 @@ impl Directory {
             None => room.start(),
         };
         self.next_arbiter += 1;
+        if let Some(cluster) = &self.cluster {
+            cluster.track_size(&shared.id, shared.size.clone());
+        }
         self.rooms.insert(
             shared.id.to_string(),
             RoomEntry {
@@ -179,7 +182,16 @@ impl Handler<ListRooms> for Directory {
     type Result = Vec<RoomInfo>;
 
     fn handle(&mut self, _: ListRooms, _: &mut Context<Self>) -> Self::Result {
-        self.rooms.values().map(|r| r.shared.info()).collect()
+        self.rooms
+            .values()
+            .map(|r| {
+                let mut info = r.shared.info();
+                if let Some(cluster) = &self.cluster {
+                    info.size += cluster.remote_members(&info.id);
+                }
+                info
+            })
+            .collect()
     }
 }
 
@@ -374,7 +386,7 @@ impl Directory {
             auto_join: false,
             presence: spec.presence,
             created_by: spec.created_by.map(|u| u.as_str().into()),
-            size: AtomicUsize::new(0),
+            size: Arc::new(AtomicUsize::new(0)),
             ready: Default::default(),
         });
         self.runtime_rooms.insert(id);
@@ -389,6 +401,9 @@ impl Directory {
     fn remove_room(&mut self, room_id: &str) -> Option<Request<RoomActor, CloseRoom>> {
         let entry = self.rooms.remove(room_id)?;
         self.runtime_rooms.remove(room_id);
+        if let Some(cluster) = &self.cluster {
+            cluster.untrack_size(room_id);
+        }
         Some(entry.addr.send(CloseRoom))
     }
 

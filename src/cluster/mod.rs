@@ -44,6 +44,10 @@ pub struct Cluster {
     told: Arc<Mutex<Arc<Vec<String>>>>,
     /// The pub/sub messages between nodes.
     pub bus: bus::Bus,
+    /// This node's member count per room, published with each heartbeat.
+    local_sizes: Arc<Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>>,
+    /// The other live nodes' members per room, as of the last heartbeat.
+    remote_sizes: Arc<Mutex<std::collections::HashMap<String, usize>>>,
 }
 
 /// This node's view of the live nodes changed: rooms check who owns them.
@@ -91,6 +95,8 @@ impl Cluster {
             last_ok: Arc::new(Mutex::new(Instant::now())),
             on_change: Arc::default(),
             told: Arc::default(),
+            local_sizes: Arc::default(),
+            remote_sizes: Arc::default(),
         };
         cluster
             .heartbeat()
@@ -104,7 +110,12 @@ impl Cluster {
         if self.left.load(Ordering::Relaxed) {
             return;
         }
-        let _ = self.heartbeat().await;
+        if self.heartbeat().await.is_ok() {
+            let nodes = self.nodes();
+            if let Err(e) = self.exchange_sizes(&nodes).await {
+                log::debug!("cluster: member counts not exchanged: {e}");
+            }
+        }
         self.tell_if_changed();
     }
 
@@ -168,6 +179,65 @@ impl Cluster {
     /// True when this node owns `room` in its view.
     pub fn owns(&self, room: &str) -> bool {
         owner_of(room, &self.view()) == Some(&*self.node)
+    }
+
+    /// Counts `room`'s members here (its `size`) in the cluster-wide member counts.
+    pub fn track_size(&self, room: &str, size: Arc<std::sync::atomic::AtomicUsize>) {
+        let mut sizes = self.local_sizes.lock().unwrap_or_else(|e| e.into_inner());
+        sizes.insert(room.to_owned(), size);
+    }
+
+    /// Stops counting a deleted room.
+    pub fn untrack_size(&self, room: &str) {
+        let mut sizes = self.local_sizes.lock().unwrap_or_else(|e| e.into_inner());
+        sizes.remove(room);
+    }
+
+    /// Members of `room` on the other live nodes (as of the last heartbeat).
+    pub fn remote_members(&self, room: &str) -> usize {
+        let sizes = self.remote_sizes.lock().unwrap_or_else(|e| e.into_inner());
+        sizes.get(room).copied().unwrap_or(0)
+    }
+
+    /// Publishes this node's member counts (`dlg:sizes:<node>`, expiring with the lease)
+    /// and reads the other live nodes' ones, in one round trip.
+    async fn exchange_sizes(&self, nodes: &[String]) -> Result<(), String> {
+        let mine: Vec<(String, usize)> = {
+            let sizes = self.local_sizes.lock().unwrap_or_else(|e| e.into_inner());
+            sizes
+                .iter()
+                .map(|(room, n)| (room.clone(), n.load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        };
+        let key = format!("dlg:sizes:{}", self.node);
+        let others: Vec<&String> = nodes.iter().filter(|n| **n != *self.node).collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("DEL").arg(&key).ignore();
+        if !mine.is_empty() {
+            pipe.cmd("HSET").arg(&key).arg(&mine).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(self.lease.as_millis() as u64)
+                .ignore();
+        }
+        for node in &others {
+            pipe.cmd("HGETALL").arg(format!("dlg:sizes:{node}"));
+        }
+        let mut redis = self.redis.clone();
+        let answers: Vec<std::collections::HashMap<String, usize>> =
+            tokio::time::timeout(self.lease / 2, pipe.query_async(&mut redis))
+                .await
+                .map_err(|_| "no answer".to_owned())?
+                .map_err(|e| e.to_string())?;
+        let mut total = std::collections::HashMap::new();
+        for answer in answers {
+            for (room, n) in answer {
+                *total.entry(room).or_insert(0) += n;
+            }
+        }
+        *self.remote_sizes.lock().unwrap_or_else(|e| e.into_inner()) = total;
+        Ok(())
     }
 
     /// The lease: how long a node without heartbeat still counts as live.

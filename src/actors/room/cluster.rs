@@ -116,8 +116,15 @@ impl RoomActor {
         }
     }
 
+    /// A claim given up because another node owns the room now.
+    pub(super) fn claim_abandoned(&mut self, ctx: &mut Context<Self>) {
+        log::info!("room '{}': another node owns it now", self.shared.id);
+        self.become_replica(ctx);
+    }
+
     /// The room answers as a replica from now on (its members stay).
     fn become_replica(&mut self, ctx: &mut Context<Self>) {
+        self.catch_up_from = None;
         self.role = Role::Replica {
             owner: None,
             synced: false,

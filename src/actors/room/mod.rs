@@ -58,8 +58,8 @@ pub struct RoomShared {
     pub presence: Option<usize>,
     /// Set for rooms created at run time.
     pub created_by: Option<Arc<str>>,
-    /// Current member count, kept by the room actor.
-    pub size: AtomicUsize,
+    /// Current member count on this node, kept by the room actor.
+    pub size: Arc<AtomicUsize>,
     /// The room holds its lease and has restored its state (until then it answers nothing).
     pub ready: std::sync::atomic::AtomicBool,
 }
@@ -678,7 +678,12 @@ impl RoomActor {
         resume: Option<serde_json::Value>,
     ) -> Result<JoinOutcome, DialogueError> {
         if let Some(max) = self.shared.max_size {
-            if self.members.len() >= max as usize {
+            // In a cluster, with the other nodes' members as of their last heartbeat.
+            let elsewhere = self
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.remote_members(&self.shared.id));
+            if self.members.len() + elsewhere >= max as usize {
                 return Err(DialogueError::new(
                     ErrorCode::RoomFull,
                     format!("room '{}' is full ({max} members)", self.room_id()),
@@ -793,10 +798,15 @@ impl RoomActor {
                 .collect(),
         };
         let link = self.persistence.claim.clone();
+        let cluster = self.cluster.clone();
         ctx.wait(
-            claim_room(link, request)
+            claim_room(link, request, cluster)
                 .into_actor(self)
-                .map(|restore, act, _| act.restored(restore)),
+                .map(|restore, act, ctx| match restore {
+                    Some(restore) => act.restored(restore),
+                    // The live nodes changed meanwhile: another node owns it now.
+                    None => act.claim_abandoned(ctx),
+                }),
         );
     }
 
@@ -932,17 +942,25 @@ fn push_joined<'a>(out: &mut String, items: impl Iterator<Item = &'a str>) {
     }
 }
 
-/// Asks the store for the room, retrying with backoff until it is ours.
-async fn claim_room(link: Recipient<ClaimRoom>, request: ClaimRoom) -> RoomRestore {
+/// Asks the store for the room, retrying with backoff until it is ours — in a cluster, while
+/// this node still owns it (`None` once it does not).
+async fn claim_room(
+    link: Recipient<ClaimRoom>,
+    request: ClaimRoom,
+    cluster: Option<crate::cluster::Cluster>,
+) -> Option<RoomRestore> {
     let mut delay = std::time::Duration::from_millis(50);
     let mut said = None;
     loop {
+        if cluster.as_ref().is_some_and(|c| !c.owns(&request.room_id)) {
+            return None;
+        }
         let why = match link.send(request.clone()).await {
             Ok(Ok(restore)) => {
                 if said.is_some() {
                     log::info!("room '{}' is ours now", request.room_id);
                 }
-                return restore;
+                return Some(restore);
             }
             Ok(Err(e)) => e,
             Err(_) => "the history store is not running".to_owned(),
