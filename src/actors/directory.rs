@@ -145,6 +145,9 @@ impl Actor for Directory {
             cluster.set_on_change(ctx.address().recipient());
             cluster.bus.set_handler(ctx.address().recipient());
             self.load_cluster_rooms(ctx);
+            ctx.run_interval(std::time::Duration::from_secs(10), |act, ctx| {
+                act.load_cluster_rooms(ctx)
+            });
         }
     }
 }
@@ -217,7 +220,7 @@ impl Handler<CreateRoom> for Directory {
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
         let Some(cluster) = self.cluster.clone() else {
-            return Box::pin(actix::fut::ready(Ok(self.create_room(spec))));
+            return Box::pin(actix::fut::ready(Ok(self.create_room(spec, true))));
         };
         // Cluster-wide: the first node to put the id in the shared hash creates it.
         let id = spec.id.clone();
@@ -226,7 +229,7 @@ impl Handler<CreateRoom> for Directory {
                 .into_actor(self)
                 .map(move |(saved, spec), act, _| match saved {
                     Ok(true) => {
-                        let info = act.create_room(spec.clone());
+                        let info = act.create_room(spec.clone(), true);
                         if let Some(cluster) = &act.cluster {
                             cluster.bus.announce(
                                 crate::cluster::bus::DirectoryChange::RoomCreated { room: spec }
@@ -369,9 +372,9 @@ impl Directory {
         })
     }
 
-    /// Starts a room created at run time (here, or on another node of the cluster) and
-    /// announces it to the connected clients.
-    fn create_room(&mut self, spec: RoomSpec) -> RoomInfo {
+    /// Starts a room created at run time (here — `origin`: the hooks hear of it —, or on
+    /// another node of the cluster) and announces it to the connected clients.
+    fn create_room(&mut self, spec: RoomSpec, origin: bool) -> RoomInfo {
         let id = spec.id.clone();
         let shared = self.start_room(RoomShared {
             id: spec.id.as_str().into(),
@@ -392,7 +395,9 @@ impl Directory {
         self.runtime_rooms.insert(id);
         let info = shared.info();
         log::info!("room '{}' created by {}", info.id, msg_creator(&shared));
-        self.hooks.on_room_created(&info);
+        if origin {
+            self.hooks.on_room_created(&info);
+        }
         self.broadcast("dialogue:roomCreated", &to_json(&info));
         info
     }
@@ -407,32 +412,41 @@ impl Directory {
         Some(entry.addr.send(CloseRoom))
     }
 
-    /// Starts the rooms other nodes created at run time (at start, and when the connection to
-    /// Redis was lost: the announcements meanwhile were too); drops those deleted meanwhile.
+    /// Starts the rooms other nodes created at run time and drops those they deleted (at
+    /// start, every 10 s, and when the connection to Redis was lost: announcements may have
+    /// been lost). A failed read is tried again a second later.
     fn load_cluster_rooms(&mut self, ctx: &mut Context<Self>) {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
+        // Only rooms known before the read can be found gone by it.
+        let known_before = self.runtime_rooms.clone();
         ctx.spawn(
             async move { cluster.runtime_rooms().await }
                 .into_actor(self)
-                .map(|rooms, act, _| {
-                    let Ok(rooms) = rooms else {
-                        return;
-                    };
-                    let known: std::collections::HashSet<String> =
-                        rooms.iter().map(|r| r.id.clone()).collect();
-                    for spec in rooms {
-                        if !act.rooms.contains_key(&spec.id) {
-                            act.create_room(spec);
+                .map(move |rooms, act, ctx| {
+                    let rooms = match rooms {
+                        Ok(rooms) => rooms,
+                        Err(e) => {
+                            log::warn!("cluster: cannot read the shared room directory: {e}");
+                            ctx.run_later(std::time::Duration::from_secs(1), |act, ctx| {
+                                act.load_cluster_rooms(ctx)
+                            });
+                            return;
                         }
-                    }
-                    let gone: Vec<String> = act
-                        .runtime_rooms
+                    };
+                    let listed: std::collections::HashSet<&str> =
+                        rooms.iter().map(|r| r.id.as_str()).collect();
+                    let gone: Vec<String> = known_before
                         .iter()
-                        .filter(|id| !known.contains(*id))
+                        .filter(|id| !listed.contains(id.as_str()))
                         .cloned()
                         .collect();
+                    for spec in rooms {
+                        if !act.rooms.contains_key(&spec.id) {
+                            act.create_room(spec, false);
+                        }
+                    }
                     for id in gone {
                         act.forget_room(&id);
                     }
@@ -446,7 +460,6 @@ impl Directory {
             actix_rt::spawn(async move {
                 let _ = closing.await;
             });
-            self.hooks.on_room_deleted(room_id);
             self.broadcast(
                 "dialogue:roomDeleted",
                 &to_json(&serde_json::json!({ "roomId": room_id })),
@@ -473,23 +486,44 @@ impl Handler<DeleteRoom> for Directory {
         {
             return refuse(e);
         }
+        let Some(cluster) = self.cluster.clone() else {
+            return self.delete_here(msg);
+        };
+        // Cluster-wide: out of the shared directory first (else it would come back).
+        let room_id = msg.room_id.clone();
+        Box::pin(
+            async move { cluster.forget_room(&room_id).await }
+                .into_actor(self)
+                .then(move |forgot, act, _| -> Self::Result {
+                    if let Err(e) = forgot {
+                        return Box::pin(actix::fut::ready(Err(DialogueError::new(
+                            ErrorCode::StorageUnavailable,
+                            format!("the cluster's room directory (Redis) is unavailable: {e}"),
+                        ))));
+                    }
+                    if let Some(cluster) = &act.cluster {
+                        let room_id = msg.room_id.clone();
+                        cluster
+                            .bus
+                            .announce(DirectoryChange::RoomDeleted { room_id }.to_json());
+                    }
+                    act.delete_here(msg)
+                }),
+        )
+    }
+}
+
+impl Directory {
+    /// Deletes a room on this node; answers once its history is in the database.
+    fn delete_here(
+        &mut self,
+        msg: DeleteRoom,
+    ) -> ResponseActFuture<Self, Result<(), DialogueError>> {
         let Some(closing) = self.remove_room(&msg.room_id) else {
             return Box::pin(actix::fut::ready(Err(DialogueError::room_not_found(
                 &msg.room_id,
             ))));
         };
-        if let Some(cluster) = self.cluster.clone() {
-            let room_id = msg.room_id.clone();
-            actix_rt::spawn(async move {
-                if let Err(e) = cluster.forget_room(&room_id).await {
-                    log::warn!("cluster: room '{room_id}' stays in the shared directory: {e}");
-                }
-                cluster.bus.announce(
-                    crate::cluster::bus::DirectoryChange::RoomDeleted { room_id }.to_json(),
-                );
-            });
-        }
-        // The room answers once its history is in the database.
         Box::pin(closing.into_actor(self).map(move |_, act, _| {
             log::info!("room '{}' deleted by {}", msg.room_id, msg.identity.user_id);
             act.hooks.on_room_deleted(&msg.room_id);
@@ -536,7 +570,30 @@ impl Handler<BusNotice> for Directory {
         match msg {
             BusNotice::Request { room, op, respond } => match self.rooms.get(&room) {
                 Some(entry) => entry.addr.do_send(RemoteOp { op, respond }),
-                None => respond.answer(Err(DialogueError::room_not_found(&room))),
+                // Created on another node, and its announcement not here (yet): look it up.
+                None => {
+                    let Some(cluster) = self.cluster.clone() else {
+                        return respond.answer(Err(DialogueError::room_not_found(&room)));
+                    };
+                    let id = room.clone();
+                    ctx.spawn(
+                        async move { cluster.runtime_room(&id).await }
+                            .into_actor(self)
+                            .map(move |found, act, _| {
+                                if let Ok(Some(spec)) = found {
+                                    if !act.rooms.contains_key(&spec.id) {
+                                        act.create_room(spec, false);
+                                    }
+                                }
+                                match act.rooms.get(&room) {
+                                    Some(entry) => entry.addr.do_send(RemoteOp { op, respond }),
+                                    None => {
+                                        respond.answer(Err(DialogueError::room_not_found(&room)))
+                                    }
+                                }
+                            }),
+                    );
+                }
             },
             BusNotice::Reconnected => self.load_cluster_rooms(ctx),
             BusNotice::Directory(json) => match serde_json::from_str(&json) {
@@ -547,7 +604,7 @@ impl Handler<BusNotice> for Directory {
                 }
                 Ok(DirectoryChange::RoomCreated { room }) => {
                     if !self.rooms.contains_key(&room.id) {
-                        self.create_room(room);
+                        self.create_room(room, false);
                     }
                 }
                 Ok(DirectoryChange::RoomDeleted { room_id }) => self.forget_room(&room_id),

@@ -32,6 +32,10 @@ pub fn room_channel(room: &str) -> String {
     format!("dlg:room:{room}")
 }
 
+/// What a node sends itself to check its subscription connection, this often.
+const PING: &str = "ping";
+const PING_EVERY: Duration = Duration::from_secs(2);
+
 /// The payload asking a room's replicas to read the owner's window again.
 pub const RESYNC: &str = "resync";
 
@@ -209,6 +213,18 @@ impl Drop for Responder {
     }
 }
 
+/// Removes a request from the pending ones when its waiter goes.
+struct PendingGuard {
+    bus: Bus,
+    id: u64,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.bus.state().pending.remove(&self.id);
+    }
+}
+
 struct Outgoing {
     channel: String,
     payload: String,
@@ -223,8 +239,8 @@ enum Subscription {
 
 #[derive(Default)]
 struct State {
-    /// Rooms replicated here: where their events go.
-    rooms: HashMap<Arc<str>, Recipient<RoomFeed>>,
+    /// Rooms replicated here: where their events go (and the room actor instance).
+    rooms: HashMap<Arc<str>, (u64, Recipient<RoomFeed>)>,
     /// Requests sent and not answered yet.
     pending: HashMap<u64, oneshot::Sender<Answer>>,
 }
@@ -289,9 +305,15 @@ impl Bus {
         self.publish(room_channel(room), json.to_owned(), Some(room.clone()));
     }
 
-    /// Receives `room`'s events from now on; true once Redis confirmed the subscription.
-    pub async fn subscribe(&self, room: Arc<str>, feed: Recipient<RoomFeed>) -> bool {
-        self.state().rooms.insert(room.clone(), feed);
+    /// Receives `room`'s events from now on, for room actor `instance`; true once Redis
+    /// confirmed the subscription.
+    pub async fn subscribe(
+        &self,
+        room: Arc<str>,
+        instance: u64,
+        feed: Recipient<RoomFeed>,
+    ) -> bool {
+        self.state().rooms.insert(room.clone(), (instance, feed));
         let (tx, rx) = oneshot::channel();
         if self
             .inner
@@ -304,9 +326,13 @@ impl Bus {
         rx.await.unwrap_or(false)
     }
 
-    /// Stops receiving `room`'s events.
-    pub fn unsubscribe(&self, room: &Arc<str>) {
-        if self.state().rooms.remove(room).is_some() {
+    /// Stops receiving `room`'s events, unless another instance of the room (deleted and
+    /// created again) subscribed since.
+    pub fn unsubscribe(&self, room: &Arc<str>, instance: u64) {
+        let mut state = self.state();
+        if state.rooms.get(room).is_some_and(|(i, _)| *i == instance) {
+            state.rooms.remove(room);
+            drop(state);
             let _ = self
                 .inner
                 .subscriptions
@@ -339,13 +365,17 @@ impl Bus {
             }
             Err(_) => false,
         };
-        let bus = self.clone();
+        // Forgets the request however the wait ends (answered, timed out, or dropped).
+        let guard = PendingGuard {
+            bus: self.clone(),
+            id,
+        };
         async move {
             if !queued {
                 return Err(Failure::NoAnswer);
             }
             let answer = tokio::time::timeout(limit, rx).await;
-            bus.state().pending.remove(&id);
+            drop(guard);
             match answer {
                 Ok(Ok(Answer {
                     not_owner: true, ..
@@ -364,7 +394,7 @@ impl Bus {
 
     fn dispatch(&self, channel: &str, payload: String) {
         if let Some(room) = channel.strip_prefix("dlg:room:") {
-            let feed = self.state().rooms.get(room).cloned();
+            let feed = self.state().rooms.get(room).map(|(_, feed)| feed.clone());
             if let Some(feed) = feed {
                 feed.do_send(if payload == RESYNC {
                     RoomFeed::Resync
@@ -478,7 +508,7 @@ async fn subscriber(
         }
         if lost_once {
             log::info!("cluster: subscriptions restored; replicas read their windows again");
-            let feeds: Vec<_> = bus.state().rooms.values().cloned().collect();
+            let feeds: Vec<_> = bus.state().rooms.values().map(|(_, f)| f.clone()).collect();
             for feed in feeds {
                 feed.do_send(RoomFeed::Resync);
             }
@@ -486,14 +516,30 @@ async fn subscriber(
                 handler.do_send(BusNotice::Reconnected);
             }
         }
+        // A connection that died without closing (a half-open TCP connection) is noticed by a
+        // ping to this node's own answer channel that does not come back.
+        let answers = format!("dlg:re:{node}");
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut pong = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 message = stream.next() => {
                     let Some(message) = message else { break };
                     let channel = message.get_channel_name().to_owned();
                     if let Ok(payload) = message.get_payload::<String>() {
+                        if payload == PING && channel == answers {
+                            pong = tokio::time::Instant::now();
+                            continue;
+                        }
                         bus.dispatch(&channel, payload);
                     }
+                }
+                _ = ping.tick() => {
+                    if pong.elapsed() > PING_EVERY * 3 {
+                        log::warn!("cluster: no ping came back on the subscription connection");
+                        break;
+                    }
+                    bus.publish(answers.clone(), PING.to_owned(), None);
                 }
                 change = changes.recv() => match change {
                     Some(Subscription::Add(room, ack)) => {

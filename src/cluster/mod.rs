@@ -248,6 +248,8 @@ impl Cluster {
     /// One heartbeat: renews this node and refreshes the live nodes.
     async fn heartbeat(&self) -> Result<(), String> {
         let mut redis = self.redis.clone();
+        // Live as of when the heartbeat was sent (Redis renewed it no earlier).
+        let sent = Instant::now();
         let script = redis::Script::new(HEARTBEAT);
         let mut invocation = script.key(NODES);
         invocation
@@ -265,7 +267,7 @@ impl Cluster {
                 METRICS.cluster_nodes.set(nodes.len() as i64);
                 METRICS.cluster_redis_up.set(1);
                 *self.nodes.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(nodes);
-                *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = sent;
                 if !self.available.swap(true, Ordering::Relaxed) {
                     log::info!("cluster: Redis available; node {}", self.node);
                 }
@@ -345,6 +347,18 @@ impl Cluster {
             .map_err(|e| e.to_string())
     }
 
+    /// One room created at run time, if it is in the shared directory.
+    pub async fn runtime_room(&self, room_id: &str) -> Result<Option<bus::RoomSpec>, String> {
+        let mut redis = self.redis.clone();
+        let json: Option<String> = redis::cmd("HGET")
+            .arg(bus::ROOMS)
+            .arg(room_id)
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
     /// The rooms created at run time on any node.
     pub async fn runtime_rooms(&self) -> Result<Vec<bus::RoomSpec>, String> {
         let mut redis = self.redis.clone();
@@ -357,6 +371,11 @@ impl Cluster {
             .values()
             .filter_map(|json| serde_json::from_str(json).ok())
             .collect())
+    }
+
+    /// True once this node left the cluster (a clean stop).
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Relaxed)
     }
 
     /// True when the last heartbeat reached Redis.

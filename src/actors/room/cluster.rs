@@ -131,7 +131,10 @@ impl RoomActor {
         };
         self.set_restoring(false);
         self.shared.ready.store(true, Ordering::Relaxed);
-        self.sync(ctx);
+        // A node that left (a clean stop) follows nobody.
+        if !self.cluster.as_ref().is_some_and(|c| c.has_left()) {
+            self.sync(ctx);
+        }
     }
 
     /// Checks who owns the room now and moves accordingly.
@@ -156,12 +159,15 @@ impl RoomActor {
     /// delivers to the local members what the restored windows hold beyond what they had.
     fn become_owner(&mut self, ctx: &mut Context<Self>) {
         if let Some(cluster) = &self.cluster {
-            cluster.bus.unsubscribe(&self.shared.id);
+            cluster.bus.unsubscribe(&self.shared.id, self.instance);
         }
         log::info!("room '{}' is this node's now: claiming it", self.shared.id);
         self.role = Role::Owner;
+        // Not counted as restoring: a take-over must not make `/readyz` fail on the nodes
+        // that took a dead node's rooms.
         self.shared.ready.store(false, Ordering::Relaxed);
-        self.set_restoring(true);
+        self.syncing = false;
+        self.sync_generation += 1;
         // A fresh lease token: the one of an earlier ownership was given up.
         self.owner = uuid::Uuid::new_v4().simple().to_string().into();
         self.catch_up_from = Some(self.last_seqs());
@@ -245,15 +251,22 @@ impl RoomActor {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
-        if self.syncing || self.closed {
+        if self.closed {
             return;
         }
+        // A sync under way is superseded (its answer is dropped): the owner changed.
+        self.sync_generation += 1;
+        let generation = self.sync_generation;
         self.syncing = true;
+        self.feed_buffer.clear();
         let room = self.shared.id.clone();
         let feed = ctx.address().recipient::<RoomFeed>();
+        let instance = self.instance;
         let attempt_limit = cluster.lease().max(Duration::from_secs(1));
         let budget = cluster.lease() * 3 + Duration::from_secs(5);
-        ctx.wait(
+        // Spawned, not awaited: the room goes on answering (joins wait for the sync, events
+        // published meanwhile are kept for after it).
+        ctx.spawn(
             async move {
                 let deadline = Instant::now() + budget;
                 let mut subscribed = false;
@@ -263,8 +276,10 @@ impl RoomActor {
                         Some(owner) if owner == cluster.node => return Synced::Mine,
                         Some(owner) => {
                             if !subscribed {
-                                subscribed =
-                                    cluster.bus.subscribe(room.clone(), feed.clone()).await;
+                                subscribed = cluster
+                                    .bus
+                                    .subscribe(room.clone(), instance, feed.clone())
+                                    .await;
                             }
                             if subscribed {
                                 let asked =
@@ -284,28 +299,27 @@ impl RoomActor {
                 Synced::Failed
             }
             .into_actor(self)
-            .map(|synced, act, ctx| act.synced(synced, ctx)),
+            .map(move |synced, act, ctx| {
+                if act.sync_generation == generation {
+                    act.synced(synced, ctx)
+                }
+            }),
         );
     }
 
     fn synced(&mut self, synced: Synced, ctx: &mut Context<Self>) {
         self.syncing = false;
         match synced {
-            Synced::Mine => self.become_owner(ctx),
+            Synced::Mine => {
+                self.become_owner(ctx);
+                return self.release_parked(ctx);
+            }
             Synced::Failed => {
                 log::warn!(
-                    "room '{}': no owner answered; its triggers are refused until one does",
+                    "room '{}': no owner answered; its joins and triggers are refused until one does",
                     self.shared.id
                 );
-                self.role = Role::Replica {
-                    owner: None,
-                    synced: false,
-                };
-                ctx.run_later(Duration::from_secs(1), |act, ctx| {
-                    if matches!(act.role, Role::Replica { synced: false, .. }) {
-                        act.sync(ctx);
-                    }
-                });
+                self.sync_failed(ctx);
             }
             Synced::Window(owner, json) => match self.apply_window(&json) {
                 Ok(()) => {
@@ -314,19 +328,59 @@ impl RoomActor {
                         owner: Some(owner),
                         synced: true,
                     };
+                    // What was published while the window was read (older ones are in it).
+                    for json in std::mem::take(&mut self.feed_buffer) {
+                        self.follow(&json, ctx);
+                    }
                 }
                 Err(e) => {
                     log::error!(
                         "room '{}': unreadable window from {owner}: {e}",
                         self.shared.id
                     );
-                    self.role = Role::Replica {
-                        owner: None,
-                        synced: false,
-                    };
+                    self.sync_failed(ctx);
                 }
             },
         }
+        self.release_parked(ctx);
+    }
+
+    /// No copy of the owner's windows: try again in a second.
+    fn sync_failed(&mut self, ctx: &mut Context<Self>) {
+        self.role = Role::Replica {
+            owner: None,
+            synced: false,
+        };
+        self.feed_buffer.clear();
+        ctx.run_later(Duration::from_secs(1), |act, ctx| {
+            if matches!(act.role, Role::Replica { synced: false, .. }) && !act.syncing {
+                act.sync(ctx);
+            }
+        });
+    }
+
+    /// Handles the joins that waited for a sync (after a failed one they are refused).
+    fn release_parked(&mut self, ctx: &mut Context<Self>) {
+        for (join, answer) in std::mem::take(&mut self.parked_joins) {
+            let joined = <Self as Handler<Join>>::handle(self, join, ctx);
+            actix_rt::spawn(async move {
+                let _ = answer.send(joined.await);
+            });
+        }
+    }
+
+    /// A join on a replica without a copy of the owner's windows waits for the sync (started
+    /// if none runs); with the sync failed and none running, it is refused.
+    pub(super) fn park_join(
+        &mut self,
+        msg: Join,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<JoinOutcome, DialogueError>>, Join> {
+        if !matches!(self.role, Role::Replica { synced: false, .. }) || !self.syncing {
+            return Err(msg);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.parked_joins.push((msg, tx));
+        Ok(rx)
     }
 
     /// Takes the owner's windows: what the local members had not received is delivered,
@@ -455,45 +509,30 @@ impl RoomActor {
         };
         let room = self.shared.id.clone();
         let budget = cluster.lease() * 3 + Duration::from_secs(5);
+        let per_attempt = cluster.lease().max(Duration::from_secs(1));
         let target = match &self.role {
             Role::Replica {
                 owner: Some(owner), ..
             } => Some(owner.clone()),
             _ => cluster.owner(&room).filter(|o| *o != cluster.node),
         };
-        let mut attempt = target.map(|owner| {
-            (
-                owner.clone(),
-                cluster.bus.request(&owner, &room, &op, budget),
-            )
-        });
+        let mut attempt = target.map(|owner| cluster.bus.request(&owner, &room, &op, per_attempt));
         let me = ctx.address();
         actix_rt::spawn(async move {
             let deadline = Instant::now() + budget;
             loop {
-                if let Some((owner, answer)) = attempt.take() {
-                    let mut answer = Box::pin(answer);
-                    // Waits for the answer while `owner` is still the owner.
-                    let answered = loop {
-                        tokio::select! {
-                            a = &mut answer => break Some(a),
-                            _ = actix_rt::time::sleep(Duration::from_millis(200)) => {
-                                if cluster.owner(&room).as_deref() != Some(&*owner)
-                                    || Instant::now() >= deadline
-                                {
-                                    break None;
-                                }
-                            }
-                        }
-                    };
-                    match answered {
-                        Some(Ok(json)) => {
+                // Each attempt waits for its answer (or `per_attempt`): an owner being replaced
+                // still answers what it accepted, and a retry carries the same key, so the same
+                // owner does not take it twice.
+                if let Some(answer) = attempt.take() {
+                    match answer.await {
+                        Ok(json) => {
                             let triggered = serde_json::from_str::<Triggered>(&json)
                                 .map_err(|e| DialogueError::invalid(e.to_string()));
                             return reply.answer(triggered);
                         }
-                        Some(Err(Failure::Refused(e))) => return reply.answer(Err(e)),
-                        Some(Err(Failure::NotOwner)) | Some(Err(Failure::NoAnswer)) | None => {}
+                        Err(Failure::Refused(e)) => return reply.answer(Err(e)),
+                        Err(Failure::NotOwner) | Err(Failure::NoAnswer) => {}
                     }
                 }
                 if Instant::now() >= deadline {
@@ -528,8 +567,12 @@ impl RoomActor {
                     }
                     Some(owner) => {
                         let left = deadline.saturating_duration_since(Instant::now());
-                        attempt =
-                            Some((owner.clone(), cluster.bus.request(&owner, &room, &op, left)));
+                        attempt = Some(cluster.bus.request(
+                            &owner,
+                            &room,
+                            &op,
+                            per_attempt.min(left),
+                        ));
                     }
                     None => {}
                 }
@@ -540,9 +583,13 @@ impl RoomActor {
     /// A replica delivers one published event: in seq order per event with history; a gap
     /// (a lost publish) or a new epoch (a new owner after a crash) reads the window again.
     fn follow(&mut self, json: &str, ctx: &mut Context<Self>) {
-        let Role::Replica { synced: true, .. } = self.role else {
-            return; // the sync under way covers it
-        };
+        match self.role {
+            Role::Replica { synced: true, .. } => {}
+            Role::Replica { synced: false, .. } if self.syncing => {
+                return self.feed_buffer.push(json.to_owned());
+            }
+            _ => return, // the next sync covers it
+        }
         let (name, stored) = match self.stored_from_wire(json) {
             Ok(parsed) => parsed,
             Err(e) => {
@@ -608,20 +655,6 @@ impl RoomActor {
         self.forwarded_order.push_back(key.clone());
         self.forwarded.insert(key, seq);
     }
-
-    /// Refuses a join while the replica has no copy of the owner's windows.
-    pub(super) fn check_synced(&self) -> Result<(), DialogueError> {
-        match &self.role {
-            Role::Replica { synced: false, .. } => Err(DialogueError::new(
-                ErrorCode::StorageUnavailable,
-                format!(
-                    "room '{}' is moving between nodes and has no reachable owner; try again",
-                    self.shared.id
-                ),
-            )),
-            _ => Ok(()),
-        }
-    }
 }
 
 impl Handler<RoomFeed> for RoomActor {
@@ -643,7 +676,20 @@ impl Handler<RemoteOp> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: RemoteOp, ctx: &mut Context<Self>) {
-        if self.role != Role::Owner || self.closed {
+        if self.closed {
+            return msg
+                .respond
+                .answer(Err(DialogueError::room_not_found(&self.shared.id)));
+        }
+        if self.role == Role::Owner
+            && self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.owns(&self.shared.id))
+        {
+            self.reassess(ctx);
+        }
+        if self.role != Role::Owner {
             return msg.respond.not_owner();
         }
         match msg.op {

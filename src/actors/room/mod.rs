@@ -315,6 +315,18 @@ pub struct RoomActor {
     handed_over: Vec<tokio::sync::oneshot::Sender<()>>,
     /// This room counts in [`PersistenceLink::restoring`].
     restoring_counted: bool,
+    /// Supersedes a replica's sync under way when a new one starts.
+    sync_generation: u64,
+    /// Events published while a replica syncs: followed once it has the window.
+    feed_buffer: Vec<String>,
+    /// Joins waiting for a replica's sync.
+    #[allow(clippy::type_complexity)]
+    parked_joins: Vec<(
+        Join,
+        tokio::sync::oneshot::Sender<Result<JoinOutcome, DialogueError>>,
+    )>,
+    /// This actor instance, among the room's instances over time (its feed subscription).
+    instance: u64,
     /// Forwarded triggers accepted here: their key's seq, for retries ([`cluster`]).
     forwarded: HashMap<String, u64>,
     forwarded_order: VecDeque<String>,
@@ -386,6 +398,10 @@ impl RoomActor {
             restoring_counted: true,
             forwarded: HashMap::new(),
             forwarded_order: VecDeque::new(),
+            sync_generation: 0,
+            feed_buffer: Vec::new(),
+            parked_joins: Vec::new(),
+            instance: rand_instance(),
         }
     }
 
@@ -454,9 +470,15 @@ impl RoomActor {
     /// Delivers an event to the subscribed members, and (the owner in a cluster) publishes
     /// it once for the other nodes' members.
     fn publish(&self, event: &str, frame: &SharedFrame, stored: &StoredEvent) {
-        if let (Some(cluster), Role::Owner) = (&self.cluster, &self.role) {
+        if let Some(cluster) = &self.cluster {
+            // Also while handing over: events committed then reach the other nodes too.
             cluster.bus.publish_event(&self.shared.id, &stored.json);
         }
+        if let Some(state) = self.events.get(event) {
+            state.counters.triggered.inc();
+        }
+        // Once per event in the cluster: here, where it was accepted.
+        self.hooks.after_each(&self.shared.id, event, &stored.json);
         self.deliver(event, frame, stored);
     }
 
@@ -478,11 +500,9 @@ impl RoomActor {
                 delivered += 1;
             }
         }
-        state.counters.triggered.inc();
         state.counters.delivered.inc_by(delivered);
         state.published.set(state.published.get() + 1);
         state.delivered.set(state.delivered.get() + delivered);
-        self.hooks.after_each(&self.shared.id, event, &stored.json);
     }
 
     /// Stops writing for good (another owner took the room, or a conflict): logged, counted
@@ -518,7 +538,7 @@ impl RoomActor {
         self.set_size();
         crate::metrics::remove_room(&self.metric_label, self.events.keys());
         if let Some(cluster) = &self.cluster {
-            cluster.bus.unsubscribe(&self.shared.id);
+            cluster.bus.unsubscribe(&self.shared.id, self.instance);
         }
         let release = self.persistence.release.send(ReleaseRoom {
             room_id: self.shared.id.clone(),
@@ -976,6 +996,11 @@ async fn claim_room(
     }
 }
 
+/// A random id for a room actor instance.
+fn rand_instance() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1004,8 +1029,22 @@ impl Handler<Join> for RoomActor {
             let gone = DialogueError::room_not_found(&self.shared.id);
             return Box::pin(async move { Err(gone) });
         }
-        if let Err(e) = self.check_synced() {
-            return Box::pin(async move { Err(e) });
+        if matches!(self.role, Role::Replica { synced: false, .. }) {
+            // Without a copy of the owner's windows: wait for the sync under way.
+            let room = self.shared.id.clone();
+            return match self.park_join(msg) {
+                Ok(answer) => Box::pin(async move {
+                    answer
+                        .await
+                        .unwrap_or_else(|_| Err(DialogueError::room_not_found(&room)))
+                }),
+                Err(_) => Box::pin(async move {
+                    Err(DialogueError::new(
+                        ErrorCode::StorageUnavailable,
+                        format!("room '{room}' has no reachable owner node right now; try again"),
+                    ))
+                }),
+            };
         }
         if let Some(member) = self.members.get(&msg.conn) {
             // Joining twice is harmless: confirm again, change nothing.
@@ -1497,6 +1536,15 @@ impl Handler<Trigger> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Trigger, ctx: &mut Context<Self>) {
+        // An owner whose view says otherwise moves first (its Reassess may be queued).
+        if self.role == Role::Owner
+            && self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.owns(&self.shared.id))
+        {
+            self.reassess(ctx);
+        }
         if self.role != Role::Owner {
             return self.forward(msg, ctx);
         }
