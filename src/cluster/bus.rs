@@ -123,6 +123,7 @@ pub enum Failure {
 /// directory.
 #[derive(Message)]
 #[rtype(result = "()")]
+#[allow(clippy::large_enum_variant)] // short-lived, one per request
 pub enum BusNotice {
     /// A request for room `room`; answer through `respond`.
     Request {

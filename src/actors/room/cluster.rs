@@ -374,13 +374,13 @@ impl RoomActor {
     pub(super) fn park_join(
         &mut self,
         msg: Join,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<JoinOutcome, DialogueError>>, Join> {
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<JoinOutcome, DialogueError>>> {
         if !matches!(self.role, Role::Replica { synced: false, .. }) || !self.syncing {
-            return Err(msg);
+            return None;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.parked_joins.push((msg, tx));
-        Ok(rx)
+        Some(rx)
     }
 
     /// Takes the owner's windows: what the local members had not received is delivered,

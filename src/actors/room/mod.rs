@@ -1033,12 +1033,12 @@ impl Handler<Join> for RoomActor {
             // Without a copy of the owner's windows: wait for the sync under way.
             let room = self.shared.id.clone();
             return match self.park_join(msg) {
-                Ok(answer) => Box::pin(async move {
+                Some(answer) => Box::pin(async move {
                     answer
                         .await
                         .unwrap_or_else(|_| Err(DialogueError::room_not_found(&room)))
                 }),
-                Err(_) => Box::pin(async move {
+                None => Box::pin(async move {
                     Err(DialogueError::new(
                         ErrorCode::StorageUnavailable,
                         format!("room '{room}' has no reachable owner node right now; try again"),
