@@ -276,8 +276,12 @@ pub async fn write_jobs(
         "UPDATE room_leases SET lease_until = {} + $1 WHERE room_id = $2 AND owner = $3",
         db_now(backend)
     );
+    // Rows are locked in room order, as the lease renewal locks them: two transactions of
+    // one process (or of two cluster nodes) never wait on each other in a cycle.
+    let mut jobs: Vec<&WriteJob<'_>> = jobs.iter().collect();
+    jobs.sort_by_key(|job| job.room_id);
     let txn = db.begin().await?;
-    for job in jobs {
+    for job in &jobs {
         let Some(owner) = job.owner else { continue };
         let fenced = txn
             .execute_raw(stmt(
@@ -300,7 +304,7 @@ pub async fn write_jobs(
     if (inserted as usize) < total {
         check_conflicts(&txn, &batches).await?;
     }
-    for job in jobs {
+    for job in &jobs {
         for mark in job.counters {
             raise_counter(&txn, job.room_id, &mark.event, mark.high_water, mark.exact).await?;
         }
@@ -802,8 +806,15 @@ pub async fn renew_leases(
     lease_ms: i64,
 ) -> Result<u64, DbErr> {
     let backend = db.get_database_backend();
+    // PostgreSQL locks the rows in room order, as batch writes do (no deadlock between them).
+    let rows = match backend {
+        DbBackend::Postgres => {
+            "room_id IN (SELECT room_id FROM room_leases WHERE node = $2 ORDER BY room_id FOR UPDATE)"
+        }
+        _ => "node = $2",
+    };
     let sql = format!(
-        "UPDATE room_leases SET lease_until = {} + $1 WHERE node = $2",
+        "UPDATE room_leases SET lease_until = {} + $1 WHERE {rows}",
         db_now(backend)
     );
     Ok(db
