@@ -36,7 +36,11 @@ pub struct Options {
     pub window: usize,
     /// Connections opened at once while setting up.
     pub connect_concurrency: usize,
-    pub server_pid: Option<u32>,
+    /// The server's processes (a cluster's nodes): their CPU time is summed.
+    pub server_pid: Vec<u32>,
+    /// With several nodes: read each room's owner from `/api/stats` with this key, and
+    /// report latency apart for subscribers on the owner's node and on another node.
+    pub api_key: Option<String>,
     /// Sample the server's RSS this often during the run.
     pub rss_every: Option<Duration>,
 }
@@ -85,7 +89,9 @@ impl NumberAfter {
 }
 
 /// Opens `n` connections named `{user_prefix}{i}`, connection `i` joined to
-/// `rooms[i % rooms.len()]`, `concurrency` at a time. Each result carries the room index.
+/// `rooms[i % rooms.len()]`, `concurrency` at a time. `url` may list several nodes
+/// (comma-separated): a room's connections alternate between them. Each result carries the
+/// room index.
 pub async fn connect_all(
     url: &str,
     user_prefix: &str,
@@ -94,9 +100,26 @@ pub async fn connect_all(
     collect_events: bool,
     concurrency: usize,
 ) -> Vec<Result<(usize, Client), String>> {
+    connect_indexed(url, user_prefix, rooms, n, collect_events, concurrency)
+        .await
+        .into_iter()
+        .map(|r| r.map(|(_, room, c)| (room, c)))
+        .collect()
+}
+
+/// [`connect_all`], each result also carrying the connection's number.
+async fn connect_indexed(
+    url: &str,
+    user_prefix: &str,
+    rooms: &[String],
+    n: usize,
+    collect_events: bool,
+    concurrency: usize,
+) -> Vec<Result<(usize, usize, Client), String>> {
     stream::iter(0..n)
         .map(|i| async move {
             let room = i % rooms.len();
+            let url = node_url(url, i, rooms.len()).1;
             let c = Client::connect(url, &format!("{user_prefix}{i}"), collect_events).await?;
             let r = c
                 .request("dialogue:join", &json!({ "roomId": rooms[room] }))
@@ -104,11 +127,43 @@ pub async fn connect_all(
             if r["ok"] != json!(true) {
                 return Err(format!("join {}: {r}", rooms[room]));
             }
-            Ok((room, c))
+            Ok((i, room, c))
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await
+}
+
+/// The node connection `i` of a run over `rooms` rooms uses: (its index, its URL). Within a
+/// room, connections alternate between the nodes; over the rooms, the first ones too.
+pub fn node_url(urls: &str, i: usize, rooms: usize) -> (usize, &str) {
+    let nodes: Vec<&str> = urls.split(',').collect();
+    let node = (i / rooms.max(1) + i) % nodes.len();
+    (node, nodes[node])
+}
+
+/// Each room's owner node (its index in `urls`), from the nodes' `/api/stats`.
+async fn owners(urls: &str, key: &str, rooms: &[String]) -> Result<Vec<Option<usize>>, String> {
+    let mut owner = vec![None; rooms.len()];
+    let index: std::collections::HashMap<&str, usize> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.as_str(), i))
+        .collect();
+    for (node, url) in urls.split(',').enumerate() {
+        let auth = format!("Bearer {key}");
+        let answer =
+            crate::server::http_get(url, "/api/stats", &[("Authorization", &auth)]).await?;
+        let stats: Value = serde_json::from_slice(&answer.body).map_err(|e| e.to_string())?;
+        for room in stats["rooms"].as_array().into_iter().flatten() {
+            if room["role"] == "owner" {
+                if let Some(&i) = room["id"].as_str().and_then(|id| index.get(id)) {
+                    owner[i] = Some(node);
+                }
+            }
+        }
+    }
+    Ok(owner)
 }
 
 /// What one subscriber saw.
@@ -126,6 +181,7 @@ async fn receive(
     expected: &[AtomicU64],
     room: usize,
     hist: &Histogram,
+    side: Option<Arc<Histogram>>,
 ) -> Received {
     let marker = format!("[\"dialogue:event\",{{\"event\":{}", json!(event));
     // `sentAt` is in the data, near the start; `seq` is the EventMessage's last field.
@@ -162,7 +218,11 @@ async fn receive(
             continue;
         }
         count += 1;
-        hist.record(now_us().saturating_sub(sent));
+        let latency = now_us().saturating_sub(sent);
+        hist.record(latency);
+        if let Some(side) = &side {
+            side.record(latency);
+        }
     }
     Received {
         count,
@@ -253,8 +313,9 @@ async fn send(
 
 pub async fn run(o: Options) -> Result<Value, String> {
     let connect_started = Instant::now();
+    let nodes = o.url.split(',').count();
     let mut subs = Vec::with_capacity(o.subscribers);
-    for r in connect_all(
+    for r in connect_indexed(
         &o.url,
         "sub",
         &o.rooms,
@@ -264,10 +325,15 @@ pub async fn run(o: Options) -> Result<Value, String> {
     )
     .await
     {
-        let (room, mut c) = r?;
+        let (i, room, mut c) = r?;
         while c.try_next_event().is_some() {} // joined confirmations
-        subs.push((room, c));
+        subs.push((i, room, c));
     }
+    // In a cluster: which subscribers sit on their room's owner node.
+    let owner = match (&o.api_key, nodes > 1) {
+        (Some(key), true) => Some(owners(&o.url, key, &o.rooms).await?),
+        _ => None,
+    };
     let mut senders = Vec::with_capacity(o.senders);
     for r in connect_all(
         &o.url,
@@ -293,25 +359,41 @@ pub async fn run(o: Options) -> Result<Value, String> {
     }
     let subs_per_room = subs
         .iter()
-        .fold(vec![0u64; o.rooms.len()], |mut n, (room, _)| {
+        .fold(vec![0u64; o.rooms.len()], |mut n, (_, room, _)| {
             n[*room] += 1;
             n
         });
 
     let hist = Arc::new(Histogram::default());
+    // Subscribers on their room's owner node, and on another node (with `owner`).
+    let (local, remote) = (
+        Arc::new(Histogram::default()),
+        Arc::new(Histogram::default()),
+    );
     let rss = o
         .server_pid
+        .first()
+        .copied()
         .zip(o.rss_every)
         .map(|(pid, every)| RssSampler::start(pid, every));
-    let cpu_before = o.server_pid.and_then(cpu_seconds);
+    let cpu_of = |pids: &[u32]| -> Option<f64> { pids.iter().map(|p| cpu_seconds(*p)).sum() };
+    let cpu_before = cpu_of(&o.server_pid);
     let own_cpu_before = cpu_seconds(std::process::id());
     let start = Instant::now();
 
     let receivers: Vec<_> = subs
         .into_iter()
-        .map(|(room, c)| {
+        .map(|(i, room, c)| {
             let (event, hist, expected) = (o.event.clone(), hist.clone(), per_room.clone());
-            tokio::spawn(async move { receive(c, &event, &expected, room, &hist).await })
+            let node = node_url(&o.url, i, o.rooms.len()).0;
+            let side = owner.as_ref().map(|owner| {
+                if owner[room] == Some(node) {
+                    local.clone()
+                } else {
+                    remote.clone()
+                }
+            });
+            tokio::spawn(async move { receive(c, &event, &expected, room, &hist, side).await })
         })
         .collect();
 
@@ -359,9 +441,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
         clients.push(got.client);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_before
-        .zip(o.server_pid.and_then(cpu_seconds))
-        .map(|(a, b)| b - a);
+    let cpu = cpu_before.zip(cpu_of(&o.server_pid)).map(|(a, b)| b - a);
     // Near 100 % of one core, the load generator may be what limits the figures.
     let own_cpu = own_cpu_before
         .zip(cpu_seconds(std::process::id()))
@@ -378,6 +458,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
     }
 
     let ms = |p: f64| hist.percentile(p).map(|us| us as f64 / 1000.0);
+    let ms_of = |h: &Histogram, p: f64| h.percentile(p).map(|us| us as f64 / 1000.0);
     let mut result = json!({
         "scenario": o.scenario,
         "rooms": o.rooms.len(),
@@ -404,6 +485,21 @@ pub async fn run(o: Options) -> Result<Value, String> {
         "server_cpu_us_per_delivery": cpu.map(|c| c * 1e6 / received.max(1) as f64),
         "loadgen_cpu_pct": own_cpu.map(|c| (c * 100.0 / elapsed).round()),
     });
+    if owner.is_some() {
+        result["nodes"] = json!(nodes);
+        result["owner_node_p50_ms"] = json!(ms_of(&local, 50.0));
+        result["owner_node_p99_ms"] = json!(ms_of(&local, 99.0));
+        result["other_node_p50_ms"] = json!(ms_of(&remote, 50.0));
+        result["other_node_p99_ms"] = json!(ms_of(&remote, 99.0));
+        eprintln!(
+            "{}: subscribers on the owner's node p50 {:?} p99 {:?} ms; on another node p50 {:?} p99 {:?} ms",
+            o.scenario,
+            result["owner_node_p50_ms"],
+            result["owner_node_p99_ms"],
+            result["other_node_p50_ms"],
+            result["other_node_p99_ms"]
+        );
+    }
     if let Some(samples) = rss.filter(|s| !s.is_empty()) {
         let (first, last) = (samples[0], samples[samples.len() - 1]);
         let max = samples.iter().copied().max().unwrap_or(0);

@@ -8,6 +8,7 @@
 //! percentiles); persistence and bulk loading are here.
 
 mod client;
+mod failover;
 mod fanout;
 mod history;
 mod idle;
@@ -90,6 +91,31 @@ enum Scenario {
         /// Seconds between RSS samples (0 = none).
         #[arg(long, default_value_t = 5.0)]
         rss_every: f64,
+    },
+    /// A cluster's failover: a sender on one node triggers at a fixed rate into a room owned
+    /// by another node, which is killed (SIGKILL); the time to the first trigger accepted
+    /// again, and every acknowledged event checked in the history and on a third node.
+    Failover {
+        /// The nodes, comma-separated (three or more).
+        #[arg(long, value_delimiter = ',')]
+        url: Vec<String>,
+        /// Their pids, in the same order.
+        #[arg(long, value_delimiter = ',')]
+        server_pid: Vec<u32>,
+        #[arg(long)]
+        api_key: String,
+        #[arg(long, default_value = "general")]
+        room: String,
+        #[arg(long, default_value = "message")]
+        event: String,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Seconds of triggers before the kill.
+        #[arg(long, default_value_t = 2.0)]
+        before: f64,
+        /// Seconds of triggers after the first one accepted again.
+        #[arg(long, default_value_t = 2.0)]
+        after: f64,
     },
     /// Idle connections: opens K connections each joined to a room; the server's RSS per
     /// connection and connections opened (connect + join) per second.
@@ -224,6 +250,8 @@ enum Scenario {
 /// The server and the rooms connections join: shared by `fanout`, `latency` and `idle`.
 #[derive(clap::Args)]
 struct Target {
+    /// The server; `fanout` and `latency` take several, comma-separated (a cluster's nodes:
+    /// connections are spread over them).
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     url: String,
     /// The room; with --rooms R > 1, the prefix of rooms {room}0 … {room}R-1.
@@ -260,8 +288,13 @@ struct Setup {
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// The server's pid (several, comma-separated, for a cluster: CPU is summed).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// With several `--url`s (a cluster), the API key to find each room's owner node, and
+    /// report latency apart for subscribers on the owner's node and on another node.
     #[arg(long)]
-    server_pid: Option<u32>,
+    api_key: Option<String>,
 }
 
 impl Setup {
@@ -279,6 +312,7 @@ impl Setup {
             window: usize::MAX,
             connect_concurrency: self.connect_concurrency,
             server_pid: self.server_pid,
+            api_key: self.api_key,
             rss_every: None,
         }
     }
@@ -580,6 +614,28 @@ async fn main() -> std::process::ExitCode {
                 concurrency,
                 server_pid,
                 settle: Duration::from_millis(settle_ms),
+            })
+            .await
+        }
+        Scenario::Failover {
+            url,
+            server_pid,
+            api_key,
+            room,
+            event,
+            rate,
+            before,
+            after,
+        } => {
+            failover::run(failover::Options {
+                urls: url,
+                pids: server_pid,
+                api_key,
+                room,
+                event,
+                rate,
+                before,
+                after,
             })
             .await
         }
