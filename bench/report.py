@@ -17,7 +17,8 @@ DEFAULTS = {
     "SCAN_PRELOAD": "5000", "RESTART_MESSAGES": "150", "SOAK_CONNECTIONS": "10000",
     "SOAK_ROOMS": "100", "SOAK_RATE": "1000", "SOAK_SECONDS": "300",
     "WEB_CONNECTIONS": "1000", "WEB_REQUESTS": "500", "JITTER_RECEIVERS": "1000", "JITTER_RATE": "100", "JITTER_SECONDS": "60",
-    "STORM_RECEIVERS": "10000",
+    "STORM_RECEIVERS": "10000", "CLUSTER_ROOMS": "1000", "CLUSTER_MEMBERS": "10",
+    "CLUSTER_MESSAGES": "20000", "CLUSTER_RATE": "1000",
 }
 
 
@@ -169,6 +170,36 @@ def figures(settings):
         (f"{storm_csr}: deliveries duplicated", "storm-recovery", field("duplicates"), "",
          ("==", 0, "0"), "—", "all"),
     ]
+    rooms = (f"{int(settings['CLUSTER_ROOMS']):,} rooms × {int(settings['CLUSTER_MEMBERS'])} "
+             "members + 1 sender")
+    rate = f"{int(settings['CLUSTER_RATE']):,} msg/s over {rooms}, two nodes"
+    f += [
+        (f"Cluster: deliveries/s at saturation, {rooms}, one node (core 0)", "cluster-fanout-1",
+         field("deliveries_per_s"), "/s", None, "—", "median"),
+        (f"Cluster: deliveries/s at saturation, {rooms}, two nodes (cores 0 and 1) + Redis",
+         "cluster-fanout-2", field("deliveries_per_s"), "/s", None, "—", "median"),
+        ("Cluster: two nodes over one, deliveries/s (same run)", "cluster-fanout-ratio",
+         field("ratio"), "×", None, "—", "median"),
+        ("Cluster: deliveries lost (saturation, both)", "cluster-fanout-2", field("lost"), "",
+         ("==", 0, "0"), "—", "all"),
+        (f"Cluster latency p50, {rate}: member on the room's owner node", "cluster-latency",
+         field("owner_node_p50_ms"), "ms", None, "—", "median"),
+        (f"Cluster latency p99, {rate}: member on the room's owner node", "cluster-latency",
+         field("owner_node_p99_ms"), "ms", None, "—", "median"),
+        (f"Cluster latency p50, {rate}: member on the other node", "cluster-latency",
+         field("other_node_p50_ms"), "ms", None, "—", "median"),
+        (f"Cluster latency p99, {rate}: member on the other node", "cluster-latency",
+         field("other_node_p99_ms"), "ms", None, "—", "median"),
+        (f"Cluster: Redis PUBLISHes per event ({rate}; half the triggers forwarded)",
+         "cluster-latency", field("publishes_per_event"), "", None, "—", "median"),
+        ("Cluster failover (three nodes, 100 msg/s): `kill -9` of the owner to the first "
+         "trigger accepted by the new owner", "cluster-failover", field("failover_ms"), "ms",
+         ("<=", 5000, "≤ 5 s"), "—", "median"),
+        ("Cluster failover: acknowledged events lost, gaps in seq, not received on a third node",
+         "cluster-failover",
+         lambda r: (r.get("lost") or 0) + (r.get("history_gaps") or 0)
+         + (r.get("not_received_on_third_node") or 0), "", ("==", 0, "0"), "—", "all"),
+    ]
     return f
 
 
@@ -237,6 +268,11 @@ def main():
     # Same-run ratios: stored over accepted latency p99, run by run.
     for r in list(rows):
         b = r["bench"]
+        if b == "cluster-fanout-2":
+            one = [x for x in rows if x["bench"] == "cluster-fanout-1" and x["run"] == r["run"]]
+            if one and one[0].get("deliveries_per_s"):
+                rows.append({"bench": "cluster-fanout-ratio", "run": r["run"],
+                             "ratio": r["deliveries_per_s"] / one[0]["deliveries_per_s"]})
         if b.startswith("latency-") and b.count("-") == 1:
             twin = [x for x in rows if x["bench"] == b + "-accepted" and x["run"] == r["run"]]
             if twin and r.get("p99_ms") is not None and twin[0].get("p99_ms"):
@@ -247,11 +283,11 @@ def main():
         return [r for r in rows if r["bench"] == bench]
 
     out = ["# Benchmarks", ""]
-    if reduced or a.scenarios.split() != "fanout latency idle web persist history scan restart soak jitter storm".split():
+    if reduced or a.scenarios.split() != "fanout latency idle web persist history scan restart soak jitter storm cluster".split():
         out += ["> **Smoke run, not the reference figures**: "
                 + (f"reduced settings ({', '.join(f'{k}={v}' for k, v in sorted(reduced.items()))})"
                    if reduced else "default settings")
-                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle web persist history scan restart soak jitter storm".split() else "")
+                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle web persist history scan restart soak jitter storm cluster".split() else "")
                 + ". Run `bench/run` with no overrides for figures to judge the targets by.", ""]
     out += [
         f"Measured {a.started} on commit `{a.commit}` by `bench/run`.",
@@ -331,6 +367,18 @@ def main():
             "does with connection-state recovery: the CONNECT carries the session's `pid` and "
             "the last event's offset, and nothing is joined again (a reconnect that is not "
             "recovered falls back to `since`, and is counted).",
+            "- **cluster**: on PostgreSQL. `CLUSTER_ROOMS` rooms with `CLUSTER_MEMBERS` "
+            "subscribers and one sender each (11,000 connections), spread over the nodes (a "
+            "room's members alternate between them); the senders trigger `CLUSTER_MESSAGES` "
+            "events as fast as 4 unacknowledged triggers each allow, with one node (no Redis, "
+            "core 0) and with two (cores 0 and 1, Redis unpinned); the load generator is not "
+            "pinned. Then two nodes at `CLUSTER_RATE` msg/s for 10 s: latency apart for "
+            "subscribers on their room's owner node and on the other node (owners from "
+            "`/api/stats`), and Redis's PUBLISH count (`INFO commandstats`) per event. Then "
+            "three nodes: a sender on one node triggers 100 msg/s into a room owned by another, "
+            "which is `kill -9`ed after 2 s; the figure is the time from the kill to the first "
+            "trigger acknowledged again, and every acknowledged event must be in the history "
+            "and received by a member on the third node.",
             "- **storm**: `STORM_RECEIVERS` clients over `SOAK_ROOMS` rooms while 4 senders trigger "
             "100 msg/s; SIGTERM, start again on the same port; each client reconnects and joins "
             "with `since`; then 5 s more of sending and the same exactly-once check. The same "
