@@ -378,7 +378,10 @@ def main():
             "three nodes: a sender on one node triggers 100 msg/s into a room owned by another, "
             "which is `kill -9`ed after 2 s; the figure is the time from the kill to the first "
             "trigger acknowledged again, and every acknowledged event must be in the history "
-            "and received by a member on the third node.",
+            "and received by a member on the third node. On a 2-core machine the second node has "
+            "no core of its own (the load generator, PostgreSQL and Redis share both): the ratio "
+            "shows what the cluster path costs (a publish per event, the replicas, forwarded "
+            "triggers), not how it scales.",
             "- **storm**: `STORM_RECEIVERS` clients over `SOAK_ROOMS` rooms while 4 senders trigger "
             "100 msg/s; SIGTERM, start again on the same port; each client reconnects and joins "
             "with `since`; then 5 s more of sending and the same exactly-once check. The same "
