@@ -516,7 +516,10 @@ impl RoomActor {
             } => Some(owner.clone()),
             _ => cluster.owner(&room).filter(|o| *o != cluster.node),
         };
-        let mut attempt = target.map(|owner| cluster.bus.request(&owner, &room, &op, per_attempt));
+        let mut attempt = target.map(|owner| {
+            let answer = cluster.bus.request(&owner, &room, &op, per_attempt);
+            (owner, answer)
+        });
         let me = ctx.address();
         actix_rt::spawn(async move {
             let deadline = Instant::now() + budget;
@@ -524,7 +527,7 @@ impl RoomActor {
                 // Each attempt waits for its answer (or `per_attempt`): an owner being replaced
                 // still answers what it accepted, and a retry carries the same key, so the same
                 // owner does not take it twice.
-                if let Some(answer) = attempt.take() {
+                if let Some((asked, answer)) = attempt.take() {
                     match answer.await {
                         Ok(json) => {
                             let triggered = serde_json::from_str::<Triggered>(&json)
@@ -532,7 +535,19 @@ impl RoomActor {
                             return reply.answer(triggered);
                         }
                         Err(Failure::Refused(e)) => return reply.answer(Err(e)),
-                        Err(Failure::NotOwner) | Err(Failure::NoAnswer) => {}
+                        Err(Failure::NotOwner) => {}
+                        // No answer from an owner still in the view: it may be dead (its
+                        // heartbeat has not run out yet) or its answer was lost. Wait for the
+                        // view to drop it (then ask the next owner) for up to a lease, rather
+                        // than asking a dead node again.
+                        Err(Failure::NoAnswer) => {
+                            let until = Instant::now() + cluster.lease();
+                            while Instant::now() < until.min(deadline)
+                                && cluster.owner(&room).as_deref() == Some(&*asked)
+                            {
+                                actix_rt::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
                     }
                 }
                 if Instant::now() >= deadline {
@@ -567,12 +582,10 @@ impl RoomActor {
                     }
                     Some(owner) => {
                         let left = deadline.saturating_duration_since(Instant::now());
-                        attempt = Some(cluster.bus.request(
-                            &owner,
-                            &room,
-                            &op,
-                            per_attempt.min(left),
-                        ));
+                        let answer = cluster
+                            .bus
+                            .request(&owner, &room, &op, per_attempt.min(left));
+                        attempt = Some((owner, answer));
                     }
                     None => {}
                 }
