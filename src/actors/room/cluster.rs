@@ -28,6 +28,38 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The trigger a forwarded [`Op::Trigger`] asks for (`None` for another op), with its key.
+fn trigger_of(op: Op, reply: Reply) -> Option<(String, Trigger)> {
+    let Op::Trigger {
+        key,
+        user_id,
+        claims,
+        trusted,
+        event,
+        data,
+        meta,
+        echo,
+    } = op
+    else {
+        return None;
+    };
+    let identity = Arc::new(Identity {
+        user_id: user_id.into(),
+        claims,
+        trusted,
+    });
+    let trigger = Trigger {
+        conn: None,
+        identity,
+        event,
+        data,
+        meta,
+        echo,
+        reply,
+    };
+    Some((key, trigger))
+}
+
 /// Forwarded triggers whose seq a room keeps, for retries whose first answer was lost.
 const FORWARDED_KEYS: usize = 4096;
 
@@ -560,25 +592,10 @@ impl RoomActor {
                 match cluster.owner(&room) {
                     // This node owns the room now: the room takes the trigger itself.
                     Some(owner) if owner == cluster.node => {
-                        let Op::Trigger {
-                            event,
-                            data,
-                            meta,
-                            echo,
-                            ..
-                        } = op
-                        else {
-                            return;
-                        };
-                        return me.do_send(Trigger {
-                            conn: None,
-                            identity,
-                            event,
-                            data,
-                            meta,
-                            echo,
-                            reply,
-                        });
+                        if let Some((_, trigger)) = trigger_of(op, reply) {
+                            me.do_send(trigger);
+                        }
+                        return;
                     }
                     Some(owner) => {
                         let left = deadline.saturating_duration_since(Instant::now());
@@ -710,37 +727,15 @@ impl Handler<RemoteOp> for RoomActor {
                 self.hand_over();
                 msg.respond.answer(Ok(self.window_json()))
             }
-            Op::Trigger {
-                key,
-                user_id,
-                claims,
-                trusted,
-                event,
-                data,
-                meta,
-                echo,
-            } => {
+            op @ Op::Trigger { .. } => {
+                let Some((key, trigger)) = trigger_of(op, Reply::Remote(msg.respond)) else {
+                    return;
+                };
                 // A retry of a trigger accepted already (its answer was lost): the same seq.
                 if let Some(&seq) = self.forwarded.get(&key) {
-                    return msg
-                        .respond
-                        .answer(Ok(Triggered { seq, json: None }.to_json()));
+                    return trigger.reply.answer(Ok(Triggered { seq, json: None }));
                 }
-                let name = event.clone();
-                let identity = Arc::new(Identity {
-                    user_id: user_id.into(),
-                    claims,
-                    trusted,
-                });
-                let trigger = Trigger {
-                    conn: None,
-                    identity,
-                    event,
-                    data,
-                    meta,
-                    echo,
-                    reply: Reply::Remote(msg.respond),
-                };
+                let name = trigger.event.clone();
                 match self.accept(trigger, ctx) {
                     Ok(()) => {
                         let seq = self.events.get(&name).map_or(0, |s| s.last_assigned);
