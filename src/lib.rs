@@ -11,7 +11,8 @@
 //!   ([`protocol::dialogue`]) and the door checks of ids and JSON the database must be able
 //!   to store ([`protocol::storable`]: id lengths and alphabet, no NUL).
 //! - [`actors`] — the actor system: [`actors::connection`] (one per client session),
-//!   [`actors::room`] (one per room: members, numbering, fan-out, history window),
+//!   [`actors::room`] (one per room: members, numbering, fan-out, history window; in a
+//!   cluster, `room/cluster.rs`: owner or replica of the room),
 //!   [`actors::directory`] (room ids → room actors), [`actors::persistence`] (write-behind
 //!   of every accepted event, group commit, leases),
 //!   [`actors::outbox`] (how a room reaches a member: straight into its WebSocket send queue),
@@ -22,8 +23,9 @@
 //!   transports ([`http::websocket`], [`http::polling`]), the server API ([`http::api`]),
 //!   `/healthz`, `/readyz`, `/metrics`, and the web pages ([`http::pages`]: the chat page at
 //!   `/` and the dashboard at `/admin`, built from `web/` and embedded).
-//! - [`cluster`] — several nodes on one database through Redis: membership so far
-//!   (`docs/cluster.md` is the plan).
+//! - [`cluster`] — several nodes on one database through Redis (`docs/cluster.md`): node
+//!   membership and room placement, and [`cluster::bus`], the pub/sub between nodes (each
+//!   room's events from its owner, triggers forwarded to it, directory changes).
 //! - [`server`] — wiring it all up on a bound listener; `src/main.rs` is the thin CLI.
 //! - [`error`] — the client-facing error codes.
 //! - [`auth`] / [`hooks`] — identities (open or JWT), access rules, and the [`Hooks`] trait
