@@ -777,3 +777,23 @@ fn nginx_in_front_of_the_cluster() {
     println!("{}", results[0]);
     cluster.assert_healthy(&[victim]);
 }
+
+/// Presence across the nodes (`tests/js/cluster-presence.mjs`): in a presence room created on
+/// node 0, members on three nodes are told of each other, `dialogue:presence` and
+/// `GET /api/rooms/{id}/presence` list every node's users on any node, a user's second
+/// connection on another node is no news, a leave is told everywhere, and the users of a
+/// node killed (-9) are told gone once its heartbeat runs out.
+#[test]
+fn cluster_presence_spans_the_nodes() {
+    let Some(mut cluster) = Cluster::start("presence") else {
+        return;
+    };
+    let mut script = cluster.script("cluster-presence.mjs", &[]);
+    let line = cluster.expect_line(&mut script, "KILL ", Duration::from_secs(60));
+    let victim = cluster.victim(&line);
+    cluster.servers[victim].kill9();
+    cluster.phase("stopped");
+    let results = cluster.finish(&mut script, "presence", Duration::from_secs(100));
+    assert_eq!(results.len(), 1, "{results:?}");
+    cluster.assert_healthy(&[victim]);
+}

@@ -994,6 +994,7 @@ impl Connection {
             meta: t.meta,
             echo: false,
             reply: Reply::Ack(reply),
+            key: None,
         });
         None
     }
@@ -1145,6 +1146,7 @@ impl Connection {
                         meta: t.meta,
                         echo: false,
                         reply,
+                        key: None,
                     });
                     match answer.await {
                         Ok(Ok(Triggered { seq, .. })) => Done::Reply {

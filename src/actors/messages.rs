@@ -250,6 +250,9 @@ pub struct Trigger {
     pub echo: bool,
     /// Where the answer goes.
     pub reply: Reply,
+    /// A trigger forwarded in a cluster: its key, the same on every attempt, so an owner that
+    /// accepted it already answers the same seq instead of taking it twice.
+    pub key: Option<String>,
 }
 
 /// Where a room sends a trigger's answer.

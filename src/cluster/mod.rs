@@ -38,6 +38,10 @@ pub struct Cluster {
     nodes: Arc<Mutex<Arc<Vec<String>>>>,
     /// When a heartbeat last reached Redis.
     last_ok: Arc<Mutex<Instant>>,
+    /// When heartbeats reached Redis again after this node's view went stale: for a lease
+    /// after that the node still acts on no view (the other nodes' heartbeats come back too;
+    /// the first node back would otherwise take every room for a moment).
+    back_since: Arc<Mutex<Option<Instant>>>,
     /// Told when this node's view of the live nodes changes (the directory).
     on_change: Arc<OnceLock<Recipient<NodesChanged>>>,
     /// The view the last [`NodesChanged`] was sent for.
@@ -93,6 +97,7 @@ impl Cluster {
             left: Arc::default(),
             nodes: Arc::default(),
             last_ok: Arc::new(Mutex::new(Instant::now())),
+            back_since: Arc::default(),
             on_change: Arc::default(),
             told: Arc::default(),
             local_sizes: Arc::default(),
@@ -148,7 +153,12 @@ impl Cluster {
             .unwrap_or_else(|e| e.into_inner())
             .elapsed()
             >= self.lease;
-        if stale {
+        let settling = self
+            .back_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < self.lease);
+        if stale || settling {
             return Arc::default();
         }
         let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -267,7 +277,11 @@ impl Cluster {
                 METRICS.cluster_nodes.set(nodes.len() as i64);
                 METRICS.cluster_redis_up.set(1);
                 *self.nodes.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(nodes);
-                *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = sent;
+                let mut last_ok = self.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+                if last_ok.elapsed() >= self.lease {
+                    *self.back_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent);
+                }
+                *last_ok = sent;
                 if !self.available.swap(true, Ordering::Relaxed) {
                     log::info!("cluster: Redis available; node {}", self.node);
                 }

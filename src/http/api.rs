@@ -296,6 +296,7 @@ async fn trigger(
         meta: body.meta,
         echo: true,
         reply,
+        key: None,
     };
     room.do_send(msg);
     // Answered once the event is accepted (`accepted`) or committed (`stored`).

@@ -28,8 +28,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The trigger a forwarded [`Op::Trigger`] asks for (`None` for another op), with its key.
-fn trigger_of(op: Op, reply: Reply) -> Option<(String, Trigger)> {
+/// The trigger a forwarded [`Op::Trigger`] asks for, with its key (`None` for another op).
+fn trigger_of(op: Op, reply: Reply) -> Option<Trigger> {
     let Op::Trigger {
         key,
         user_id,
@@ -48,7 +48,7 @@ fn trigger_of(op: Op, reply: Reply) -> Option<(String, Trigger)> {
         claims,
         trusted,
     });
-    let trigger = Trigger {
+    Some(Trigger {
         conn: None,
         identity,
         event,
@@ -56,8 +56,8 @@ fn trigger_of(op: Op, reply: Reply) -> Option<(String, Trigger)> {
         meta,
         echo,
         reply,
-    };
-    Some((key, trigger))
+        key: Some(key),
+    })
 }
 
 /// Forwarded triggers whose seq a room keeps, for retries whose first answer was lost.
@@ -137,9 +137,19 @@ enum Synced {
 impl RoomActor {
     /// The room's first step in a cluster: the owner claims it, a replica syncs.
     pub(super) fn start_in_cluster(&mut self, ctx: &mut Context<Self>) {
-        let Some(cluster) = &self.cluster else {
+        let Some(cluster) = self.cluster.clone() else {
             return self.claim(ctx);
         };
+        // Every node follows the room's channel (an owner for the others' presence), and
+        // asks the others for their users once subscribed.
+        let (room, instance) = (self.shared.id.clone(), self.instance);
+        let feed = ctx.address().recipient::<RoomFeed>();
+        let bus = cluster.bus.clone();
+        ctx.spawn(
+            async move { bus.subscribe(room, instance, feed).await }
+                .into_actor(self)
+                .map(|_, act, _| act.publish_presence(true)),
+        );
         if cluster.owns(&self.shared.id) {
             self.role = Role::Owner;
             self.claim(ctx);
@@ -177,6 +187,7 @@ impl RoomActor {
         if self.closed {
             return;
         }
+        self.forget_gone_nodes();
         let owner = cluster.owner(&self.shared.id);
         let mine = owner.as_deref() == Some(&*cluster.node);
         match (&self.role, mine) {
@@ -190,9 +201,6 @@ impl RoomActor {
     /// Replica → owner: claims the database lease and restores (as at a start), then
     /// delivers to the local members what the restored windows hold beyond what they had.
     fn become_owner(&mut self, ctx: &mut Context<Self>) {
-        if let Some(cluster) = &self.cluster {
-            cluster.bus.unsubscribe(&self.shared.id, self.instance);
-        }
         log::info!("room '{}' is this node's now: claiming it", self.shared.id);
         self.role = Role::Owner;
         // Not counted as restoring: a take-over must not make `/readyz` fail on the nodes
@@ -519,6 +527,7 @@ impl RoomActor {
             meta,
             echo,
             reply,
+            key,
         } = msg;
         if self.closed {
             return reply.answer(Err(DialogueError::room_not_found(&self.shared.id)));
@@ -530,7 +539,8 @@ impl RoomActor {
             return;
         };
         let op = Op::Trigger {
-            key: uuid::Uuid::new_v4().simple().to_string(),
+            // Kept when the trigger comes back to be forwarded again.
+            key: key.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
             user_id: identity.user_id.to_string(),
             claims: identity.claims.clone(),
             trusted: identity.trusted,
@@ -592,7 +602,8 @@ impl RoomActor {
                 match cluster.owner(&room) {
                     // This node owns the room now: the room takes the trigger itself.
                     Some(owner) if owner == cluster.node => {
-                        if let Some((_, trigger)) = trigger_of(op, reply) {
+                        // With its key: a retry of what the room took as owner is answered.
+                        if let Some(trigger) = trigger_of(op, reply) {
                             me.do_send(trigger);
                         }
                         return;
@@ -674,6 +685,27 @@ impl RoomActor {
         self.sync(ctx);
     }
 
+    /// The owner takes a trigger; a forwarded one whose key it took already is answered
+    /// with that seq (its first answer was lost).
+    pub(super) fn accept_keyed(&mut self, trigger: Trigger, ctx: &mut Context<Self>) {
+        if let Some(&seq) = trigger.key.as_ref().and_then(|k| self.forwarded.get(k)) {
+            return trigger.reply.answer(Ok(Triggered { seq, json: None }));
+        }
+        let (key, name) = (trigger.key.clone(), trigger.event.clone());
+        match self.accept(trigger, ctx) {
+            Ok(()) => {
+                if let Some(key) = key {
+                    let seq = self.events.get(&name).map_or(0, |s| s.last_assigned);
+                    self.remember_forwarded(key, seq);
+                }
+            }
+            Err(e) => {
+                let (error, reply) = *e;
+                reply.answer(Err(error));
+            }
+        }
+    }
+
     /// Keeps the seq of a forwarded trigger's key for its retries (the newest
     /// [`FORWARDED_KEYS`]).
     fn remember_forwarded(&mut self, key: String, seq: u64) {
@@ -692,13 +724,137 @@ impl Handler<RoomFeed> for RoomActor {
 
     fn handle(&mut self, msg: RoomFeed, ctx: &mut Context<Self>) {
         match msg {
+            RoomFeed::Event(json) if json.starts_with(PRESENCE_PREFIX) => {
+                self.follow_presence(&json)
+            }
             RoomFeed::Event(json) => self.follow(&json, ctx),
             RoomFeed::Resync => {
+                // Presence notices may have been lost too: ask again.
+                self.publish_presence(true);
                 if matches!(self.role, Role::Replica { .. }) {
                     self.resync(ctx)
                 }
             }
         }
+    }
+}
+
+/// How a node's users of a room start on the room's channel (events start `{"event":`).
+const PRESENCE_PREFIX: &str = "{\"presence\":";
+
+/// A node's users of a room, published on the room's channel when they change.
+#[derive(serde::Serialize, Deserialize)]
+struct NodePresence {
+    node: String,
+    /// User id → connections on that node.
+    users: HashMap<String, usize>,
+    /// The sender (just subscribed) asks every node for its users.
+    #[serde(default)]
+    ask: bool,
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct PresenceMessage {
+    presence: NodePresence,
+}
+
+impl RoomActor {
+    /// True when `user` is in the room on another node (but `except`).
+    pub(super) fn present_elsewhere(&self, user: &str, except: Option<&str>) -> bool {
+        self.remote_presence
+            .iter()
+            .any(|(node, users)| Some(&**node) != except && users.contains_key(user))
+    }
+
+    /// Publishes this node's users of the room (`ask`: and asks the others for theirs).
+    pub(super) fn publish_presence(&self, ask: bool) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let message = PresenceMessage {
+            presence: NodePresence {
+                node: cluster.node.to_string(),
+                users: self
+                    .presence
+                    .iter()
+                    .map(|(u, n)| (u.to_string(), *n))
+                    .collect(),
+                ask,
+            },
+        };
+        if let Ok(json) = serde_json::to_string(&message) {
+            let channel = crate::cluster::bus::room_channel(&self.shared.id);
+            cluster.bus.publish(channel, json, None);
+        }
+    }
+
+    /// Another node's users: who came and went cluster-wide is told to the members here.
+    fn follow_presence(&mut self, json: &str) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let Ok(PresenceMessage { presence }) = serde_json::from_str::<PresenceMessage>(json) else {
+            log::warn!(
+                "room '{}': unreadable presence from another node",
+                self.shared.id
+            );
+            return;
+        };
+        if presence.node == *cluster.node {
+            return;
+        }
+        if presence.ask {
+            self.publish_presence(false);
+        }
+        let node: Arc<str> = presence.node.into();
+        let users: HashMap<Arc<str>, usize> = presence
+            .users
+            .into_iter()
+            .map(|(u, n)| (Arc::from(u), n))
+            .collect();
+        let old = self.remote_presence.remove(&node).unwrap_or_default();
+        for user in users.keys().filter(|u| !old.contains_key(*u)) {
+            if !self.presence.contains_key(user) && !self.present_elsewhere(user, None) {
+                self.user_came(user);
+            }
+        }
+        let gone: Vec<Arc<str>> = old.into_keys().filter(|u| !users.contains_key(u)).collect();
+        if !users.is_empty() {
+            self.remote_presence.insert(node, users);
+        }
+        for user in gone {
+            if !self.presence.contains_key(&user) && !self.present_elsewhere(&user, None) {
+                self.user_went(&user);
+            }
+        }
+        self.schedule_presence();
+    }
+
+    /// The users of nodes no longer live are gone (a node's death: `memberLeft` for them).
+    fn forget_gone_nodes(&mut self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let live = cluster.view();
+        let gone: Vec<Arc<str>> = self
+            .remote_presence
+            .keys()
+            .filter(|node| !live.iter().any(|n| n.as_str() == &***node))
+            .cloned()
+            .collect();
+        if gone.is_empty() || live.is_empty() {
+            // Without any view (Redis away) nothing is known to be gone.
+            return;
+        }
+        for node in gone {
+            let users = self.remote_presence.remove(&node).unwrap_or_default();
+            for user in users.into_keys() {
+                if !self.presence.contains_key(&user) && !self.present_elsewhere(&user, None) {
+                    self.user_went(&user);
+                }
+            }
+        }
+        self.schedule_presence();
     }
 }
 
@@ -728,23 +884,8 @@ impl Handler<RemoteOp> for RoomActor {
                 msg.respond.answer(Ok(self.window_json()))
             }
             op @ Op::Trigger { .. } => {
-                let Some((key, trigger)) = trigger_of(op, Reply::Remote(msg.respond)) else {
-                    return;
-                };
-                // A retry of a trigger accepted already (its answer was lost): the same seq.
-                if let Some(&seq) = self.forwarded.get(&key) {
-                    return trigger.reply.answer(Ok(Triggered { seq, json: None }));
-                }
-                let name = trigger.event.clone();
-                match self.accept(trigger, ctx) {
-                    Ok(()) => {
-                        let seq = self.events.get(&name).map_or(0, |s| s.last_assigned);
-                        self.remember_forwarded(key, seq);
-                    }
-                    Err(e) => {
-                        let (error, reply) = *e;
-                        reply.answer(Err(error));
-                    }
+                if let Some(trigger) = trigger_of(op, Reply::Remote(msg.respond)) {
+                    self.accept_keyed(trigger, ctx);
                 }
             }
         }

@@ -315,6 +315,10 @@ pub struct RoomActor {
     handed_over: Vec<tokio::sync::oneshot::Sender<()>>,
     /// This room counts in [`PersistenceLink::restoring`].
     restoring_counted: bool,
+    /// In a cluster: the users of the room on each other node, with their connections.
+    remote_presence: HashMap<Arc<str>, HashMap<Arc<str>, usize>>,
+    /// This node's users changed since they were last published.
+    presence_dirty: bool,
     /// Supersedes a replica's sync under way when a new one starts.
     sync_generation: u64,
     /// Events published while a replica syncs: followed once it has the window.
@@ -396,6 +400,8 @@ impl RoomActor {
             catch_up_from: None,
             handed_over: Vec::new(),
             restoring_counted: true,
+            remote_presence: HashMap::new(),
+            presence_dirty: false,
             forwarded: HashMap::new(),
             forwarded_order: VecDeque::new(),
             sync_generation: 0,
@@ -889,15 +895,37 @@ impl RoomActor {
         }
     }
 
-    /// One more connection of `user` is a member: the user came if it is the first.
+    /// One more connection of `user` is a member: the user came if it is the first (here and,
+    /// in a cluster, on every other node).
     fn presence_add(&mut self, user: &Arc<str>) {
         let count = self.presence.entry(user.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
-            if !self.went.remove(user) {
-                self.came.insert(user.clone());
+            self.presence_dirty = true;
+            if !self.present_elsewhere(user, None) {
+                self.user_came(user);
             }
             self.schedule_presence();
+        }
+    }
+
+    /// `user` is in the room now, and was not: a `memberJoined` unless it went in this batch.
+    fn user_came(&mut self, user: &Arc<str>) {
+        if self.shared.presence.is_none() {
+            return; // no notices in this room
+        }
+        if !self.went.remove(user) {
+            self.came.insert(user.clone());
+        }
+    }
+
+    /// `user` is not in the room any more: a `memberLeft` unless it came in this batch.
+    fn user_went(&mut self, user: &Arc<str>) {
+        if self.shared.presence.is_none() {
+            return;
+        }
+        if !self.came.remove(user) {
+            self.went.insert(user.clone());
         }
     }
 
@@ -909,8 +937,9 @@ impl RoomActor {
         *count -= 1;
         if *count == 0 {
             self.presence.remove(user);
-            if !self.came.remove(user) {
-                self.went.insert(user.clone());
+            self.presence_dirty = true;
+            if !self.present_elsewhere(user, None) {
+                self.user_went(user);
             }
             self.schedule_presence();
         }
@@ -918,7 +947,9 @@ impl RoomActor {
 
     /// Notices go out in batches, [`PRESENCE_BATCH`] after the first change.
     fn schedule_presence(&mut self) {
-        if self.shared.presence.is_none() || self.presence_due {
+        // In a cluster the node's own users are published for the others' `dialogue:presence`
+        // even without notices.
+        if (self.shared.presence.is_none() && self.cluster.is_none()) || self.presence_due {
             return;
         }
         let Some(flush) = self.flush_presence.clone() else {
@@ -933,7 +964,14 @@ impl RoomActor {
 
     /// `{roomId, members: [{userId, connections}], users}`.
     fn presence_json(&self) -> String {
-        let mut users: Vec<(&Arc<str>, &usize)> = self.presence.iter().collect();
+        // This node's users and, in a cluster, the other nodes' ones.
+        let mut all: HashMap<&Arc<str>, usize> = HashMap::new();
+        for users in std::iter::once(&self.presence).chain(self.remote_presence.values()) {
+            for (user, n) in users {
+                *all.entry(user).or_insert(0) += n;
+            }
+        }
+        let mut users: Vec<(&Arc<str>, &usize)> = all.iter().map(|(u, n)| (*u, n)).collect();
         users.sort();
         let members: Vec<serde_json::Value> = users
             .iter()
@@ -1332,6 +1370,12 @@ impl Handler<FlushPresence> for RoomActor {
 
     fn handle(&mut self, _: FlushPresence, _: &mut Context<Self>) {
         self.presence_due = false;
+        if std::mem::take(&mut self.presence_dirty) {
+            self.publish_presence(false);
+        }
+        if self.shared.presence.is_none() {
+            return;
+        }
         let came = std::mem::take(&mut self.came);
         let went = std::mem::take(&mut self.went);
         let max = self.shared.presence.unwrap_or(0);
@@ -1548,11 +1592,7 @@ impl Handler<Trigger> for RoomActor {
         if self.role != Role::Owner {
             return self.forward(msg, ctx);
         }
-        if let Err(e) = self.accept(msg, ctx) {
-            // `accept` hands the reply back with the refusal.
-            let (error, reply) = *e;
-            reply.answer(Err(error));
-        }
+        self.accept_keyed(msg, ctx);
     }
 }
 
@@ -1684,6 +1724,7 @@ impl RoomActor {
             meta,
             echo,
             reply,
+            key: _,
         } = msg;
         let refuse = |error: DialogueError, reply: Reply| Err(Box::new((error, reply)));
         if self.closed {
