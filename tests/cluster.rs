@@ -167,34 +167,43 @@ fn three_at_once(db: &str) {
         ),
     )
     .unwrap();
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        })
-        .collect();
-    let mut children: Vec<std::process::Child> = ports
-        .iter()
-        .map(|port| {
-            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dialogue"));
-            cmd.arg("serve")
-                .arg("--config")
-                .arg(&config)
-                .current_dir(dir.path())
-                .env("PORT", port.to_string())
-                .env_remove("DATABASE_URL")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            common::die_with_parent(&mut cmd);
-            cmd.spawn().unwrap()
-        })
-        .collect();
+    let free_port = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let log_of = |port: u16| dir.path().join(format!("node-{port}.log"));
+    let spawn = |port: u16| {
+        let log = std::fs::File::create(log_of(port)).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dialogue"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("PORT", port.to_string())
+            .env_remove("DATABASE_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        common::die_with_parent(&mut cmd);
+        cmd.spawn().unwrap()
+    };
+    let mut ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut children: Vec<std::process::Child> = ports.iter().map(|p| spawn(*p)).collect();
     let started = Instant::now();
     let mut ready = vec![false; 3];
+    let mut port_taken = 0;
     while !ready.iter().all(|r| *r) && started.elapsed() < Duration::from_secs(30) {
         for (i, child) in children.iter_mut().enumerate() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("node {i} stopped at start: {status}");
+                let log = std::fs::read_to_string(log_of(ports[i])).unwrap_or_default();
+                // The free port was taken by another test's process meanwhile: not this
+                // test's subject; that node starts again on another port.
+                if log.contains("in use") && port_taken < 3 {
+                    port_taken += 1;
+                    ports[i] = free_port();
+                    *child = spawn(ports[i]);
+                    continue;
+                }
+                panic!("node {i} stopped at start: {status}\n{log}");
             }
             ready[i] = ready[i] || ready_at(ports[i]);
         }

@@ -685,6 +685,20 @@ impl RoomActor {
         self.sync(ctx);
     }
 
+    /// True when this node owns the room; an owner whose view says otherwise (its Reassess
+    /// may be queued behind this message) moves first.
+    pub(super) fn owner_now(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.role == Role::Owner
+            && self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.owns(&self.shared.id))
+        {
+            self.reassess(ctx);
+        }
+        self.role == Role::Owner
+    }
+
     /// The owner takes a trigger; a forwarded one whose key it took already is answered
     /// with that seq (its first answer was lost).
     pub(super) fn accept_keyed(&mut self, trigger: Trigger, ctx: &mut Context<Self>) {
@@ -867,15 +881,7 @@ impl Handler<RemoteOp> for RoomActor {
                 .respond
                 .answer(Err(DialogueError::room_not_found(&self.shared.id)));
         }
-        if self.role == Role::Owner
-            && self
-                .cluster
-                .as_ref()
-                .is_some_and(|c| !c.owns(&self.shared.id))
-        {
-            self.reassess(ctx);
-        }
-        if self.role != Role::Owner {
+        if !self.owner_now(ctx) {
             return msg.respond.not_owner();
         }
         match msg.op {

@@ -1580,16 +1580,7 @@ impl Handler<Trigger> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Trigger, ctx: &mut Context<Self>) {
-        // An owner whose view says otherwise moves first (its Reassess may be queued).
-        if self.role == Role::Owner
-            && self
-                .cluster
-                .as_ref()
-                .is_some_and(|c| !c.owns(&self.shared.id))
-        {
-            self.reassess(ctx);
-        }
-        if self.role != Role::Owner {
+        if !self.owner_now(ctx) {
             return self.forward(msg, ctx);
         }
         self.accept_keyed(msg, ctx);
