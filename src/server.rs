@@ -9,7 +9,10 @@ use crate::hooks::{ConfigHooks, Hooks};
 use crate::http::{self, AppState};
 use crate::store;
 use actix::prelude::*;
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::map_config;
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
 use std::net::TcpListener;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -126,7 +129,10 @@ pub async fn run_with_hooks(
         per_ip: http::PerIp::new(settings.config.server.max_connections_per_ip),
         recovery,
         cluster: cluster.clone(),
+        connection_threads: room_threads.iter().map(Arbiter::handle).collect(),
+        next_thread: Default::default(),
     };
+    let sessions = state.sessions.clone();
     if settings.config.api.keys.is_empty() {
         log::info!("server API off: no api.keys or DIALOGUE_API_KEYS configured");
     } else {
@@ -151,36 +157,43 @@ pub async fn run_with_hooks(
     let cors = settings.config.cors.clone();
     let write_timeout =
         (server_cfg.write_timeout > 0).then(|| Duration::from_millis(server_cfg.write_timeout));
-    let server = HttpServer::new(move || {
-        App::new()
-            .wrap(http::cors(&cors))
-            .app_data(web::Data::new(state.clone()))
-            .configure(http::configure)
-            .configure(|cfg| {
-                if let Some(ui) = &web_ui {
-                    http::pages::configure(cfg, ui.clone());
-                }
-            })
-            .default_service(web::to(http::not_found))
-    })
-    .workers(workers)
-    // Slowloris: a request whose headers take longer is answered 408 and closed.
-    .client_request_timeout(Duration::from_millis(server_cfg.header_timeout))
-    // Small frames (events, acks, pings) must leave at once: without TCP_NODELAY, Nagle's
-    // algorithm and the peer's delayed ACK hold them back up to ~40 ms.
-    .on_connect(move |conn, _| {
-        if let Some(tcp) = conn.downcast_ref::<actix_rt::net::TcpStream>() {
-            let _ = tcp.set_nodelay(true);
-            // The kernel ends a connection whose sent bytes stay unacknowledged this long (a
-            // peer that stopped reading or vanished), also after the server closed it.
-            if let Some(timeout) = write_timeout {
-                let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout));
-            }
-        }
-    })
-    .disable_signals()
-    .listen(listener)?
-    .run();
+    let client_request_timeout = Duration::from_millis(server_cfg.header_timeout);
+    let server = actix_server::Server::build()
+        .workers(workers)
+        .backlog(4096)
+        .disable_signals()
+        .listen("dialogue", listener, move || {
+            let app = App::new()
+                .wrap(http::cors(&cors))
+                .app_data(web::Data::new(state.clone()))
+                .configure(http::configure)
+                .configure(|cfg| {
+                    if let Some(ui) = &web_ui {
+                        http::pages::configure(cfg, ui.clone());
+                    }
+                })
+                .default_service(web::to(http::not_found));
+            HttpService::build()
+                // Slowloris: a request whose headers take longer is answered 408 and closed.
+                .client_request_timeout(client_request_timeout)
+                .local_addr(addr)
+                // Small frames (events, acks, pings) must leave at once: without TCP_NODELAY,
+                // Nagle's algorithm and the peer's delayed ACK hold them back up to ~40 ms.
+                .on_connect_ext(move |tcp: &actix_rt::net::TcpStream, _| {
+                    let _ = tcp.set_nodelay(true);
+                    // The kernel ends a connection whose sent bytes stay unacknowledged this
+                    // long (a peer that stopped reading or vanished), also after the server
+                    // closed it.
+                    if let Some(timeout) = write_timeout {
+                        let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout));
+                    }
+                })
+                // WebSocket handshakes: the socket leaves the dispatcher (http::upgrade).
+                .upgrade(http::upgrade::service(state.clone()))
+                .finish(map_config(app, move |_| AppConfig::default()))
+                .tcp()
+        })?
+        .run();
     let handle = server.handle();
     actix_rt::spawn(async move {
         let signal = shutdown_signal().await;
@@ -194,6 +207,9 @@ pub async fn run_with_hooks(
         room_threads.len()
     );
     server.await?;
+    // WebSocket sessions run on the room threads, which go on: close them before the rooms
+    // write what they accepted, so nothing is accepted after that.
+    close_sessions(&sessions, Duration::from_secs(2)).await;
 
     let timeout = Duration::from_millis(settings.config.server.shutdown_timeout);
     // A cluster node leaves the live nodes first: the others take its rooms over, each once
@@ -250,6 +266,16 @@ pub async fn run_with_hooks(
     }
     persistence_thread.stop();
     result
+}
+
+/// Closes every open session (its socket is closed, its recoverable state kept) and waits
+/// up to `timeout` for them to end.
+async fn close_sessions(sessions: &http::polling::Sessions, timeout: Duration) {
+    let closing = sessions
+        .all()
+        .into_iter()
+        .map(|addr| addr.send(crate::actors::messages::ToConnection::ServerStopping));
+    let _ = tokio::time::timeout(timeout, futures_util::future::join_all(closing)).await;
 }
 
 /// Resolves on SIGINT or SIGTERM, naming it.

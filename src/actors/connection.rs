@@ -8,7 +8,7 @@
 //! request is awaited: the requests after it wait until it is answered. A room's mailbox
 //! keeps the order, so requests into one room are handled in the order sent.
 
-use crate::actors::directory::Directory;
+use crate::actors::directory::{check_room_texts, Directory};
 use crate::actors::messages::*;
 use crate::actors::outbox::Outbox;
 use crate::actors::room::RoomActor;
@@ -875,6 +875,14 @@ impl Connection {
         // Nothing the database cannot store goes further (ids, NUL characters).
         if let Err(error) = request.check_storable(raw) {
             return self.reply_error(ctx, ack, &error);
+        }
+        // Oversized room texts take no place in the queue (and no time of the directory).
+        if let ClientRequest::CreateRoom(c) = &request {
+            let limits = &self.settings.config.limits;
+            let checked = check_room_texts(limits, &c.name, c.description.as_deref());
+            if let Err(error) = checked {
+                return self.reply_error(ctx, ack, &error);
+            }
         }
         let limited = match &request {
             ClientRequest::Trigger(_) => !self.triggers.allow(),
@@ -1868,6 +1876,7 @@ impl Handler<ToConnection> for Connection {
                 "it would track more than {} streams (recovery.maxStreams)",
                 self.recovery.as_ref().map_or(0, |r| r.config.max_streams)
             )),
+            ToConnection::ServerStopping => self.close(ctx, CloseCode::Away, "server stopping"),
             ToConnection::TakenOver => {
                 log::debug!(
                     "connection {}: its session was recovered elsewhere",

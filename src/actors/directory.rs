@@ -44,6 +44,28 @@ pub struct Directory {
     cluster: Option<crate::cluster::Cluster>,
 }
 
+/// A room's name and description within `limits.maxRoomNameBytes` and
+/// `limits.maxRoomDescriptionBytes`: checked at the door and again when the room is made.
+pub fn check_room_texts(
+    limits: &crate::config::LimitsConfig,
+    name: &str,
+    description: Option<&str>,
+) -> Result<(), DialogueError> {
+    if name.len() > limits.max_room_name_bytes {
+        return Err(DialogueError::invalid(format!(
+            "a room name is at most {} bytes (limits.maxRoomNameBytes)",
+            limits.max_room_name_bytes
+        )));
+    }
+    if description.is_some_and(|d| d.len() > limits.max_room_description_bytes) {
+        return Err(DialogueError::invalid(format!(
+            "a room description is at most {} bytes (limits.maxRoomDescriptionBytes)",
+            limits.max_room_description_bytes
+        )));
+    }
+    Ok(())
+}
+
 impl Directory {
     /// Creates the directory and starts every configured room.
     pub fn new(
@@ -264,22 +286,7 @@ impl Directory {
             return Err(DialogueError::invalid("a room needs a non-empty name"));
         }
         let limits = &self.settings.config.limits;
-        if msg.name.len() > limits.max_room_name_bytes {
-            return Err(DialogueError::invalid(format!(
-                "a room name is at most {} bytes (limits.maxRoomNameBytes)",
-                limits.max_room_name_bytes
-            )));
-        }
-        if msg
-            .description
-            .as_ref()
-            .is_some_and(|d| d.len() > limits.max_room_description_bytes)
-        {
-            return Err(DialogueError::invalid(format!(
-                "a room description is at most {} bytes (limits.maxRoomDescriptionBytes)",
-                limits.max_room_description_bytes
-            )));
-        }
+        check_room_texts(limits, &msg.name, msg.description.as_deref())?;
         if msg.max_size == Some(0) {
             return Err(DialogueError::invalid("maxSize must be at least 1"));
         }

@@ -4,25 +4,23 @@
 pub mod api;
 pub mod pages;
 pub mod polling;
+pub mod upgrade;
 pub mod websocket;
 
 use crate::actors::connection::{Connection, Transport};
 use crate::actors::directory::Directory;
-use crate::actors::messages::{CloseSession, TransportError, UpgradeFrame, UpgradeStart};
+use crate::actors::messages::{CloseSession, TransportError};
 use crate::actors::persistence::StoreHealth;
 use crate::config::{CorsConfig, Settings};
 use crate::hooks::Hooks;
 use actix::prelude::*;
-use actix_http::ws::CloseCode;
-use actix_web::body::BodyStream;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use polling::Sessions;
 use serde::Deserialize;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use websocket::{WsInbound, WsMessage, WsSink};
 
 /// Shared by every worker.
 #[derive(Clone)]
@@ -43,6 +41,17 @@ pub struct AppState {
     pub recovery: Option<crate::recovery::SessionStore>,
     /// This node's view of the cluster; `None` for a single node.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// Threads that run WebSocket sessions (the room threads), taken in turn.
+    pub connection_threads: Arc<[actix_rt::ArbiterHandle]>,
+    pub next_thread: Arc<AtomicUsize>,
+}
+
+impl AppState {
+    /// The thread for the next WebSocket session.
+    pub fn connection_thread(&self) -> actix_rt::ArbiterHandle {
+        let n = self.next_thread.fetch_add(1, Ordering::Relaxed);
+        self.connection_threads[n % self.connection_threads.len()].clone()
+    }
 }
 
 /// Counts the Socket.IO sessions open from each IP address, up to a bound.
@@ -165,9 +174,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Any other route or method: 404 with the JSON error.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    not_found_for(req.method(), req.path())
+}
+
+fn not_found_for(method: &actix_web::http::Method, path: &str) -> HttpResponse {
     HttpResponse::NotFound().json(serde_json::json!({
         "code": "NOT_FOUND",
-        "message": format!("no route {} {}", req.method(), req.path()),
+        "message": format!("no route {method} {path}"),
     }))
 }
 
@@ -213,7 +226,11 @@ fn eio_error(code: u8, message: &str) -> HttpResponse {
 
 /// Checks the Engine.IO query; the error is an Engine.IO error code and message.
 fn check_query(req: &HttpRequest) -> Result<(Kind, Option<String>), (u8, &'static str)> {
-    let query = web::Query::<EioQuery>::from_query(req.query_string())
+    parse_query(req.query_string())
+}
+
+fn parse_query(query: &str) -> Result<(Kind, Option<String>), (u8, &'static str)> {
+    let query = web::Query::<EioQuery>::from_query(query)
         .map_err(|_| (3, "Bad request"))?
         .into_inner();
     if query.eio.as_deref() != Some("4") {
@@ -271,7 +288,6 @@ fn new_sid() -> String {
 
 async fn socket_io_get(
     req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let (kind, sid) = match check_query(&req) {
@@ -308,78 +324,8 @@ async fn socket_io_get(
             },
             None => eio_error(1, "Session ID unknown"),
         },
-        (Kind::WebSocket, None) => websocket(&req, payload, &state, None).await,
-        (Kind::WebSocket, Some(sid)) => match state.sessions.get(&sid) {
-            Some(session) => websocket(&req, payload, &state, Some(session.addr)).await,
-            None => eio_error(1, "Session ID unknown"),
-        },
-    }
-}
-
-/// Opens a WebSocket: a new session, or the upgrade of the polling session `upgrade`.
-async fn websocket(
-    req: &HttpRequest,
-    payload: web::Payload,
-    state: &AppState,
-    upgrade: Option<Addr<Connection>>,
-) -> HttpResponse {
-    let mut response = match actix_http::ws::handshake(req.head()) {
-        Ok(response) => response,
-        Err(_) => return eio_error(3, "Bad request"),
-    };
-    let slot = match upgrade {
-        None => match ip_slot(req, state) {
-            Ok(slot) => slot,
-            Err(refused) => return refused.response(),
-        },
-        Some(_) => None,
-    };
-    let server = &state.settings.config.server;
-    let (sink, body) = WsSink::new(server.max_outbound_bytes);
-    let mut inbound = WsInbound::new(payload, server.max_payload as usize);
-    match upgrade {
-        None => {
-            let sid = new_sid();
-            let conn = new_connection(state, sid.clone(), Transport::WebSocket(sink), slot);
-            // Registered like a polling session: a polling request with this sid gets 400 Bad
-            // request, a further WebSocket is closed at once.
-            let sessions = state.sessions.clone();
-            Connection::create(move |ctx| {
-                sessions.insert(sid, ctx.address());
-                ctx.add_stream(inbound);
-                conn
-            });
-        }
-        Some(addr) => match addr.send(UpgradeStart { sink }).await {
-            Ok(Ok(())) => {
-                // The session's actor may live on another worker: forward what the socket
-                // says, one message at a time (the socket is not read further until the
-                // actor took the last one: backpressure, as on a WebSocket session).
-                actix_rt::spawn(async move {
-                    while let Some(msg) = inbound.next().await {
-                        let closing = matches!(msg, Ok(WsMessage::Close) | Err(_));
-                        if addr.send(UpgradeFrame { msg }).await.is_err() || closing {
-                            return;
-                        }
-                    }
-                    addr.do_send(UpgradeFrame {
-                        msg: Ok(WsMessage::Close),
-                    });
-                });
-            }
-            // Upgraded already, or being upgraded: as the reference server, this WebSocket is
-            // accepted and closed at once; the session is left alone.
-            Ok(Err((TransportError::WrongTransport, mut sink))) => {
-                sink.close(CloseCode::Normal, "the session is upgraded already");
-            }
-            Ok(Err((e, _))) => return transport_error(e),
-            Err(_) => return transport_error(TransportError::Closed),
-        },
-    }
-    match response.message_body(BodyStream::new(body)) {
-        Ok(response) => HttpResponse::from(response.map_into_boxed_body()),
-        Err(e) => HttpResponse::InternalServerError()
-            .json(serde_json::json!({ "code": 3, "message": e.to_string() })),
+        // A WebSocket handshake goes to `upgrade`: this GET did not ask for one.
+        (Kind::WebSocket, _) => eio_error(3, "Bad request"),
     }
 }
 

@@ -138,6 +138,14 @@ impl Sessions {
         self.0.read().ok()?.get(sid).cloned()
     }
 
+    /// Every session's actor.
+    pub fn all(&self) -> Vec<Addr<Connection>> {
+        self.0
+            .read()
+            .map(|map| map.values().map(|e| e.addr.clone()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn remove(&self, sid: &str) {
         if let Ok(mut map) = self.0.write() {
             map.remove(sid);

@@ -1,20 +1,25 @@
-//! The WebSocket transport: RFC 6455 framing over the HTTP connection, with the connection
-//! actor on the same worker thread.
+//! The WebSocket transport: RFC 6455 framing straight on the TCP socket, which the HTTP
+//! layer gave up after the handshake ([`crate::http::upgrade`]).
 //!
-//! Outbound frames are encoded straight into a shared queue ([`WsQueue`]) that the response body
-//! drains whole, so a burst of events costs one wake-up and one `send(2)`; the bytes waiting are
-//! bounded and a client that stops reading is disconnected instead of growing them.
+//! No buffer lives longer than the bytes it holds: the reader ([`WsInbound`]) takes a buffer
+//! only when the socket is readable and gives it back once every frame in it is decoded; the
+//! writer ([`write_out`]) sends whatever the connection's queue ([`WsQueue`]) holds with one
+//! `send(2)` and leaves the queue without memory. Outbound frames are encoded straight into
+//! that queue by the connection actor and by the rooms that fan out to it, so a burst of
+//! events costs one wake-up and one `send(2)`; the bytes waiting are bounded and a client that
+//! stops reading is disconnected instead of growing them.
 
 use actix_codec::Decoder;
 use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, OpCode, Parser, ProtocolError};
-use actix_web::web::Payload;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_core::Stream;
+use std::io::ErrorKind;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 
 /// A complete inbound message, after reassembling fragments.
 #[derive(Debug)]
@@ -36,13 +41,17 @@ pub enum WsInboundError {
     TooLarge(usize),
     #[error("unexpected continuation frame")]
     BadContinuation,
-    #[error("reading the request body failed: {0}")]
+    #[error("reading the socket failed: {0}")]
     Read(String),
 }
 
-/// Decodes frames from the request body, reassembling fragmented messages up to `max_size`.
+/// Bytes asked of the kernel per read; a larger message takes several.
+const READ_CHUNK: usize = 4096;
+
+/// Decodes frames read from the socket, reassembling fragmented messages up to `max_size`.
 pub struct WsInbound {
-    payload: Payload,
+    socket: Arc<TcpStream>,
+    /// Bytes read and not yet decoded; no memory while the connection is idle.
     buf: BytesMut,
     codec: Codec,
     max_size: usize,
@@ -52,17 +61,17 @@ pub struct WsInbound {
 }
 
 impl WsInbound {
-    pub fn new(payload: Payload, max_size: usize) -> Self {
+    /// Reads `socket`; `early` holds what the client sent right after its handshake request.
+    pub fn new(socket: Arc<TcpStream>, early: &[u8], max_size: usize) -> Self {
         WsInbound {
-            payload,
-            buf: BytesMut::new(),
+            socket,
+            buf: BytesMut::from(early),
             codec: Codec::new().max_size(max_size),
             max_size,
             partial: None,
             done: false,
         }
     }
-
     fn text(bytes: Bytes) -> Result<WsMessage, WsInboundError> {
         ByteString::try_from(bytes)
             .map(WsMessage::Text)
@@ -128,31 +137,17 @@ impl Stream for WsInbound {
                 Ok(Some(frame)) => match this.on_frame(frame) {
                     Ok(Some(msg)) => return Poll::Ready(Some(Ok(msg))),
                     Ok(None) => continue,
-                    Err(e) => {
-                        this.done = true;
-                        return Poll::Ready(Some(Err(e)));
-                    }
+                    Err(e) => return this.fail(e),
                 },
                 Ok(None) => {}
                 Err(ProtocolError::Overflow) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(WsInboundError::TooLarge(this.max_size))));
+                    return this.fail(WsInboundError::TooLarge(this.max_size))
                 }
-                Err(e) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+                Err(e) => return this.fail(e.into()),
             }
-            match Pin::new(&mut this.payload).poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(WsInboundError::Read(e.to_string()))));
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
+            match this.socket.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return this.fail(WsInboundError::Read(e.to_string())),
                 Poll::Pending => {
                     if this.buf.is_empty() && this.buf.capacity() > 0 {
                         // Give an idle connection's read buffer back.
@@ -161,7 +156,27 @@ impl Stream for WsInbound {
                     return Poll::Pending;
                 }
             }
+            if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
+                this.buf.reserve(READ_CHUNK);
+            }
+            match this.socket.try_read_buf(&mut this.buf) {
+                Ok(0) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(_) => {}
+                // A spurious readiness: `try_read_buf` cleared it, so the next poll waits.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return this.fail(WsInboundError::Read(e.to_string())),
+            }
         }
+    }
+}
+
+impl WsInbound {
+    fn fail(&mut self, e: WsInboundError) -> Poll<Option<Result<WsMessage, WsInboundError>>> {
+        self.done = true;
+        Poll::Ready(Some(Err(e)))
     }
 }
 
@@ -225,6 +240,10 @@ impl WsQueue {
             if s.buf.is_empty() {
                 s.waiting_since = Some(Instant::now());
             }
+            if s.buf.capacity() == 0 {
+                // The writer left the queue without memory; most bursts are small.
+                s.buf.reserve(len.max(256));
+            }
             encode(&mut s.buf);
             s.waker.take()
         };
@@ -273,6 +292,12 @@ impl WsQueue {
         self.push(data.len() + 10, |buf| {
             Parser::write_message(buf, data, OpCode::Pong, true, false)
         })
+    }
+
+    /// Everything queued (tests look at what would be sent).
+    #[cfg(test)]
+    pub(crate) fn take_all(&self) -> Bytes {
+        std::mem::take(&mut self.state().buf).freeze()
     }
 
     /// How long bytes have been waiting with none taken by the socket (a reader that
@@ -333,18 +358,14 @@ pub struct WsSink {
 }
 
 impl WsSink {
-    /// A sink and the response body that drains it; `limit` bounds the bytes waiting.
-    pub fn new(limit: usize) -> (WsSink, WsOutboxBody) {
-        let queue = Arc::new(WsQueue::new(limit));
-        (
-            WsSink {
-                queue: queue.clone(),
-            },
-            WsOutboxBody { queue, done: false },
-        )
+    /// A sink whose queue holds at most `limit` bytes; [`write_out`] sends them.
+    pub fn new(limit: usize) -> WsSink {
+        WsSink {
+            queue: Arc::new(WsQueue::new(limit)),
+        }
     }
 
-    /// The shared queue, for rooms to fan out into directly.
+    /// The shared queue, for rooms to fan out into directly and for the writer.
     pub fn queue(&self) -> Arc<WsQueue> {
         self.queue.clone()
     }
@@ -359,46 +380,69 @@ impl WsSink {
         self.queue.pong(&data)
     }
 
-    /// Sends a close frame after what is queued and ends the response.
+    /// Sends a close frame after what is queued, then the writer ends.
     pub fn close(&mut self, code: CloseCode, description: &str) {
         self.queue.close(code, description);
     }
 
-    /// Drops what is queued, sends a close frame and ends the response.
+    /// Drops what is queued, sends a close frame, then the writer ends.
     pub fn abort(&mut self, code: CloseCode, description: &str) {
         self.queue.abort(code, description);
     }
 }
 
-/// The response body of a WebSocket connection: whatever is queued, as one chunk per poll.
-pub struct WsOutboxBody {
+/// Sends what `queue` holds to `socket` until the close frame went out or the socket fails,
+/// then half-closes the socket. Each wake-up takes everything queued (up to [`MAX_CHUNK`])
+/// and writes it with one `send(2)` when the socket takes it whole.
+pub async fn write_out(queue: Arc<WsQueue>, socket: Arc<TcpStream>) {
+    let mut writer = WsWriter { queue, done: false };
+    while let Some(chunk) = std::future::poll_fn(|cx| writer.poll_chunk(cx)).await {
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            match socket.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if socket.writable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+    let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
+}
+
+/// The writer's side of a [`WsQueue`]: whatever is queued, as one chunk per wake-up.
+struct WsWriter {
     queue: Arc<WsQueue>,
     done: bool,
 }
 
-impl Stream for WsOutboxBody {
-    type Item = Result<Bytes, actix_web::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
+impl WsWriter {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.done {
             return Poll::Ready(None);
         }
-        let mut s = this.queue.state();
+        let mut s = self.queue.state();
         if let Some(reason) = s.close.take() {
             Parser::write_close(&mut s.buf, Some(reason), false);
             s.ended = true;
         }
         if !s.buf.is_empty() {
-            // Bounded chunks: the HTTP writer asks for the next only once the socket took
-            // most of the last, so bytes left here are bytes the socket has not taken yet.
-            let n = s.buf.len().min(MAX_CHUNK);
-            let chunk = s.buf.split_to(n).freeze();
+            // Bounded chunks: the next is taken only once the socket took the last, so bytes
+            // left in the queue are bytes the socket has not taken yet.
+            let chunk = if s.buf.len() <= MAX_CHUNK {
+                // The whole buffer: the queue keeps no memory between bursts.
+                std::mem::take(&mut s.buf).freeze()
+            } else {
+                s.buf.split_to(MAX_CHUNK).freeze()
+            };
             s.waiting_since = (!s.buf.is_empty()).then(Instant::now);
-            return Poll::Ready(Some(Ok(chunk)));
+            return Poll::Ready(Some(chunk));
         }
         if s.ended {
-            this.done = true;
+            self.done = true;
             return Poll::Ready(None);
         }
         match &s.waker {
@@ -409,7 +453,7 @@ impl Stream for WsOutboxBody {
     }
 }
 
-impl Drop for WsOutboxBody {
+impl Drop for WsWriter {
     fn drop(&mut self) {
         // The socket is gone: frames pushed from now on are dropped, and their memory freed.
         let mut s = self.queue.state();
@@ -424,17 +468,25 @@ impl Drop for WsOutboxBody {
 mod tests {
     use super::*;
 
-    /// Polls the body once, as the HTTP dispatcher would.
-    fn poll(body: &mut WsOutboxBody) -> Poll<Option<Bytes>> {
+    /// Polls the writer's side once, as [`write_out`] does.
+    fn poll(body: &mut WsWriter) -> Poll<Option<Bytes>> {
         let mut cx = Context::from_waker(Waker::noop());
-        Pin::new(body)
-            .poll_next(&mut cx)
-            .map(|item| item.map(|r| r.expect("body chunk")))
+        body.poll_chunk(&mut cx)
+    }
+
+    /// A sink and the writer's side of its queue.
+    fn pair(limit: usize) -> (WsSink, WsWriter) {
+        let sink = WsSink::new(limit);
+        let body = WsWriter {
+            queue: sink.queue(),
+            done: false,
+        };
+        (sink, body)
     }
 
     #[test]
     fn frames_pushed_meanwhile_leave_in_one_chunk() {
-        let (mut sink, mut body) = WsSink::new(1 << 20);
+        let (mut sink, mut body) = pair(1 << 20);
         assert!(poll(&mut body).is_pending());
         sink.text("42[\"a\"]").unwrap();
         let shared = encode_text("42[\"b\"]");
@@ -449,7 +501,7 @@ mod tests {
     #[test]
     fn a_message_in_parts_is_the_same_frame_at_every_length_class() {
         for len in [0usize, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
-            let (sink, mut body) = WsSink::new(1 << 20);
+            let (sink, mut body) = pair(1 << 20);
             let text = "x".repeat(len);
             let (a, b) = text.split_at(len / 3);
             sink.queue().text_parts(&[a, b, "!"]).unwrap();
@@ -464,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_client_over_the_bound_is_reported_once_and_not_buffered_further() {
-        let (mut sink, mut body) = WsSink::new(100);
+        let (mut sink, mut body) = pair(100);
         sink.text(&"x".repeat(50)).unwrap();
         assert!(sink.text(&"y".repeat(60)).is_err(), "over the bound");
         assert!(
@@ -485,7 +537,7 @@ mod tests {
 
     #[test]
     fn close_follows_what_is_queued_and_ends_the_body() {
-        let (mut sink, mut body) = WsSink::new(1 << 20);
+        let (mut sink, mut body) = pair(1 << 20);
         sink.text("42[\"last\"]").unwrap();
         sink.close(CloseCode::Normal, "bye");
         sink.text("42[\"too late\"]").unwrap();
@@ -500,7 +552,7 @@ mod tests {
 
     #[test]
     fn a_queue_the_writer_does_not_take_counts_as_stalled() {
-        let (mut sink, mut body) = WsSink::new(1 << 20);
+        let (mut sink, mut body) = pair(1 << 20);
         let queue = sink.queue();
         assert_eq!(queue.stalled_for(), None, "nothing waits");
         sink.text("42[\"a\"]").unwrap();
@@ -517,7 +569,7 @@ mod tests {
 
     #[test]
     fn output_leaves_in_bounded_chunks_and_bytes_left_behind_count_as_waiting() {
-        let (mut sink, mut body) = WsSink::new(1 << 20);
+        let (mut sink, mut body) = pair(1 << 20);
         let queue = sink.queue();
         let big = "x".repeat(MAX_CHUNK + 100);
         sink.text(&big).unwrap();
@@ -538,7 +590,7 @@ mod tests {
 
     #[test]
     fn an_abort_drops_what_is_queued_and_closes() {
-        let (mut sink, mut body) = WsSink::new(1 << 20);
+        let (mut sink, mut body) = pair(1 << 20);
         sink.text(&"x".repeat(100_000)).unwrap();
         sink.abort(CloseCode::Policy, "not reading");
         let Poll::Ready(Some(close)) = poll(&mut body) else {
@@ -551,12 +603,110 @@ mod tests {
 
     #[test]
     fn once_the_socket_is_gone_pushes_are_dropped() {
-        let (mut sink, body) = WsSink::new(1 << 20);
+        let (mut sink, body) = pair(1 << 20);
         let queue = sink.queue();
         drop(body);
         for _ in 0..1000 {
             sink.text("42[\"nobody\"]").unwrap();
         }
         assert!(queue.state().buf.is_empty());
+    }
+
+    /// A connected loopback pair: (the server's side, the client's side).
+    async fn sockets() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (server, client)
+    }
+
+    /// A masked frame, as a client sends it.
+    fn client_frame(op: OpCode, fin: bool, payload: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        Parser::write_message(&mut buf, payload, op, fin, true);
+        buf
+    }
+
+    async fn next_text(inbound: &mut WsInbound) -> String {
+        use futures_util::StreamExt;
+        match inbound.next().await {
+            Some(Ok(WsMessage::Text(text))) => text.to_string(),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reader_takes_early_bytes_split_frames_and_fragments_and_holds_no_buffer_idle() {
+        use tokio::io::AsyncWriteExt;
+        let (server, mut client) = sockets().await;
+        let early = client_frame(OpCode::Text, true, b"40");
+        let mut inbound = WsInbound::new(Arc::new(server), &early, 1 << 20);
+        assert_eq!(next_text(&mut inbound).await, "40", "sent with the handshake");
+
+        let big = "x".repeat(10_000);
+        let frame = client_frame(OpCode::Text, true, big.as_bytes());
+        client.write_all(&frame[..3]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(&frame[3..]).await.unwrap();
+        assert_eq!(next_text(&mut inbound).await, big, "one message over several reads");
+
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut inbound).poll_next(&mut cx).is_pending());
+        assert_eq!(inbound.buf.capacity(), 0, "an idle reader holds no buffer");
+
+        let mut parts = client_frame(OpCode::Text, false, b"42[\"a");
+        parts.extend_from_slice(&client_frame(OpCode::Continue, true, b"\"]"));
+        client.write_all(&parts).await.unwrap();
+        assert_eq!(next_text(&mut inbound).await, "42[\"a\"]", "reassembled");
+
+        drop(client);
+        use futures_util::StreamExt;
+        assert!(inbound.next().await.is_none(), "the client's FIN ends the stream");
+    }
+
+    #[tokio::test]
+    async fn a_message_over_max_payload_ends_the_reader() {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let (server, mut client) = sockets().await;
+        let mut inbound = WsInbound::new(Arc::new(server), &[], 100);
+        let frame = client_frame(OpCode::Text, true, &[b'x'; 101]);
+        client.write_all(&frame).await.unwrap();
+        assert!(matches!(
+            inbound.next().await,
+            Some(Err(WsInboundError::TooLarge(100)))
+        ));
+        assert!(inbound.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_writer_sends_the_queue_then_the_close_frame_and_half_closes() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = sockets().await;
+        let mut sink = WsSink::new(1 << 20);
+        sink.text("42[\"a\"]").unwrap();
+        sink.queue().encoded(&encode_text("42[\"b\"]")).unwrap();
+        sink.close(CloseCode::Normal, "bye");
+        write_out(sink.queue(), Arc::new(server)).await;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let mut data = encode_text("42[\"a\"]").to_vec();
+        data.extend_from_slice(&encode_text("42[\"b\"]"));
+        assert_eq!(&got[..data.len()], &data[..]);
+        assert_eq!(got[data.len()], 0x88, "then the close frame, then EOF");
+        assert_eq!(sink.queue().state().buf.capacity(), 0, "no memory kept");
+        assert!(sink.text("42[\"late\"]").is_ok(), "dropped, not an error");
+    }
+
+    #[test]
+    fn the_writer_leaves_the_queue_without_memory_after_a_burst() {
+        let (mut sink, mut body) = pair(1 << 20);
+        for _ in 0..100 {
+            sink.text("42[\"a\"]").unwrap();
+        }
+        assert!(poll(&mut body).is_ready());
+        assert_eq!(sink.queue().state().buf.capacity(), 0);
     }
 }
