@@ -13,6 +13,36 @@ bench_build() {
   done
   BIN=$WORK/bin/dialogue
   LOAD=$WORK/bin/dialogue-load
+  # The floor (../shared/floor, or FLOOR_DIR): a minimal Socket.IO fan-out server measured in
+  # the same runs; FLOOR stays empty when its sources are not there.
+  FLOOR=
+  local floor_dir=${FLOOR_DIR:-../shared/floor}
+  if [ -f "$floor_dir/Cargo.toml" ]; then
+    cargo build --release -q --manifest-path "$floor_dir/Cargo.toml" --target-dir "$target/floor"
+    cp "$target/floor/release/sio-limit" "$WORK/bin/"
+    FLOOR=$WORK/bin/sio-limit
+  else
+    echo "bench: no floor server at $floor_dir (set FLOOR_DIR); its rows are left out" >&2
+  fi
+}
+
+# Starts the floor server pinned to core 0 on a free port, as start_server does the product
+# (one thread: the product runs one worker and one room thread there too); sets SERVER, PORT,
+# URL and adds the pid to SERVERS.
+start_floor() {
+  PORT=$(free_port)
+  URL=http://127.0.0.1:$PORT
+  taskset -c 0 "$FLOOR" --port "$PORT" --threads 1 >>"$WORK/floor-$PORT.log" 2>&1 &
+  SERVER=$!
+  SERVERS+=("$SERVER")
+  local _
+  for _ in $(seq 100); do
+    (: </dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "the floor server did not listen; its log:" >&2
+  tail -20 "$WORK/floor-$PORT.log" >&2
+  return 1
 }
 
 free_port() {

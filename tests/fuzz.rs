@@ -28,8 +28,6 @@
 //! Coverage-guided fuzzing of the same entry points, with a nightly toolchain: `fuzz/`
 //! (cargo-fuzz; see fuzz/Cargo.toml).
 
-use actix_web::FromRequest;
-use bytes::Bytes;
 use dialogue::auth::{Authenticator, Identity};
 use dialogue::config::{AuthConfig, AuthMode, JwtConfig};
 use dialogue::error::{DialogueError, ErrorCode};
@@ -50,8 +48,7 @@ use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{json, Value};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 // ---------------------------------------------------------------------------------------------
@@ -911,23 +908,9 @@ fn encode_ws(frames: &[WsFrame]) -> Vec<u8> {
     out
 }
 
-fn poll_once<F: Future>(future: F) -> Option<F::Output> {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut cx) {
-        Poll::Ready(out) => Some(out),
-        Poll::Pending => None,
-    }
-}
-
 /// Everything `WsInbound` yields for a request body of `input`, with `WS_MAX` as maxPayload.
 fn ws_messages(input: &[u8]) -> Vec<Result<WsMessage, WsInboundError>> {
-    let (req, mut payload) = actix_web::test::TestRequest::default()
-        .set_payload(Bytes::copy_from_slice(input))
-        .to_http_parts();
-    let payload = poll_once(actix_web::web::Payload::from_request(&req, &mut payload))
-        .expect("a payload is extracted at once")
-        .expect("a payload is always extracted");
-    let mut inbound = WsInbound::new(payload, WS_MAX);
+    let mut inbound = WsInbound::from_bytes(input, WS_MAX);
     let mut cx = Context::from_waker(Waker::noop());
     let mut out = Vec::new();
     for _ in 0..=input.len() + 1 {

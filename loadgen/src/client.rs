@@ -14,6 +14,60 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 /// Bytes read from the socket at a time; larger messages still arrive whole.
 const READ_BUFFER: usize = 8 * 1024;
 
+/// Source addresses connections are spread over: 127.0.0.1 … 127.0.0.N (`--source-ips`), so
+/// more connections than one address has ephemeral ports (about 28,000) can be opened to one
+/// server port. 1 = the kernel picks the address.
+static SOURCE_IPS: AtomicU64 = AtomicU64::new(1);
+static NEXT_SOURCE: AtomicU64 = AtomicU64::new(0);
+
+/// Spreads the connections opened from now on over `n` loopback source addresses.
+pub fn spread_source_ips(n: u64) {
+    SOURCE_IPS.store(n.clamp(1, 254), Ordering::Relaxed);
+}
+
+/// Opens the WebSocket: from the next source address when they are spread.
+async fn open_ws(
+    url: &str,
+    config: WebSocketConfig,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    let spread = SOURCE_IPS.load(Ordering::Relaxed);
+    if spread <= 1 {
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+            .await
+            .map_err(|e| format!("connect {url}: {e}"))?;
+        return Ok(ws);
+    }
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .ok_or(format!("no host in {url}"))?;
+    let server = tokio::net::lookup_host(host)
+        .await
+        .map_err(|e| format!("resolve {host}: {e}"))?
+        .find(|a| a.is_ipv4())
+        .ok_or(format!("no IPv4 address for {host}"))?;
+    let n = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % spread;
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + n as u8);
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind((source, 0).into())
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket
+        .connect(server)
+        .await
+        .map_err(|e| format!("connect {url} from {source}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .map_err(|e| format!("connect {url}: {e}"))?;
+    Ok(ws)
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
 /// One connected client.
@@ -66,9 +120,7 @@ impl Client {
     ) -> Result<(Client, Value), String> {
         // A small read buffer (the default is 128 KiB): thousands of clients share one process.
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(ws_url(url), Some(config), true)
-            .await
-            .map_err(|e| format!("connect {url}: {e}"))?;
+        let ws = open_ws(&ws_url(url), config).await?;
         let (mut sink, mut stream) = ws.split();
         // Engine.IO open packet.
         match stream.next().await {

@@ -132,6 +132,10 @@ enum Scenario {
         /// Milliseconds to wait before each memory reading.
         #[arg(long, default_value_t = 1000)]
         settle_ms: u64,
+        /// Spread the connections over source addresses 127.0.0.1 … 127.0.0.N (one address
+        /// has about 28,000 ephemeral ports).
+        #[arg(long, default_value_t = 1)]
+        source_ips: u64,
     },
     /// The web pages: the chat page's first load (gzipped bytes), and the time of `GET /` and
     /// `GET /api/stats` (the dashboard's data) with K connections joined over the rooms.
@@ -606,7 +610,9 @@ async fn main() -> std::process::ExitCode {
             concurrency,
             server_pid,
             settle_ms,
+            source_ips,
         } => {
+            client::spread_source_ips(source_ips);
             idle::run(idle::Options {
                 rooms: target.room_names(),
                 url: target.url,

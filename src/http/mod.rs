@@ -286,10 +286,7 @@ fn new_sid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-async fn socket_io_get(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+async fn socket_io_get(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let (kind, sid) = match check_query(&req) {
         Ok(q) => q,
         Err((code, message)) => return eio_error(code, message),

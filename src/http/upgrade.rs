@@ -9,16 +9,15 @@
 //! session's actor by messages, as before the upgrade.
 
 use super::{
-    eio_error, new_connection, new_sid, not_found_for, parse_query, transport_error, AppState,
-    Kind,
+    eio_error, new_connection, new_sid, not_found_for, parse_query, transport_error, AppState, Kind,
 };
 use crate::actors::connection::{Connection, Transport};
 use crate::actors::messages::{TransportError, UpgradeFrame, UpgradeStart};
 use crate::http::websocket::{write_out, WsInbound, WsMessage, WsSink};
 use actix::prelude::*;
 use actix_codec::Framed;
-use actix_http::{h1, header, HttpMessage, Request};
 use actix_http::ws::CloseCode;
+use actix_http::{h1, header, HttpMessage, Request};
 use actix_service::{fn_service, ServiceFactory};
 use actix_web::HttpResponse;
 use futures_util::StreamExt;

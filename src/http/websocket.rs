@@ -50,7 +50,8 @@ const READ_CHUNK: usize = 4096;
 
 /// Decodes frames read from the socket, reassembling fragmented messages up to `max_size`.
 pub struct WsInbound {
-    socket: Arc<TcpStream>,
+    /// `None`: only the bytes given at the start, then the end.
+    socket: Option<Arc<TcpStream>>,
     /// Bytes read and not yet decoded; no memory while the connection is idle.
     buf: BytesMut,
     codec: Codec,
@@ -64,8 +65,16 @@ impl WsInbound {
     /// Reads `socket`; `early` holds what the client sent right after its handshake request.
     pub fn new(socket: Arc<TcpStream>, early: &[u8], max_size: usize) -> Self {
         WsInbound {
-            socket,
-            buf: BytesMut::from(early),
+            socket: Some(socket),
+            ..Self::from_bytes(early, max_size)
+        }
+    }
+
+    /// Decodes `bytes` as if read from a socket that then closed (tests and fuzzing).
+    pub fn from_bytes(bytes: &[u8], max_size: usize) -> Self {
+        WsInbound {
+            socket: None,
+            buf: BytesMut::from(bytes),
             codec: Codec::new().max_size(max_size),
             max_size,
             partial: None,
@@ -145,7 +154,11 @@ impl Stream for WsInbound {
                 }
                 Err(e) => return this.fail(e.into()),
             }
-            match this.socket.poll_read_ready(cx) {
+            let Some(socket) = &this.socket else {
+                this.done = true;
+                return Poll::Ready(None);
+            };
+            match socket.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return this.fail(WsInboundError::Read(e.to_string())),
                 Poll::Pending => {
@@ -159,7 +172,7 @@ impl Stream for WsInbound {
             if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
                 this.buf.reserve(READ_CHUNK);
             }
-            match this.socket.try_read_buf(&mut this.buf) {
+            match socket.try_read_buf(&mut this.buf) {
                 Ok(0) => {
                     this.done = true;
                     return Poll::Ready(None);
@@ -643,14 +656,22 @@ mod tests {
         let (server, mut client) = sockets().await;
         let early = client_frame(OpCode::Text, true, b"40");
         let mut inbound = WsInbound::new(Arc::new(server), &early, 1 << 20);
-        assert_eq!(next_text(&mut inbound).await, "40", "sent with the handshake");
+        assert_eq!(
+            next_text(&mut inbound).await,
+            "40",
+            "sent with the handshake"
+        );
 
         let big = "x".repeat(10_000);
         let frame = client_frame(OpCode::Text, true, big.as_bytes());
         client.write_all(&frame[..3]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         client.write_all(&frame[3..]).await.unwrap();
-        assert_eq!(next_text(&mut inbound).await, big, "one message over several reads");
+        assert_eq!(
+            next_text(&mut inbound).await,
+            big,
+            "one message over several reads"
+        );
 
         let mut cx = Context::from_waker(Waker::noop());
         assert!(Pin::new(&mut inbound).poll_next(&mut cx).is_pending());
@@ -663,7 +684,10 @@ mod tests {
 
         drop(client);
         use futures_util::StreamExt;
-        assert!(inbound.next().await.is_none(), "the client's FIN ends the stream");
+        assert!(
+            inbound.next().await.is_none(),
+            "the client's FIN ends the stream"
+        );
     }
 
     #[tokio::test]
