@@ -17,10 +17,14 @@
 //!   of every accepted event, group commit, leases),
 //!   [`actors::outbox`] (how a room reaches a member: straight into its WebSocket send queue),
 //!   and [`actors::messages`], every message between them. Rooms run on threads of their own
-//!   (`server.roomThreads`), apart from the HTTP workers that own the sockets.
+//!   (`server.roomThreads`), apart from the HTTP workers; so do WebSocket sessions, once their
+//!   socket left the HTTP layer ([`http::upgrade`]), so a room delivers to the sessions on its
+//!   thread without waking another.
 //! - [`history`] — a room's in-memory window per event and the offset/cursor arithmetic.
 //! - [`http`] — routes: the Socket.IO endpoint with its WebSocket and long-polling
-//!   transports ([`http::websocket`], [`http::polling`]), the server API ([`http::api`]),
+//!   transports ([`http::websocket`]: framing on the raw socket, [`http::polling`]), the
+//!   WebSocket handshake that takes the socket out of the HTTP dispatcher ([`http::upgrade`]),
+//!   the server API ([`http::api`]),
 //!   `/healthz`, `/readyz`, `/metrics`, and the web pages ([`http::pages`]: the chat page at
 //!   `/` and the dashboard at `/admin`, built from `web/` and embedded).
 //! - [`cluster`] — several nodes on one database through Redis (`docs/cluster.md`): node
