@@ -333,10 +333,13 @@ fn now_ms() -> i64 {
 
 impl SessionStore {
     /// Opens the store: sessions the previous run left connected count as disconnected from
-    /// now (a crash ends no session early); expired ones are deleted.
+    /// now (a crash ends no session early); expired ones are deleted. Writes are made on
+    /// `writer_thread` (where the WebSocket sessions run: a save costs no hop to another
+    /// thread before the database's).
     pub async fn start(
         db: DatabaseConnection,
         config: RecoveryConfig,
+        writer_thread: &actix_rt::ArbiterHandle,
     ) -> Result<SessionStore, sea_orm::DbErr> {
         let max_age = config.max_disconnection_duration as i64;
         let now = now_ms();
@@ -347,7 +350,7 @@ impl SessionStore {
         let (tx, rx) = mpsc::unbounded_channel();
         let available = Arc::new(AtomicBool::new(true));
         let waiting = Arc::new(AtomicUsize::new(0));
-        actix_rt::spawn(write_loop(
+        writer_thread.spawn(write_loop(
             db.clone(),
             rx,
             available.clone(),

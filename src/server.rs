@@ -98,22 +98,25 @@ pub async fn run_with_hooks(
         }
         None => None,
     };
+    let room_index = crate::actors::directory::RoomIndex::default();
     let directory = Directory::new(
         settings.clone(),
         room_threads.iter().map(Arbiter::handle).collect(),
         persistence.clone(),
         hooks.clone(),
         cluster.clone(),
+        room_index.clone(),
     )
     .start();
 
     let recovery = if settings.config.recovery.enabled {
-        let store =
-            crate::recovery::SessionStore::start(db.clone(), settings.config.recovery.clone())
-                .await
-                .map_err(|e| {
-                    std::io::Error::other(format!("cannot open the session store: {e}"))
-                })?;
+        let store = crate::recovery::SessionStore::start(
+            db.clone(),
+            settings.config.recovery.clone(),
+            &room_threads[0].handle(),
+        )
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot open the session store: {e}")))?;
         Some(store)
     } else {
         None
@@ -129,6 +132,7 @@ pub async fn run_with_hooks(
         per_ip: http::PerIp::new(settings.config.server.max_connections_per_ip),
         recovery,
         cluster: cluster.clone(),
+        room_index,
         connection_threads: room_threads.iter().map(Arbiter::handle).collect(),
         next_thread: Default::default(),
     };

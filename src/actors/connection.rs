@@ -8,7 +8,7 @@
 //! request is awaited: the requests after it wait until it is answered. A room's mailbox
 //! keeps the order, so requests into one room are handled in the order sent.
 
-use crate::actors::directory::{check_room_texts, Directory};
+use crate::actors::directory::{check_room_texts, Directory, RoomIndex};
 use crate::actors::messages::*;
 use crate::actors::outbox::Outbox;
 use crate::actors::room::RoomActor;
@@ -201,6 +201,8 @@ pub struct Connection {
     socket_id: String,
     settings: Arc<Settings>,
     directory: Addr<Directory>,
+    /// Room ids → room actors, read without asking the directory.
+    room_index: RoomIndex,
     transport: Transport,
     /// Where the session is registered by sid (whatever its transport), to leave on close.
     sessions: Sessions,
@@ -265,6 +267,7 @@ impl Connection {
         sessions: Sessions,
         ip_slot: Option<IpSlot>,
         recovery: Option<SessionStore>,
+        room_index: RoomIndex,
     ) -> Self {
         let limits = &settings.config.limits;
         let transport_kind = match &transport {
@@ -283,6 +286,7 @@ impl Connection {
             subscriptions: RateLimit::new(limits.subscriptions_per_minute, Duration::from_secs(60)),
             settings,
             directory,
+            room_index,
             transport,
             sessions,
             hooks,
@@ -822,32 +826,29 @@ impl Connection {
         log::debug!("connection {} is user {user_id}", self.id);
 
         // The autoJoin rooms (or the recovered session's rooms) are joined before any request
-        // the client sends next.
-        self.busy = true;
-        let opened = self.directory.send(ConnectionOpened {
+        // the client sends next. Work of an earlier Socket.IO session on this connection that
+        // is still running is not waited for (its answer is dropped: another generation).
+        self.busy = false;
+        self.directory.do_send(ConnectionOpened {
             conn: self.id,
             outbox: self.outbox(ctx),
         });
-        ctx.spawn(opened.into_actor(self).map(move |rooms, act, ctx| {
-            if let Some(restore) = restore {
-                for room in restore.into_iter().rev() {
-                    act.queue.push_front(Work::Restore { room });
-                }
-            } else {
-                let rooms = rooms.unwrap_or_default();
-                let mut since = since;
-                for (room_id, room) in rooms.into_iter().rev() {
-                    let since = since.remove(&room_id);
-                    act.queue.push_front(Work::AutoJoin {
-                        room_id,
-                        room,
-                        since,
-                    });
-                }
+        if let Some(restore) = restore {
+            for room in restore.into_iter().rev() {
+                self.queue.push_front(Work::Restore { room });
             }
-            act.busy = false;
-            act.process_next(ctx);
-        }));
+        } else {
+            let mut since = since;
+            for (room_id, room) in self.room_index.auto_join().into_iter().rev() {
+                let since = since.remove(&room_id);
+                self.queue.push_front(Work::AutoJoin {
+                    room_id,
+                    room,
+                    since,
+                });
+            }
+        }
+        self.process_next(ctx);
     }
 
     /// An EVENT packet; `raw` is its text (the door checks look for a NUL escape in it).
@@ -1013,22 +1014,14 @@ impl Connection {
         &self,
         room_id: String,
     ) -> impl std::future::Future<Output = Result<Addr<RoomActor>, DialogueError>> + 'static {
-        let known = self.rooms.get(&room_id).cloned();
-        let directory = self.directory.clone();
-        async move {
-            if let Some(room) = known {
-                return Ok(room);
+        let known = match self.rooms.get(&room_id) {
+            Some(room) => Ok(room.clone()),
+            None if self.room_index.get(&room_id).is_some() => {
+                Err(DialogueError::not_in_room(&room_id))
             }
-            match directory
-                .send(LookupRoom {
-                    room_id: room_id.clone(),
-                })
-                .await
-            {
-                Ok(Some(_)) => Err(DialogueError::not_in_room(&room_id)),
-                _ => Err(DialogueError::room_not_found(&room_id)),
-            }
-        }
+            None => Err(DialogueError::room_not_found(&room_id)),
+        };
+        async move { known }
     }
 
     fn start(
@@ -1065,14 +1058,8 @@ impl Connection {
                     epoch: Some(saved.epoch),
                 };
                 let room_id = saved.room;
+                let found = self.room_index.get(&room_id);
                 return Box::pin(async move {
-                    let found = directory
-                        .send(LookupRoom {
-                            room_id: room_id.clone(),
-                        })
-                        .await
-                        .ok()
-                        .flatten();
                     match found {
                         Some(room) => join(room, room_id, spec, conn, identity, outbox, None).await,
                         None => Done::RoomGone {
@@ -1087,7 +1074,8 @@ impl Connection {
         let gone = |room_id: &str| DialogueError::room_not_found(room_id);
         match request {
             ClientRequest::Join(r) => {
-                let known = self.rooms.get(&r.room_id).cloned();
+                let known = (self.rooms.get(&r.room_id).cloned())
+                    .or_else(|| self.room_index.get(&r.room_id));
                 let spec = JoinSpec {
                     kind: JoinKind::Client,
                     since: r.since,
@@ -1096,17 +1084,7 @@ impl Connection {
                     epoch: r.epoch,
                 };
                 Box::pin(async move {
-                    let room = match known {
-                        Some(room) => Some(room),
-                        None => directory
-                            .send(LookupRoom {
-                                room_id: r.room_id.clone(),
-                            })
-                            .await
-                            .ok()
-                            .flatten(),
-                    };
-                    let Some(room) = room else {
+                    let Some(room) = known else {
                         return Done::Failed {
                             error: gone(&r.room_id),
                             ack,

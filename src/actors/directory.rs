@@ -30,6 +30,8 @@ struct RoomEntry {
 pub struct Directory {
     settings: Arc<Settings>,
     rooms: BTreeMap<String, RoomEntry>,
+    /// The same rooms, for connections to read without a message (this actor alone writes).
+    index: RoomIndex,
     connections: HashMap<ConnId, Outbox>,
     /// Threads room actors run on, used round-robin.
     arbiters: Vec<ArbiterHandle>,
@@ -42,6 +44,45 @@ pub struct Directory {
     created_by_user: HashMap<Arc<str>, (std::time::Instant, u32)>,
     /// The cluster (`None`: a single node).
     cluster: Option<crate::cluster::Cluster>,
+}
+
+/// Room ids → room actors, read by connections on any thread without asking the directory
+/// (a join costs no round trip to the directory's thread). Only the directory writes it.
+#[derive(Clone, Default)]
+pub struct RoomIndex(Arc<std::sync::RwLock<BTreeMap<String, IndexedRoom>>>);
+
+#[derive(Clone)]
+struct IndexedRoom {
+    addr: Addr<RoomActor>,
+    auto_join: bool,
+}
+
+impl RoomIndex {
+    /// The room's actor, if the room exists.
+    pub fn get(&self, room_id: &str) -> Option<Addr<RoomActor>> {
+        let rooms = self.0.read().unwrap_or_else(|e| e.into_inner());
+        rooms.get(room_id).map(|r| r.addr.clone())
+    }
+
+    /// The rooms every connection joins, by id.
+    pub fn auto_join(&self) -> Vec<(String, Addr<RoomActor>)> {
+        let rooms = self.0.read().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .iter()
+            .filter(|(_, r)| r.auto_join)
+            .map(|(id, r)| (id.clone(), r.addr.clone()))
+            .collect()
+    }
+
+    fn insert(&self, room_id: &str, addr: Addr<RoomActor>, auto_join: bool) {
+        let mut rooms = self.0.write().unwrap_or_else(|e| e.into_inner());
+        rooms.insert(room_id.to_owned(), IndexedRoom { addr, auto_join });
+    }
+
+    fn remove(&self, room_id: &str) {
+        let mut rooms = self.0.write().unwrap_or_else(|e| e.into_inner());
+        rooms.remove(room_id);
+    }
 }
 
 /// A room's name and description within `limits.maxRoomNameBytes` and
@@ -74,8 +115,10 @@ impl Directory {
         persistence: PersistenceLink,
         hooks: Arc<dyn Hooks>,
         cluster: Option<crate::cluster::Cluster>,
+        index: RoomIndex,
     ) -> Self {
         let mut dir = Directory {
+            index,
             cluster,
             hooks,
             settings: settings.clone(),
@@ -140,6 +183,8 @@ impl Directory {
         if let Some(cluster) = &self.cluster {
             cluster.track_size(&shared.id, shared.size.clone());
         }
+        self.index
+            .insert(&shared.id, addr.clone(), shared.auto_join);
         self.rooms.insert(
             shared.id.to_string(),
             RoomEntry {
@@ -183,15 +228,10 @@ impl Handler<LookupRoom> for Directory {
 }
 
 impl Handler<ConnectionOpened> for Directory {
-    type Result = Vec<(String, Addr<RoomActor>)>;
+    type Result = ();
 
-    fn handle(&mut self, msg: ConnectionOpened, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ConnectionOpened, _: &mut Context<Self>) {
         self.connections.insert(msg.conn, msg.outbox);
-        self.rooms
-            .iter()
-            .filter(|(_, r)| r.shared.auto_join)
-            .map(|(id, r)| (id.clone(), r.addr.clone()))
-            .collect()
     }
 }
 
@@ -412,6 +452,7 @@ impl Directory {
     /// Deletes a room here: its history is written first; the answer waits for that.
     fn remove_room(&mut self, room_id: &str) -> Option<Request<RoomActor, CloseRoom>> {
         let entry = self.rooms.remove(room_id)?;
+        self.index.remove(room_id);
         self.runtime_rooms.remove(room_id);
         if let Some(cluster) = &self.cluster {
             cluster.untrack_size(room_id);

@@ -474,9 +474,9 @@ pub struct LookupRoom {
     pub room_id: String,
 }
 
-/// A connection completed its Socket.IO CONNECT; the reply lists the `autoJoin` rooms.
+/// A connection completed its Socket.IO CONNECT: it hears of rooms created and deleted.
 #[derive(Message)]
-#[rtype(result = "Vec<(String, Addr<crate::actors::room::RoomActor>)>")]
+#[rtype(result = "()")]
 pub struct ConnectionOpened {
     pub conn: ConnId,
     pub outbox: Outbox,

@@ -41,6 +41,8 @@ pub struct AppState {
     pub recovery: Option<crate::recovery::SessionStore>,
     /// This node's view of the cluster; `None` for a single node.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// Room ids → room actors, kept by the directory.
+    pub room_index: crate::actors::directory::RoomIndex,
     /// Threads that run WebSocket sessions (the room threads), taken in turn.
     pub connection_threads: Arc<[actix_rt::ArbiterHandle]>,
     pub next_thread: Arc<AtomicUsize>,
@@ -274,6 +276,7 @@ fn new_connection(
         state.sessions.clone(),
         slot,
         state.recovery.clone(),
+        state.room_index.clone(),
     )
 }
 
