@@ -216,6 +216,11 @@ struct Awaiting {
     written: Vec<(Arc<str>, u64)>,
 }
 
+/// How long a room keeps accepted events nobody waits for (`accepted`) before it hands them
+/// to the store: at a trickle of events, one message to the store's thread per burst rather
+/// than per event. Reads (joins, history pages) and flushes hand over at once.
+const HAND_OVER_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What the current mailbox drain accepted, for one [`PersistBatch`].
 #[derive(Default)]
 struct Unsent {
@@ -282,6 +287,8 @@ pub struct RoomActor {
     unsent: Unsent,
     /// A hand-over is scheduled for the end of this drain.
     hand_over_scheduled: bool,
+    /// A hand-over of events nobody waits for is due within [`HAND_OVER_LINGER`].
+    hand_over_lingering: bool,
     /// Batches handed to the store and not answered yet, oldest first, each with its `stored`
     /// events waiting for the commit.
     awaiting: VecDeque<Awaiting>,
@@ -384,6 +391,7 @@ impl RoomActor {
             restored_counters: HashMap::new(),
             unsent: Unsent::default(),
             hand_over_scheduled: false,
+            hand_over_lingering: false,
             awaiting: VecDeque::new(),
             me: None,
             flush_presence: None,
@@ -435,12 +443,21 @@ impl RoomActor {
         self.hand_over();
     }
 
-    /// Schedules the hand-over of what this drain accepted for when the mailbox is drained.
+    /// Schedules the hand-over of what this drain accepted: for when the mailbox is drained
+    /// when a client waits for it (`stored`), else up to [`HAND_OVER_LINGER`] later.
     fn schedule_hand_over(&mut self, ctx: &mut Context<Self>) {
-        if !self.hand_over_scheduled {
-            self.hand_over_scheduled = true;
-            // Spawned futures run after the messages already waiting have been handled.
-            ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, _| act.hand_over()));
+        if !self.unsent.pending.is_empty() {
+            if !self.hand_over_scheduled {
+                self.hand_over_scheduled = true;
+                // Spawned futures run after the messages already waiting have been handled.
+                ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, _| act.hand_over()));
+            }
+        } else if !self.hand_over_lingering {
+            self.hand_over_lingering = true;
+            ctx.run_later(HAND_OVER_LINGER, |act, _| {
+                act.hand_over_lingering = false;
+                act.hand_over();
+            });
         }
     }
 
