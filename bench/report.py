@@ -106,6 +106,8 @@ def figures(settings):
          field("connections_per_s"), "/s", (">=", 10000, "≥ 10,000/s"), "1,500/s", "median"),
         ("Floor: connections opened (connect + join) per second", "idle-floor",
          field("connections_per_s"), "/s", None, "—", "median"),
+        ("Connections opened per second ÷ floor (same run)", "idle-vs-floor",
+         field("conn"), "×", None, "—", "median"),
         (f"Idle joined connections held at once ({int(settings['IDLE_MAX_CONNECTIONS']):,} "
          "asked, 8 source addresses; bounded by the open files limit)", "idle-max",
          field("opened"), "", None, "—", "median"),
@@ -344,7 +346,8 @@ def main():
         rows.append({"bench": b + "-vs-floor", "run": r["run"],
                      "p50": ratio(r, t, "p50_ms"), "p99": ratio(r, t, "p99_ms"),
                      "cpu": ratio(r, t, "server_cpu_us_per_delivery"),
-                     "mem": ratio(r, t, "kib_per_connection")})
+                     "mem": ratio(r, t, "kib_per_connection"),
+                     "conn": ratio(r, t, "connections_per_s")})
 
     def matching(bench):
         return [r for r in rows if r["bench"] == bench]

@@ -580,7 +580,7 @@ impl Connection {
         if let Some(identity) = self.identity.take() {
             self.hooks.on_disconnected(&identity);
             crate::metrics::METRICS.connections.dec();
-            self.directory.do_send(ConnectionClosed { conn: self.id });
+            self.room_index.unlisten(self.id);
         }
         // A later CONNECT is a new socket.
         self.socket_id = uuid::Uuid::new_v4().simple().to_string();
@@ -829,10 +829,7 @@ impl Connection {
         // the client sends next. Work of an earlier Socket.IO session on this connection that
         // is still running is not waited for (its answer is dropped: another generation).
         self.busy = false;
-        self.directory.do_send(ConnectionOpened {
-            conn: self.id,
-            outbox: self.outbox(ctx),
-        });
+        self.room_index.listen(self.id, self.outbox(ctx));
         if let Some(restore) = restore {
             for room in restore.into_iter().rev() {
                 self.queue.push_front(Work::Restore { room });

@@ -32,7 +32,6 @@ pub struct Directory {
     rooms: BTreeMap<String, RoomEntry>,
     /// The same rooms, for connections to read without a message (this actor alone writes).
     index: RoomIndex,
-    connections: HashMap<ConnId, Outbox>,
     /// Threads room actors run on, used round-robin.
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
@@ -47,9 +46,13 @@ pub struct Directory {
 }
 
 /// Room ids → room actors, read by connections on any thread without asking the directory
-/// (a join costs no round trip to the directory's thread). Only the directory writes it.
+/// (a join costs no round trip to the directory's thread; only the directory writes it), and
+/// the connections that hear of rooms created and deleted (each adds and removes itself).
 #[derive(Clone, Default)]
-pub struct RoomIndex(Arc<std::sync::RwLock<BTreeMap<String, IndexedRoom>>>);
+pub struct RoomIndex {
+    rooms: Arc<std::sync::RwLock<BTreeMap<String, IndexedRoom>>>,
+    listeners: Arc<std::sync::Mutex<HashMap<ConnId, Outbox>>>,
+}
 
 #[derive(Clone)]
 struct IndexedRoom {
@@ -60,13 +63,13 @@ struct IndexedRoom {
 impl RoomIndex {
     /// The room's actor, if the room exists.
     pub fn get(&self, room_id: &str) -> Option<Addr<RoomActor>> {
-        let rooms = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         rooms.get(room_id).map(|r| r.addr.clone())
     }
 
     /// The rooms every connection joins, by id.
     pub fn auto_join(&self) -> Vec<(String, Addr<RoomActor>)> {
-        let rooms = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         rooms
             .iter()
             .filter(|(_, r)| r.auto_join)
@@ -74,13 +77,25 @@ impl RoomIndex {
             .collect()
     }
 
+    /// A connection (its Socket.IO CONNECT done) hears of rooms created and deleted from now.
+    pub fn listen(&self, conn: ConnId, outbox: Outbox) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.insert(conn, outbox);
+    }
+
+    /// The connection closed.
+    pub fn unlisten(&self, conn: ConnId) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.remove(&conn);
+    }
+
     fn insert(&self, room_id: &str, addr: Addr<RoomActor>, auto_join: bool) {
-        let mut rooms = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         rooms.insert(room_id.to_owned(), IndexedRoom { addr, auto_join });
     }
 
     fn remove(&self, room_id: &str) {
-        let mut rooms = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         rooms.remove(room_id);
     }
 }
@@ -123,7 +138,6 @@ impl Directory {
             hooks,
             settings: settings.clone(),
             rooms: BTreeMap::new(),
-            connections: HashMap::new(),
             arbiters,
             next_arbiter: 0,
             persistence,
@@ -197,7 +211,12 @@ impl Directory {
 
     fn broadcast(&self, event: &str, payload_json: &str) {
         let frame = SharedFrame::new(ByteString::from(encode_event(event, payload_json)));
-        for outbox in self.connections.values() {
+        let listeners = self
+            .index
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for outbox in listeners.values() {
             outbox.shared(&frame);
         }
     }
@@ -224,22 +243,6 @@ impl Handler<LookupRoom> for Directory {
 
     fn handle(&mut self, msg: LookupRoom, _: &mut Context<Self>) -> Self::Result {
         self.rooms.get(&msg.room_id).map(|r| r.addr.clone())
-    }
-}
-
-impl Handler<ConnectionOpened> for Directory {
-    type Result = ();
-
-    fn handle(&mut self, msg: ConnectionOpened, _: &mut Context<Self>) {
-        self.connections.insert(msg.conn, msg.outbox);
-    }
-}
-
-impl Handler<ConnectionClosed> for Directory {
-    type Result = ();
-
-    fn handle(&mut self, msg: ConnectionClosed, _: &mut Context<Self>) {
-        self.connections.remove(&msg.conn);
     }
 }
 

@@ -474,21 +474,6 @@ pub struct LookupRoom {
     pub room_id: String,
 }
 
-/// A connection completed its Socket.IO CONNECT: it hears of rooms created and deleted.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ConnectionOpened {
-    pub conn: ConnId,
-    pub outbox: Outbox,
-}
-
-/// A connection closed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ConnectionClosed {
-    pub conn: ConnId,
-}
-
 /// Every room's actor, by id.
 #[derive(Message)]
 #[rtype(result = "Vec<(String, Addr<crate::actors::room::RoomActor>)>")]

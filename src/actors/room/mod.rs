@@ -444,9 +444,10 @@ impl RoomActor {
     }
 
     /// Schedules the hand-over of what this drain accepted: for when the mailbox is drained
-    /// when a client waits for it (`stored`), else up to [`HAND_OVER_LINGER`] later.
-    fn schedule_hand_over(&mut self, ctx: &mut Context<Self>) {
-        if !self.unsent.pending.is_empty() {
+    /// when a client waits for any of it (`waited_for`: `stored`), else up to
+    /// [`HAND_OVER_LINGER`] later.
+    fn schedule_hand_over(&mut self, ctx: &mut Context<Self>, waited_for: bool) {
+        if waited_for || !self.unsent.pending.is_empty() {
             if !self.hand_over_scheduled {
                 self.hand_over_scheduled = true;
                 // Spawned futures run after the messages already waiting have been handled.
@@ -1829,7 +1830,8 @@ impl RoomActor {
             self.unsent.mark(&event_name, high_water, false);
         }
         if !self.unsent.is_empty() {
-            self.schedule_hand_over(ctx);
+            // A client waits for this one (`stored`): its batch goes at the end of this drain.
+            self.schedule_hand_over(ctx, wait);
         }
 
         if wait {
