@@ -164,7 +164,6 @@ pub async fn run_with_hooks(
     let client_request_timeout = Duration::from_millis(server_cfg.header_timeout);
     let server = actix_server::Server::build()
         .workers(workers)
-        .backlog(4096)
         .disable_signals()
         .listen("dialogue", listener, move || {
             let app = App::new()

@@ -447,7 +447,7 @@ impl RoomActor {
     /// when a client waits for any of it (`waited_for`: `stored`), else up to
     /// [`HAND_OVER_LINGER`] later.
     fn schedule_hand_over(&mut self, ctx: &mut Context<Self>, waited_for: bool) {
-        if waited_for || !self.unsent.pending.is_empty() {
+        if waited_for {
             if !self.hand_over_scheduled {
                 self.hand_over_scheduled = true;
                 // Spawned futures run after the messages already waiting have been handled.
