@@ -37,7 +37,8 @@
 //! - [`recovery`] — Socket.IO connection-state recovery: session pids, the offsets events
 //!   carry, and the session store (saved rooms and subscriptions) that survives a crash.
 //! - [`store`] — sea-orm queries (SQLite and PostgreSQL): fenced batch writes, room leases,
-//!   the quarantine; [`spill`] — the file that keeps what could not be written at shutdown;
+//!   the quarantine; `store/sqlite.rs`, the persistence actor's own SQLite connection that
+//!   batches go through first; [`spill`] — the file that keeps what could not be written at shutdown;
 //!   [`metrics`] — Prometheus metrics; [`stats`] — what the dashboard shows (room numbers,
 //!   recent errors, sampled rates).
 

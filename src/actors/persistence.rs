@@ -16,13 +16,13 @@ use crate::actors::messages::*;
 use crate::error::{DialogueError, ErrorCode};
 use crate::metrics::METRICS;
 use crate::spill;
-use crate::store::{self, BatchRef, WriteError, WriteJob};
+use crate::store::{self, BatchRef, SqliteWriter, WriteError, WriteJob};
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -102,6 +102,9 @@ pub struct StoreHealth {
 pub struct Persistence {
     url: String,
     db: Option<DatabaseConnection>,
+    /// SQLite: the connection batches are written through first ([`SqliteWriter`]), opened
+    /// beside each new `db`.
+    writer: Option<Arc<Mutex<SqliteWriter>>>,
     /// This process's name in room leases.
     node: Arc<str>,
     lease_timeout: Duration,
@@ -157,6 +160,7 @@ impl Persistence {
         let addr = Supervisor::start_in_arbiter(arbiter, move |_| Persistence {
             url,
             db: Some(db),
+            writer: None,
             node,
             lease_timeout,
             spill_file,
@@ -241,7 +245,8 @@ impl Persistence {
         // The batches are shared with the write future; readers keep seeing them meanwhile.
         let jobs = self.in_flight.clone();
         let lease_ms = self.lease_timeout.as_millis() as i64;
-        let write = async move { write_all(&db, &jobs, lease_ms).await };
+        let writer = self.writer.clone();
+        let write = async move { write_all(writer.as_deref(), &db, &jobs, lease_ms).await };
         ctx.spawn(
             write
                 .into_actor(self)
@@ -349,6 +354,7 @@ impl Persistence {
                     match result {
                         Ok(db) => {
                             act.db = Some(db);
+                            act.open_writer();
                             act.succeeded();
                             act.write_next(ctx);
                         }
@@ -356,6 +362,21 @@ impl Persistence {
                     }
                 }),
         );
+    }
+
+    /// Opens SQLite's write connection for the current `db` (none for PostgreSQL). Without
+    /// it every write goes through sea-orm, as it would anyway.
+    fn open_writer(&mut self) {
+        self.writer = match SqliteWriter::open(&self.url) {
+            Some(Ok(writer)) => Some(Arc::new(Mutex::new(writer))),
+            Some(Err(e)) => {
+                log::warn!(
+                    "SQLite's write connection did not open ({e}); writing through the pool"
+                );
+                None
+            }
+            None => None,
+        };
     }
 
     /// Pings the database when no write is running, so readiness follows outages even when
@@ -521,6 +542,7 @@ impl Persistence {
 /// each batch's answer (`None` = not written, to retry) and the transient error that stopped
 /// the write, if one did.
 async fn write_all(
+    writer: Option<&Mutex<SqliteWriter>>,
     db: &DatabaseConnection,
     jobs: &[Batch],
     lease_ms: i64,
@@ -532,7 +554,7 @@ async fn write_all(
             return (outcomes, None);
         }
         let refs: Vec<WriteJob<'_>> = open.iter().map(|&i| jobs[i].job()).collect();
-        match store::write_jobs(db, &refs, lease_ms).await {
+        match store::write_jobs_via(writer, db, &refs, lease_ms).await {
             Ok(_) => {
                 for i in open {
                     outcomes[i] = Some(Committed::default());
@@ -858,6 +880,7 @@ impl Actor for Persistence {
         if self.db.is_none() {
             self.connect(ctx);
         } else {
+            self.open_writer();
             self.write_next(ctx);
         }
     }
@@ -870,6 +893,7 @@ impl Supervised for Persistence {
             self.pending.push_front(batch);
         }
         self.db = None;
+        self.writer = None;
         self.failures = 0;
         // The old context's timers and futures are gone with it.
         self.backing_off = false;

@@ -2,6 +2,8 @@
 //! leases, the quarantine, reading pages by `seq` range. Plain functions over `&impl ConnectionTrait`, so the same code runs on
 //! SQLite and PostgreSQL, inside or outside a transaction.
 
+mod sqlite;
+
 use crate::actors::messages::{CounterMark, StoredEvent};
 use crate::history::PageBudget;
 use crate::protocol::dialogue::to_json;
@@ -11,6 +13,8 @@ use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, StreamTrait, TransactionTrait,
 };
+use sqlite::FastWrite;
+pub use sqlite::SqliteWriter;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,12 +70,10 @@ const MIGRATION_LOCK: i64 = 0x6469_616c_6f67_7565; // "dialogue"
 
 impl MigrationTurn {
     async fn take(url: &str, options: &ConnectOptions) -> Result<MigrationTurn, DbErr> {
-        if let Some(rest) = url.strip_prefix("sqlite:") {
-            let path = rest.trim_start_matches("//");
-            let path = path.split('?').next().unwrap_or_default().to_owned();
-            if path.is_empty() || path.contains(":memory:") {
+        if url.starts_with("sqlite:") {
+            let Some(path) = sqlite::sqlite_file(url) else {
                 return Ok(MigrationTurn::None);
-            }
+            };
             let file = tokio::task::spawn_blocking(move || {
                 let file = std::fs::OpenOptions::new()
                     .read(true)
@@ -255,11 +257,36 @@ fn db_now(backend: DbBackend) -> &'static str {
 /// A statement written with PostgreSQL's `$n` placeholders, for either database (SQLite
 /// takes `?n`).
 fn stmt(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
-    let sql = match backend {
+    Statement::from_sql_and_values(backend, placeholders(backend, sql), values)
+}
+
+/// `sql`, written with PostgreSQL's `$n` placeholders, for `backend` (SQLite takes `?n`).
+fn placeholders(backend: DbBackend, sql: &str) -> String {
+    match backend {
         DbBackend::Sqlite => sql.replace('$', "?"),
         _ => sql.to_owned(),
-    };
-    Statement::from_sql_and_values(backend, sql, values)
+    }
+}
+
+/// [`write_jobs`] through `writer`, SQLite's fast path, when there is one; what it declines
+/// goes the general way.
+pub async fn write_jobs_via(
+    writer: Option<&std::sync::Mutex<SqliteWriter>>,
+    db: &DatabaseConnection,
+    jobs: &[WriteJob<'_>],
+    lease_ms: i64,
+) -> Result<u64, WriteError> {
+    if let Some(mut writer) = writer.and_then(|w| w.lock().ok()) {
+        // In room order, as write_jobs locks them.
+        let mut sorted: Vec<&WriteJob<'_>> = jobs.iter().collect();
+        sorted.sort_by_key(|job| job.room_id);
+        match writer.write(&sorted, lease_ms) {
+            Ok(inserted) => return Ok(inserted),
+            Err(FastWrite::Fenced { room_id }) => return Err(WriteError::Fenced { room_id }),
+            Err(FastWrite::Declined(why)) => log::debug!("writing through sea-orm: {why}"),
+        }
+    }
+    write_jobs(db, jobs, lease_ms).await
 }
 
 /// Writes the jobs in one transaction: each room's lease is checked (and renewed for
@@ -272,10 +299,7 @@ pub async fn write_jobs(
     lease_ms: i64,
 ) -> Result<u64, WriteError> {
     let backend = db.get_database_backend();
-    let renew = format!(
-        "UPDATE room_leases SET lease_until = {} + $1 WHERE room_id = $2 AND owner = $3",
-        db_now(backend)
-    );
+    let renew = renew_sql(backend);
     // Rows are locked in room order, as the lease renewal locks them: two transactions of
     // one process (or of two cluster nodes) never wait on each other in a cycle.
     let mut jobs: Vec<&WriteJob<'_>> = jobs.iter().collect();
@@ -284,7 +308,7 @@ pub async fn write_jobs(
     for job in &jobs {
         let Some(owner) = job.owner else { continue };
         let fenced = txn
-            .execute_raw(stmt(
+            .execute_raw(Statement::from_sql_and_values(
                 backend,
                 &renew,
                 vec![lease_ms.into(), job.room_id.into(), owner.into()],
@@ -313,6 +337,15 @@ pub async fn write_jobs(
     Ok(inserted)
 }
 
+/// Renews a room's lease for `$1` ms when `$2` is held by owner `$3` (no row: fenced).
+fn renew_sql(backend: DbBackend) -> String {
+    let sql = format!(
+        "UPDATE room_leases SET lease_until = {} + $1 WHERE room_id = $2 AND owner = $3",
+        db_now(backend)
+    );
+    placeholders(backend, &sql)
+}
+
 /// Raises the stored high-water mark of an event without history to `high_water` (never
 /// lowers it), or sets it to exactly that (`exact`: a clean stop).
 pub async fn raise_counter<C: ConnectionTrait>(
@@ -323,6 +356,15 @@ pub async fn raise_counter<C: ConnectionTrait>(
     exact: bool,
 ) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
+    let sql = raise_counter_sql(backend, exact);
+    let values = vec![room_id.into(), event.into(), (high_water as i64).into()];
+    db.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    Ok(())
+}
+
+/// [`raise_counter`]'s statement: room `$1`, event `$2`, high-water mark `$3`.
+fn raise_counter_sql(backend: DbBackend, exact: bool) -> String {
     let new = match (exact, backend) {
         (true, _) => "excluded.high_water",
         (false, DbBackend::Sqlite) => "MAX(event_counters.high_water, excluded.high_water)",
@@ -332,13 +374,7 @@ pub async fn raise_counter<C: ConnectionTrait>(
         "INSERT INTO event_counters (room_id, event_name, high_water) VALUES ($1, $2, $3) \
          ON CONFLICT (room_id, event_name) DO UPDATE SET high_water = {new}"
     );
-    db.execute_raw(stmt(
-        backend,
-        &sql,
-        vec![room_id.into(), event.into(), (high_water as i64).into()],
-    ))
-    .await?;
-    Ok(())
+    placeholders(backend, &sql)
 }
 
 /// Writes batches without a lease (tests, spill replay): rows already stored identically are
@@ -574,9 +610,6 @@ const SKIP_STORED: &str = "ON CONFLICT (room_id, event_name, seq) DO NOTHING";
 /// - SQLite: multi-row `VALUES` statements of fixed sizes (SQLite's JSON functions cost more
 ///   than binding the values of a row).
 async fn insert_rows<C: ConnectionTrait>(db: &C, batches: &[&BatchRef<'_>]) -> Result<u64, DbErr> {
-    let events = batches
-        .iter()
-        .flat_map(|b| b.events.iter().map(move |e| (*b, e)));
     let count = batches.iter().map(|b| b.events.len()).sum::<usize>();
     if count == 0 {
         return Ok(0);
@@ -602,7 +635,22 @@ FROM jsonb_array_elements($1::jsonb) AS e
             left -= size;
         }
     }
-    let mut events = events.map(|(b, e)| {
+    let mut events = sqlite_rows(batches);
+    let mut inserted = 0;
+    for size in sizes {
+        let values: Vec<sea_orm::Value> = events.by_ref().take(size).flatten().collect();
+        let stmt = Statement::from_sql_and_values(DbBackend::Sqlite, sqlite_insert(size), values);
+        inserted += db.execute_raw(stmt).await?.rows_affected();
+    }
+    Ok(inserted)
+}
+
+/// The values of the batches' rows for [`sqlite_insert`], eight per row, oldest first.
+fn sqlite_rows<'a>(batches: &'a [&BatchRef<'a>]) -> impl Iterator<Item = [sea_orm::Value; 8]> + 'a {
+    let events = batches
+        .iter()
+        .flat_map(|b| b.events.iter().map(move |e| (*b, e)));
+    events.map(|(b, e)| {
         [
             b.room_id.into(),
             b.event.into(),
@@ -613,14 +661,7 @@ FROM jsonb_array_elements($1::jsonb) AS e
             e.meta_json().map(str::to_owned).into(),
             (e.epoch as i64).into(),
         ]
-    });
-    let mut inserted = 0;
-    for size in sizes {
-        let values: Vec<sea_orm::Value> = events.by_ref().take(size).flatten().collect();
-        let stmt = Statement::from_sql_and_values(DbBackend::Sqlite, sqlite_insert(size), values);
-        inserted += db.execute_raw(stmt).await?.rows_affected();
-    }
-    Ok(inserted)
+    })
 }
 
 /// The SQLite INSERT of `rows` rows (one of [`SQLITE_STATEMENT_SIZES`]), built once.

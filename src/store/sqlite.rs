@@ -1,0 +1,275 @@
+//! SQLite's write path for the persistence actor: a connection of its own (rusqlite), used on
+//! the actor's thread with statements prepared once. Through sea-orm every statement of a
+//! write (`BEGIN`, a lease renewal per room, the inserts, `COMMIT`) is a round trip to a
+//! sqlx worker thread, and the pool hands each write another connection, whose page cache the
+//! last writer invalidated; this path does the same write in one call, with a warm cache.
+//!
+//! It is a fast path only: the SQL is [`super`]'s, and whatever it does not finish cleanly
+//! (a busy database, a row it could not insert, any refusal) it leaves uncommitted and hands
+//! back, for [`super::write_jobs`] to do the write again and sort out, as before.
+
+use super::{raise_counter_sql, renew_sql, sqlite_insert, sqlite_rows, WriteJob};
+use super::{BatchRef, SQLITE_STATEMENT_SIZES};
+use rusqlite::{params_from_iter, Connection, OpenFlags, TransactionBehavior};
+use std::time::Duration;
+
+/// How long a write waits for another writer (the session store, a second process) before
+/// it declines. The write blocks the persistence actor's thread meanwhile, so this is short;
+/// the general path waits the pool's 5 s on a worker thread.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// What a write through [`SqliteWriter`] came to, short of success.
+#[derive(Debug)]
+pub enum FastWrite {
+    /// The room's lease belongs to someone else (nothing was written).
+    Fenced { room_id: String },
+    /// Not written; the general path is to do it (and say why it fails, if it does).
+    Declined(String),
+}
+
+/// The persistence actor's own SQLite connection.
+pub struct SqliteWriter {
+    conn: Connection,
+}
+
+/// The database file of an `sqlite:` URL; `None` for other URLs and in-memory databases
+/// (another connection would open another, empty database).
+pub fn sqlite_file(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    Some(path.to_owned())
+}
+
+impl SqliteWriter {
+    /// Opens the database file of `url` (already created and migrated by the pool), set up as
+    /// the pool's connections are (WAL, `synchronous = NORMAL`, checkpoints left to the
+    /// actor) but for the busy timeout: [`BUSY_TIMEOUT`]. `None` when `url` is not a SQLite
+    /// file.
+    pub fn open(url: &str) -> Option<Result<SqliteWriter, rusqlite::Error>> {
+        let path = sqlite_file(url)?;
+        let open = || {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = Connection::open_with_flags(path, flags)?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.set_prepared_statement_cache_capacity(32);
+            Ok(SqliteWriter { conn })
+        };
+        Some(open())
+    }
+
+    /// Writes the jobs in one transaction, as [`super::write_jobs`] does, and returns the rows
+    /// inserted. Rolls back and declines when a row was not inserted (stored already, or a
+    /// conflict: the general path tells which) or the database answers anything but success.
+    pub fn write(&mut self, jobs: &[&WriteJob<'_>], lease_ms: i64) -> Result<u64, FastWrite> {
+        let declined = |e: rusqlite::Error| FastWrite::Declined(e.to_string());
+        let txn = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(declined)?;
+        let renew = renew_sql(sea_orm::DbBackend::Sqlite);
+        for job in jobs {
+            let Some(owner) = job.owner else { continue };
+            let renewed = txn
+                .prepare_cached(&renew)
+                .and_then(|mut s| s.execute((lease_ms, job.room_id, owner)))
+                .map_err(declined)?;
+            if renewed == 0 {
+                return Err(FastWrite::Fenced {
+                    room_id: job.room_id.to_owned(),
+                });
+            }
+        }
+        let batches: Vec<&BatchRef<'_>> = jobs.iter().flat_map(|j| j.streams.iter()).collect();
+        let total: usize = batches.iter().map(|b| b.events.len()).sum();
+        let mut rows = sqlite_rows(&batches);
+        let mut left = total;
+        let mut inserted = 0;
+        for size in SQLITE_STATEMENT_SIZES {
+            while left >= size {
+                let values = rows.by_ref().take(size).flatten().map(to_sql_value);
+                let values = values.collect::<Result<Vec<_>, _>>()?;
+                inserted += txn
+                    .prepare_cached(sqlite_insert(size))
+                    .and_then(|mut s| s.execute(params_from_iter(values)))
+                    .map_err(declined)?;
+                left -= size;
+            }
+        }
+        if inserted < total {
+            return Err(FastWrite::Declined(format!(
+                "{} of {total} rows were stored already or conflict",
+                total - inserted
+            )));
+        }
+        for job in jobs {
+            for mark in job.counters {
+                txn.prepare_cached(&raise_counter_sql(sea_orm::DbBackend::Sqlite, mark.exact))
+                    .and_then(|mut s| {
+                        s.execute((job.room_id, &*mark.event, mark.high_water as i64))
+                    })
+                    .map_err(declined)?;
+            }
+        }
+        txn.commit().map_err(declined)?;
+        Ok(inserted as u64)
+    }
+}
+
+/// A row value as rusqlite binds it: the text, integers and NULLs [`sqlite_rows`] builds
+/// (anything else is declined, for sea-orm to bind).
+fn to_sql_value(value: sea_orm::Value) -> Result<rusqlite::types::Value, FastWrite> {
+    use rusqlite::types::Value as V;
+    use sea_orm::Value;
+    Ok(match value {
+        Value::String(Some(s)) => V::Text(s),
+        Value::String(None) | Value::BigInt(None) => V::Null,
+        Value::BigInt(Some(n)) => V::Integer(n),
+        other => return Err(FastWrite::Declined(format!("a value of type {other:?}"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::messages::{CounterMark, StoredEvent};
+    use crate::history::PageBudget;
+    use crate::store::{self, WriteError};
+    use std::sync::{Arc, Mutex};
+
+    const LEASE_MS: i64 = 600_000;
+
+    fn event(seq: u64, text: &str) -> Arc<StoredEvent> {
+        let data = serde_json::json!({ "text": text, "username": "alice" });
+        let meta = seq
+            .is_multiple_of(2)
+            .then(|| serde_json::json!({ "edited": false }));
+        let from: Arc<str> = "alice".into();
+        Arc::new(StoredEvent::new(
+            "r",
+            "message",
+            seq,
+            3,
+            1_700_000_000_000,
+            from,
+            &data,
+            meta.as_ref(),
+        ))
+    }
+
+    fn job<'a>(
+        owner: &'a str,
+        events: &'a [Arc<StoredEvent>],
+        counters: &'a [CounterMark],
+    ) -> WriteJob<'a> {
+        WriteJob {
+            room_id: "r",
+            owner: Some(owner),
+            streams: vec![BatchRef {
+                room_id: "r",
+                event: "message",
+                events,
+            }],
+            counters,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_under_the_lease_and_leaves_the_rest_to_the_general_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.db");
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let db = store::connect(&url).await.unwrap();
+        store::claim_room(&db, "r", "owner-a", "node", 1, |_| true)
+            .await
+            .unwrap()
+            .unwrap();
+        let writer = Mutex::new(SqliteWriter::open(&url).unwrap().unwrap());
+        let write = |j: &WriteJob<'_>| writer.lock().unwrap().write(&[j], LEASE_MS);
+
+        // Rows (of every statement size below 20) and a counter, in one transaction, read
+        // back through sea-orm as written; the lease is renewed.
+        let events: Vec<_> = (1..=23).map(|s| event(s, &format!("m{s}"))).collect();
+        let marks = [CounterMark {
+            event: "typing".into(),
+            high_water: 7,
+            exact: false,
+        }];
+        assert_eq!(write(&job("owner-a", &events, &marks)).unwrap(), 23);
+        let mut budget = PageBudget::new(1 << 20);
+        let back = store::load_range(&db, "r", "message", 1, 23, &mut budget)
+            .await
+            .unwrap();
+        let back: Vec<&str> = back.iter().rev().map(|e| &*e.json).collect();
+        let sent: Vec<&str> = events.iter().map(|e| &*e.json).collect();
+        assert_eq!(back, sent);
+        let counters = store::load_counters(&db, "r").await.unwrap();
+        assert_eq!(counters.get("typing"), Some(&7));
+        let renewed: i64 = rusqlite::Connection::open(&file)
+            .unwrap()
+            .query_row(
+                "SELECT lease_until - CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) \
+                 FROM room_leases WHERE room_id = 'r'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(renewed > LEASE_MS / 2, "lease left: {renewed} ms");
+
+        // The same rows again (a retry): declined, and the general path finds them stored.
+        let again = write(&job("owner-a", &events[..4], &[]));
+        assert!(matches!(again, Err(FastWrite::Declined(_))), "{again:?}");
+        let retry = [job("owner-a", &events[..4], &[])];
+        let inserted = store::write_jobs_via(Some(&writer), &db, &retry, LEASE_MS).await;
+        assert_eq!(inserted.unwrap(), 0);
+
+        // A different row under a stored seq: declined; the general path names the conflict.
+        let other = [event(3, "not m3")];
+        let conflict = [job("owner-a", &other, &[])];
+        let refused = store::write_jobs_via(Some(&writer), &db, &conflict, LEASE_MS).await;
+        assert!(
+            matches!(refused, Err(WriteError::Conflict { seq: 3, .. })),
+            "{refused:?}"
+        );
+
+        // Another owner's write is fenced, and writes nothing.
+        let later = [event(24, "m24")];
+        let fenced = write(&job("owner-b", &later, &marks));
+        assert!(
+            matches!(&fenced, Err(FastWrite::Fenced { room_id }) if room_id == "r"),
+            "{fenced:?}"
+        );
+        assert_eq!(store::max_seq(&db, "r", "message").await.unwrap(), 23);
+
+        // Another connection holds the write lock: declined after the short busy timeout,
+        // nothing written; once it lets go, the write goes through.
+        let locker = rusqlite::Connection::open(&file).unwrap();
+        locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let busy = write(&job("owner-a", &later, &[]));
+        assert!(matches!(busy, Err(FastWrite::Declined(_))), "{busy:?}");
+        locker.execute_batch("COMMIT").unwrap();
+        assert_eq!(store::max_seq(&db, "r", "message").await.unwrap(), 23);
+        assert_eq!(write(&job("owner-a", &later, &[])).unwrap(), 1);
+        assert_eq!(store::max_seq(&db, "r", "message").await.unwrap(), 24);
+    }
+
+    #[test]
+    fn only_sqlite_files_get_a_writer() {
+        assert_eq!(
+            sqlite_file("sqlite://data/d.db?mode=rwc").as_deref(),
+            Some("data/d.db")
+        );
+        assert_eq!(sqlite_file("sqlite:d.db").as_deref(), Some("d.db"));
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("sqlite://x.db?mode=memory"), None);
+        assert_eq!(sqlite_file("postgres://u@h/db"), None);
+        assert!(SqliteWriter::open("postgres://u@h/db").is_none());
+    }
+}
