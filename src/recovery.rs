@@ -334,10 +334,11 @@ fn now_ms() -> i64 {
 impl SessionStore {
     /// Opens the store: sessions the previous run left connected count as disconnected from
     /// now (a crash ends no session early); expired ones are deleted. Writes are made on
-    /// `writer_thread` (where the WebSocket sessions run: a save costs no hop to another
-    /// thread before the database's).
+    /// `writer_thread`, on SQLite through a connection of their own ([`store::SqliteWriter`],
+    /// opened from `url`) when they fit one statement.
     pub async fn start(
         db: DatabaseConnection,
+        url: &str,
         config: RecoveryConfig,
         writer_thread: &actix_rt::ArbiterHandle,
     ) -> Result<SessionStore, sea_orm::DbErr> {
@@ -352,6 +353,7 @@ impl SessionStore {
         let waiting = Arc::new(AtomicUsize::new(0));
         writer_thread.spawn(write_loop(
             db.clone(),
+            url.to_owned(),
             rx,
             available.clone(),
             waiting.clone(),
@@ -509,10 +511,19 @@ impl SessionStore {
 /// (with what came meanwhile) until the database takes it, in order.
 async fn write_loop(
     db: DatabaseConnection,
+    url: String,
     mut rx: mpsc::UnboundedReceiver<Op>,
     available: Arc<AtomicBool>,
     waiting: Arc<AtomicUsize>,
 ) {
+    let mut writer = match store::SqliteWriter::open(&url) {
+        Some(Ok(writer)) => Some(writer),
+        Some(Err(e)) => {
+            log::warn!("the session store's SQLite connection did not open ({e}); using the pool");
+            None
+        }
+        None => None,
+    };
     let mut writes = Vec::new();
     let mut waiters = Vec::new();
     let mut delay = Duration::from_millis(50);
@@ -534,7 +545,7 @@ async fn write_loop(
         let before = writes.len();
         coalesce(&mut writes);
         waiting.fetch_sub(before - writes.len(), Ordering::Relaxed);
-        match store::write_sessions(&db, &writes, now_ms()).await {
+        match store::write_sessions_via(writer.as_mut(), &db, &writes, now_ms()).await {
             Ok(()) => {
                 if !available.swap(true, Ordering::Relaxed) {
                     log::info!("sessions are saved again");

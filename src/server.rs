@@ -77,7 +77,7 @@ pub async fn run_with_hooks(
     let persistence_thread = Arbiter::new();
     let node: Arc<str> = crate::store::node_name().into();
     let (persistence_addr, persistence, store_health) = Persistence::start(
-        db_url,
+        db_url.clone(),
         db.clone(),
         &settings.config.database,
         node.clone(),
@@ -110,10 +110,13 @@ pub async fn run_with_hooks(
     .start();
 
     let recovery = if settings.config.recovery.enabled {
+        // On the store's thread: SQLite's writes all come from one thread, and the rooms'
+        // threads are left to the rooms and their sessions.
         let store = crate::recovery::SessionStore::start(
             db.clone(),
+            &db_url,
             settings.config.recovery.clone(),
-            &room_threads[0].handle(),
+            &persistence_thread.handle(),
         )
         .await
         .map_err(|e| std::io::Error::other(format!("cannot open the session store: {e}")))?;

@@ -1087,21 +1087,7 @@ pub async fn write_sessions(
     let backend = db.get_database_backend();
     // The common batch, saves of distinct sessions that fit one statement, is one statement:
     // atomic by itself, and one round trip to the database instead of three.
-    let mut distinct = std::collections::HashSet::new();
-    let one_statement: Option<Vec<(&str, &str, &str)>> = writes
-        .iter()
-        .map(|w| match w {
-            SessionWrite::Save {
-                pid_hash,
-                user_id,
-                state,
-            } if distinct.insert(pid_hash.as_str()) => {
-                Some((pid_hash.as_str(), user_id.as_str(), state.as_str()))
-            }
-            _ => None,
-        })
-        .collect();
-    if let Some(saves) = one_statement.filter(|s| s.len() <= SESSIONS_PER_STATEMENT) {
+    if let Some(saves) = one_statement(writes) {
         return save_sessions(db, &saves, now_ms).await;
     }
     let txn = db.begin().await?;
@@ -1144,6 +1130,42 @@ pub async fn write_sessions(
     txn.commit().await
 }
 
+/// [`write_sessions`] through `writer`, SQLite's own connection, when there is one and the
+/// batch is one statement; anything else, or what it declines, goes the general way.
+pub async fn write_sessions_via(
+    writer: Option<&mut SqliteWriter>,
+    db: &DatabaseConnection,
+    writes: &[SessionWrite],
+    now_ms: i64,
+) -> Result<(), DbErr> {
+    if let (Some(writer), Some(saves)) = (writer, one_statement(writes)) {
+        match writer.save_sessions(&saves, now_ms) {
+            Ok(()) => return Ok(()),
+            Err(why) => log::debug!("saving sessions through sea-orm: {why:?}"),
+        }
+    }
+    write_sessions(db, writes, now_ms).await
+}
+
+/// The batch as one statement's saves: only saves, of distinct sessions, few enough.
+fn one_statement(writes: &[SessionWrite]) -> Option<Vec<(&str, &str, &str)>> {
+    let mut distinct = std::collections::HashSet::new();
+    let saves: Option<Vec<(&str, &str, &str)>> = writes
+        .iter()
+        .map(|w| match w {
+            SessionWrite::Save {
+                pid_hash,
+                user_id,
+                state,
+            } if distinct.insert(pid_hash.as_str()) => {
+                Some((pid_hash.as_str(), user_id.as_str(), state.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    saves.filter(|s| s.len() <= SESSIONS_PER_STATEMENT)
+}
+
 /// Inserts or replaces connected sessions (distinct pid hashes) in one statement.
 async fn save_sessions<C: ConnectionTrait>(
     db: &C,
@@ -1153,11 +1175,23 @@ async fn save_sessions<C: ConnectionTrait>(
     if saves.is_empty() {
         return Ok(());
     }
+    let backend = db.get_database_backend();
+    let sql = save_sessions_sql(backend, saves.len());
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        save_sessions_values(saves, now_ms),
+    ))
+    .await?;
+    Ok(())
+}
+
+/// [`save_sessions`]'s statement for `rows` sessions.
+fn save_sessions_sql(backend: DbBackend, rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO sessions (pid_hash, user_id, state, updated_at, disconnected_at) VALUES ",
     );
-    let mut values = Vec::with_capacity(saves.len() * 4);
-    for (i, (pid_hash, user_id, state)) in saves.iter().enumerate() {
+    for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");
         }
@@ -1170,18 +1204,24 @@ async fn save_sessions<C: ConnectionTrait>(
             n + 3,
             n + 4
         );
-        values.push((*pid_hash).into());
-        values.push((*user_id).into());
-        values.push((*state).into());
-        values.push(now_ms.into());
     }
     sql.push_str(
         " ON CONFLICT (pid_hash) DO UPDATE SET user_id = excluded.user_id, \
          state = excluded.state, updated_at = excluded.updated_at, disconnected_at = NULL",
     );
-    db.execute_raw(stmt(db.get_database_backend(), &sql, values))
-        .await?;
-    Ok(())
+    placeholders(backend, &sql)
+}
+
+/// [`save_sessions`]'s values: pid hash, user, state and `now_ms` per session.
+fn save_sessions_values(saves: &[(&str, &str, &str)], now_ms: i64) -> Vec<sea_orm::Value> {
+    let mut values = Vec::with_capacity(saves.len() * 4);
+    for (pid_hash, user_id, state) in saves {
+        values.push((*pid_hash).into());
+        values.push((*user_id).into());
+        values.push((*state).into());
+        values.push(now_ms.into());
+    }
+    values
 }
 
 /// A stored session: its user, its state (JSON text) and when its connection ended

@@ -9,6 +9,7 @@
 //! back, for [`super::write_jobs`] to do the write again and sort out, as before.
 
 use super::{raise_counter_sql, renew_sql, sqlite_insert, sqlite_rows, WriteJob};
+use super::{save_sessions_sql, save_sessions_values};
 use super::{BatchRef, SQLITE_STATEMENT_SIZES};
 use rusqlite::{params_from_iter, Connection, OpenFlags, TransactionBehavior};
 use std::time::Duration;
@@ -47,8 +48,8 @@ pub fn sqlite_file(url: &str) -> Option<String> {
 impl SqliteWriter {
     /// Opens the database file of `url` (already created and migrated by the pool), set up as
     /// the pool's connections are (WAL, `synchronous = NORMAL`, checkpoints left to the
-    /// actor) but for the busy timeout: [`BUSY_TIMEOUT`]. `None` when `url` is not a SQLite
-    /// file.
+    /// actor) but for the busy timeout, [`BUSY_TIMEOUT`], and a 1 MiB page cache. `None` when
+    /// `url` is not a SQLite file.
     pub fn open(url: &str) -> Option<Result<SqliteWriter, rusqlite::Error>> {
         let path = sqlite_file(url)?;
         let open = || {
@@ -59,6 +60,9 @@ impl SqliteWriter {
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "wal_autocheckpoint", 0)?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
+            // Enough for the pages writes touch (the tables' and indexes' insertion points);
+            // SQLite's default is 2 MiB per connection.
+            conn.pragma_update(None, "cache_size", -1024)?;
             conn.set_prepared_statement_cache_capacity(32);
             Ok(SqliteWriter { conn })
         };
@@ -120,6 +124,30 @@ impl SqliteWriter {
         }
         txn.commit().map_err(declined)?;
         Ok(inserted as u64)
+    }
+}
+
+impl SqliteWriter {
+    /// Inserts or replaces connected sessions (distinct pid hashes) in one statement, as
+    /// [`super::write_sessions`] does. `Err` says why not (nothing was written).
+    pub fn save_sessions(
+        &mut self,
+        saves: &[(&str, &str, &str)],
+        now_ms: i64,
+    ) -> Result<(), FastWrite> {
+        if saves.is_empty() {
+            return Ok(());
+        }
+        let sql = save_sessions_sql(sea_orm::DbBackend::Sqlite, saves.len());
+        let values = save_sessions_values(saves, now_ms)
+            .into_iter()
+            .map(to_sql_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.execute(params_from_iter(values)))
+            .map_err(|e| FastWrite::Declined(e.to_string()))?;
+        Ok(())
     }
 }
 
@@ -258,6 +286,64 @@ mod tests {
         assert_eq!(store::max_seq(&db, "r", "message").await.unwrap(), 23);
         assert_eq!(write(&job("owner-a", &later, &[])).unwrap(), 1);
         assert_eq!(store::max_seq(&db, "r", "message").await.unwrap(), 24);
+    }
+
+    #[tokio::test]
+    async fn saves_sessions_and_leaves_other_changes_to_the_general_path() {
+        use store::SessionWrite;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.db");
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let db = store::connect(&url).await.unwrap();
+        let mut writer = SqliteWriter::open(&url).unwrap().unwrap();
+        let save = |pid: &str, state: &str| SessionWrite::Save {
+            pid_hash: pid.into(),
+            user_id: format!("user-{pid}"),
+            state: state.into(),
+        };
+        let saves = [save("a", r#"{"rooms":["r1"]}"#), save("b", "{}")];
+        store::write_sessions_via(Some(&mut writer), &db, &saves, 1_000)
+            .await
+            .unwrap();
+        let a = store::load_session(&db, "a").await.unwrap();
+        assert_eq!(
+            a,
+            Some(("user-a".into(), r#"{"rooms":["r1"]}"#.into(), None))
+        );
+        // A later save replaces the state; while another connection holds the write lock the
+        // writer declines (nothing written) and the general path waits its turn.
+        let locker = rusqlite::Connection::open(&file).unwrap();
+        locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let later = [save("a", r#"{"rooms":[]}"#)];
+        assert!(writer
+            .save_sessions(&[("a", "user-a", "{}")], 2_000)
+            .is_err());
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            locker.execute_batch("COMMIT").unwrap();
+        });
+        store::write_sessions_via(Some(&mut writer), &db, &later, 2_000)
+            .await
+            .unwrap();
+        release.join().unwrap();
+        let a = store::load_session(&db, "a").await.unwrap();
+        assert_eq!(a, Some(("user-a".into(), r#"{"rooms":[]}"#.into(), None)));
+        // Other changes are not one statement: the general path applies them, in order.
+        let changes = [
+            SessionWrite::Disconnected {
+                pid_hash: "a".into(),
+                at_ms: 3_000,
+            },
+            SessionWrite::Delete {
+                pid_hash: "b".into(),
+            },
+        ];
+        store::write_sessions_via(Some(&mut writer), &db, &changes, 3_000)
+            .await
+            .unwrap();
+        let a = store::load_session(&db, "a").await.unwrap();
+        assert_eq!(a.and_then(|a| a.2), Some(3_000));
+        assert_eq!(store::load_session(&db, "b").await.unwrap(), None);
     }
 
     #[test]
