@@ -2,7 +2,6 @@
 
 use clap::{Parser, Subcommand};
 use dialogue::config::{self, Settings};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -84,7 +83,7 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     let server = &settings.config.server;
-    let listener = match TcpListener::bind((server.host.as_str(), server.port)) {
+    let listener = match dialogue::server::listen(&server.host, server.port) {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!("cannot listen on {}:{}: {e}", server.host, server.port);

@@ -26,6 +26,33 @@ fn threads(configured: usize) -> usize {
     }
 }
 
+/// Connections the kernel queues before the server accepts them (capped by
+/// `net.core.somaxconn`). std's `TcpListener::bind` asks for 128: a reconnect storm of more
+/// than that at once (clients coming back after a restart) would wait for SYN retries, a
+/// second or more.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds `host:port` (the first address that binds) with [`LISTEN_BACKLOG`].
+pub fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        let bound = (|| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(LISTEN_BACKLOG)?;
+            Ok::<TcpListener, std::io::Error>(socket.into())
+        })();
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{host} has no address"))))
+}
+
 /// Runs the service on `listener` with the built-in hooks (the configured auth mode and access
 /// rules) until SIGINT/SIGTERM. Call inside an actix `System`.
 pub async fn run(settings: Settings, listener: TcpListener) -> std::io::Result<()> {
@@ -317,5 +344,30 @@ fn redact(url: &str) -> String {
             format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    /// A burst of connections beyond std's backlog of 128 completes its handshakes before
+    /// the server accepts any of them (with 128, the rest wait for SYN retries).
+    #[test]
+    fn the_listener_queues_a_burst_of_connections() {
+        let listener = listen("127.0.0.1", 0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let burst: Vec<TcpStream> = (0..600)
+            .map(|i| {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connection {i} of the burst: {e}"))
+            })
+            .collect();
+        assert_eq!(burst.len(), 600);
+        // And they are all there to accept.
+        listener.set_nonblocking(true).unwrap();
+        let accepted = std::iter::from_fn(|| listener.accept().ok()).count();
+        assert_eq!(accepted, 600);
     }
 }
