@@ -167,6 +167,10 @@ def figures(settings):
              "median"),
             (f"{soak}: floor RSS growth, first to last sample", b + "-floor",
              field("rss_growth_pct"), "%", None, "—", "median"),
+            (f"{soak}: server RSS growth over the second half (windows full)", b,
+             field("rss_second_half_growth_pct"), "%", None, "—", "median"),
+            (f"{soak}: floor RSS growth over the second half", b + "-floor",
+             field("rss_second_half_growth_pct"), "%", None, "—", "median"),
         ]
     f += [
         (f"Restart (SIGTERM, start again): messages lost of {int(settings['RESTART_MESSAGES']):,} "

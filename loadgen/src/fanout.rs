@@ -507,6 +507,11 @@ pub async fn run(o: Options) -> Result<Value, String> {
         result["rss_last_kib"] = json!(last);
         result["rss_max_kib"] = json!(max);
         result["rss_growth_pct"] = json!((last as f64 - first as f64) * 100.0 / first as f64);
+        // Over the second half only: what still grows once bounded caches (a room's window
+        // of recent events) have filled.
+        let mid = samples[samples.len() / 2];
+        result["rss_second_half_growth_pct"] =
+            json!((last as f64 - mid as f64) * 100.0 / mid as f64);
         result["rss_samples"] = json!(samples.len());
     }
     let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
@@ -529,12 +534,13 @@ pub async fn run(o: Options) -> Result<Value, String> {
     }
     if result.get("rss_first_kib").is_some() {
         eprintln!(
-            "{}: server RSS first {} KiB, last {} KiB, max {} KiB ({:+.1} %)",
+            "{}: server RSS first {} KiB, last {} KiB, max {} KiB ({:+.1} %; {:+.1} % over the second half)",
             o.scenario,
             result["rss_first_kib"],
             result["rss_last_kib"],
             result["rss_max_kib"],
-            f("rss_growth_pct")
+            f("rss_growth_pct"),
+            f("rss_second_half_growth_pct")
         );
     }
     Ok(result)
