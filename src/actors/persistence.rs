@@ -3,7 +3,8 @@
 //! reads that reach past a room's in-memory window.
 //!
 //! Batches wait in memory until written and are served to readers meanwhile. Writes coalesce
-//! whatever is waiting into one transaction (group commit); every batch is answered with
+//! whatever is waiting into one transaction (group commit), on SQLite through a connection of
+//! the actor's own first ([`SqliteWriter`]); every batch is answered with
 //! [`Committed`] once it is in. Each write checks the lease of every room in it: a room taken
 //! over by another owner is refused for good (fencing). A transient failure is retried with
 //! backoff; after repeated failures the actor stops and its `Supervisor` restarts it with a
