@@ -517,7 +517,17 @@ impl Persistence {
                 .map(move |result, act, _| {
                     act.checkpointing = false;
                     match result {
-                        Ok(_) => act.checkpointed_at = written,
+                        Ok(frames) => {
+                            act.checkpointed_at = written;
+                            // Writes never paused long enough for the log to start over.
+                            if frames >= store::RESTART_FRAMES {
+                                if let Some(mut writer) =
+                                    act.writer.as_ref().and_then(|w| w.lock().ok())
+                                {
+                                    writer.restart_log_before_next_write();
+                                }
+                            }
+                        }
                         Err(e) => log::debug!("checkpoint failed: {e}"),
                     }
                 }),

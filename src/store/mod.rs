@@ -14,7 +14,7 @@ use sea_orm::{
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, StreamTrait, TransactionTrait,
 };
 use sqlite::FastWrite;
-pub use sqlite::SqliteWriter;
+pub use sqlite::{SqliteWriter, RESTART_FRAMES};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
