@@ -627,22 +627,28 @@ FROM jsonb_array_elements($1::jsonb) AS e
         return Ok(db.execute_raw(stmt).await?.rows_affected());
     }
 
+    let mut events = sqlite_rows(batches);
+    let mut inserted = 0;
+    for size in sqlite_statement_sizes(count) {
+        let values: Vec<sea_orm::Value> = events.by_ref().take(size).flatten().collect();
+        let stmt = Statement::from_sql_and_values(DbBackend::Sqlite, sqlite_insert(size), values);
+        inserted += db.execute_raw(stmt).await?.rows_affected();
+    }
+    Ok(inserted)
+}
+
+/// How `rows` rows split into SQLite INSERTs: the largest of [`SQLITE_STATEMENT_SIZES`]
+/// first, so every statement text is one of a few.
+fn sqlite_statement_sizes(rows: usize) -> Vec<usize> {
     let mut sizes = Vec::new();
-    let mut left = count;
+    let mut left = rows;
     for size in SQLITE_STATEMENT_SIZES {
         while left >= size {
             sizes.push(size);
             left -= size;
         }
     }
-    let mut events = sqlite_rows(batches);
-    let mut inserted = 0;
-    for size in sizes {
-        let values: Vec<sea_orm::Value> = events.by_ref().take(size).flatten().collect();
-        let stmt = Statement::from_sql_and_values(DbBackend::Sqlite, sqlite_insert(size), values);
-        inserted += db.execute_raw(stmt).await?.rows_affected();
-    }
-    Ok(inserted)
+    sizes
 }
 
 /// The values of the batches' rows for [`sqlite_insert`], eight per row, oldest first.

@@ -11,7 +11,7 @@
 
 use super::{raise_counter_sql, renew_sql, sqlite_insert, sqlite_rows, WriteJob};
 use super::{save_sessions_sql, save_sessions_values};
-use super::{BatchRef, SQLITE_STATEMENT_SIZES};
+use super::{sqlite_statement_sizes, BatchRef};
 use rusqlite::{params_from_iter, Connection, OpenFlags, TransactionBehavior};
 use std::time::Duration;
 
@@ -110,18 +110,14 @@ impl SqliteWriter {
         let batches: Vec<&BatchRef<'_>> = jobs.iter().flat_map(|j| j.streams.iter()).collect();
         let total: usize = batches.iter().map(|b| b.events.len()).sum();
         let mut rows = sqlite_rows(&batches);
-        let mut left = total;
         let mut inserted = 0;
-        for size in SQLITE_STATEMENT_SIZES {
-            while left >= size {
-                let values = rows.by_ref().take(size).flatten().map(to_sql_value);
-                let values = values.collect::<Result<Vec<_>, _>>()?;
-                inserted += txn
-                    .prepare_cached(sqlite_insert(size))
-                    .and_then(|mut s| s.execute(params_from_iter(values)))
-                    .map_err(declined)?;
-                left -= size;
-            }
+        for size in sqlite_statement_sizes(total) {
+            let values = rows.by_ref().take(size).flatten().map(to_sql_value);
+            let values = values.collect::<Result<Vec<_>, _>>()?;
+            inserted += txn
+                .prepare_cached(sqlite_insert(size))
+                .and_then(|mut s| s.execute(params_from_iter(values)))
+                .map_err(declined)?;
         }
         if inserted < total {
             return Err(FastWrite::Declined(format!(
@@ -213,6 +209,7 @@ mod tests {
     use crate::actors::messages::{CounterMark, StoredEvent};
     use crate::history::PageBudget;
     use crate::store::{self, WriteError};
+    use sea_orm::DatabaseConnection;
     use std::sync::{Arc, Mutex};
 
     const LEASE_MS: i64 = 600_000;
@@ -252,12 +249,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn writes_under_the_lease_and_leaves_the_rest_to_the_general_path() {
+    /// A fresh, migrated database file in a temporary directory: (directory, file, URL, pool).
+    async fn fresh(
+        name: &str,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        String,
+        DatabaseConnection,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("w.db");
+        let file = dir.path().join(name);
         let url = format!("sqlite://{}?mode=rwc", file.display());
         let db = store::connect(&url).await.unwrap();
+        (dir, file, url, db)
+    }
+
+    #[tokio::test]
+    async fn writes_under_the_lease_and_leaves_the_rest_to_the_general_path() {
+        let (_dir, file, url, db) = fresh("w.db").await;
         store::claim_room(&db, "r", "owner-a", "node", 1, |_| true)
             .await
             .unwrap()
@@ -334,10 +344,7 @@ mod tests {
     #[tokio::test]
     async fn saves_sessions_and_leaves_other_changes_to_the_general_path() {
         use store::SessionWrite;
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("s.db");
-        let url = format!("sqlite://{}?mode=rwc", file.display());
-        let db = store::connect(&url).await.unwrap();
+        let (_dir, file, url, db) = fresh("s.db").await;
         let mut writer = SqliteWriter::open(&url).unwrap().unwrap();
         let save = |pid: &str, state: &str| SessionWrite::Save {
             pid_hash: pid.into(),
@@ -393,10 +400,7 @@ mod tests {
     /// actor's), do not grow the write-ahead log without end: asked, the writer starts it over.
     #[tokio::test]
     async fn the_log_starts_over_while_writes_keep_coming() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("wal.db");
-        let url = format!("sqlite://{}?mode=rwc", file.display());
-        let db = store::connect(&url).await.unwrap();
+        let (_dir, file, url, db) = fresh("wal.db").await;
         store::claim_room(&db, "r", "owner-a", "node", LEASE_MS, |_| true)
             .await
             .unwrap()
