@@ -161,6 +161,14 @@ def figures(settings):
              ("<=", 1, "≤ 1"), "—", "median"),
             (f"{soak}: server CPU per delivery ÷ floor (same run)", b + "-vs-floor",
              field("cpu"), "×", None, "—", "median"),
+            (f"{soak}: deliveries slower than 5 ms", b, field("slow_pct"), "%", None, "—",
+             "median"),
+            (f"{soak}: floor deliveries slower than 5 ms", b + "-floor", field("slow_pct"),
+             "%", None, "—", "median"),
+            (f"{soak}: 100 ms slots (by send time) with a delivery slower than 5 ms", b,
+             field("slow_slots"), "", None, "—", "median"),
+            (f"{soak}: floor 100 ms slots with a delivery slower than 5 ms", b + "-floor",
+             field("slow_slots"), "", None, "—", "median"),
             (f"{soak}: server RSS growth, first to last sample (flat = within 10 %)", b,
              field("rss_growth_pct"), "%", ("<=", 10, "flat (≤ 10 %)"), "—", "median"),
             (f"{soak}: server RSS, last sample", b, field("rss_last_kib"), "KiB", None, "—",
@@ -440,7 +448,9 @@ def main():
             "- **soak**: `SOAK_CONNECTIONS` connections over `SOAK_ROOMS` rooms (one sender per "
             "room, the rest subscribers), at each of `SOAK_RATES` msg/s in all for `SOAK_SECONDS`; "
             "RSS sampled every 5 s from the start of sending; the product and the floor "
-            "alternating, ratios run by run.",
+            "alternating, ratios run by run. *Slots*: the run cut into 100 ms by send time; "
+            "slow deliveries bunched into few slots are stalls of the whole machine (they hit the "
+            "floor too), not a steady tail (`dialogue-load latency --timeline FILE` writes them).",
             "- **jitter**: `JITTER_RECEIVERS` clients in 10 rooms, each cutting its own connection "
             "(no close handshake) after a random 1–5 s and connecting again 1 s later with "
             "`dialogue:join {since}`; 4 senders trigger `JITTER_RATE` msg/s in all for "

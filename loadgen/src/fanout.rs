@@ -6,7 +6,7 @@
 
 use crate::client::Client;
 use crate::server::{cpu_seconds, RssSampler};
-use crate::stats::{Histogram, SeenSeqs};
+use crate::stats::{Histogram, SeenSeqs, Timeline};
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +43,15 @@ pub struct Options {
     pub api_key: Option<String>,
     /// Sample the server's RSS this often during the run.
     pub rss_every: Option<Duration>,
+    /// Keep a [`Timeline`] of the deliveries (fixed-rate runs).
+    pub timeline: Option<TimelineOptions>,
+}
+
+/// A run's [`Timeline`]: its slots, what counts as slow, and where to write it (if anywhere).
+pub struct TimelineOptions {
+    pub file: Option<std::path::PathBuf>,
+    pub slot_us: u64,
+    pub slow_us: u64,
 }
 
 fn now_us() -> u64 {
@@ -182,6 +191,7 @@ async fn receive(
     room: usize,
     hist: &Histogram,
     side: Option<Arc<Histogram>>,
+    timeline: Option<Arc<Timeline>>,
 ) -> Received {
     let marker = format!("[\"dialogue:event\",{{\"event\":{}", json!(event));
     // `sentAt` is in the data, near the start; `seq` is the EventMessage's last field.
@@ -222,6 +232,9 @@ async fn receive(
         hist.record(latency);
         if let Some(side) = &side {
             side.record(latency);
+        }
+        if let Some(t) = &timeline {
+            t.record(sent, latency);
         }
     }
     Received {
@@ -380,6 +393,10 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let cpu_before = cpu_of(&o.server_pid);
     let own_cpu_before = cpu_seconds(std::process::id());
     let start = Instant::now();
+    let timeline = o.timeline.as_ref().map(|t| {
+        let seconds = o.messages as f64 / o.rate.max(1) as f64;
+        Arc::new(Timeline::new(now_us(), seconds + 1.0, t.slot_us, t.slow_us))
+    });
 
     let receivers: Vec<_> = subs
         .into_iter()
@@ -393,7 +410,10 @@ pub async fn run(o: Options) -> Result<Value, String> {
                     remote.clone()
                 }
             });
-            tokio::spawn(async move { receive(c, &event, &expected, room, &hist, side).await })
+            let timeline = timeline.clone();
+            tokio::spawn(
+                async move { receive(c, &event, &expected, room, &hist, side, timeline).await },
+            )
         })
         .collect();
 
@@ -453,6 +473,9 @@ pub async fn run(o: Options) -> Result<Value, String> {
     for c in clients {
         c.close();
     }
+    if let (Some(path), Some(t)) = (o.timeline.as_ref().and_then(|t| t.file.as_ref()), &timeline) {
+        std::fs::write(path, t.to_tsv()).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     for (_, s) in &senders {
         s.close();
     }
@@ -499,6 +522,15 @@ pub async fn run(o: Options) -> Result<Value, String> {
             result["other_node_p50_ms"],
             result["other_node_p99_ms"]
         );
+    }
+    if let (Some(t), Some(opts)) = (&timeline, &o.timeline) {
+        // How much of the tail is slow deliveries, and how bunched up they are in time.
+        let s = t.summary();
+        result["slow_ms"] = json!(opts.slow_us as f64 / 1000.0);
+        result["slow_pct"] = json!(s.slow as f64 * 100.0 / s.deliveries.max(1) as f64);
+        result["timeline_slot_ms"] = json!(opts.slot_us / 1000);
+        result["slow_slots"] = json!(s.slow_slots);
+        result["slots"] = json!(s.slots);
     }
     if let Some(samples) = rss.filter(|s| !s.is_empty()) {
         let (first, last) = (samples[0], samples[samples.len() - 1]);

@@ -91,6 +91,16 @@ enum Scenario {
         /// Seconds between RSS samples (0 = none).
         #[arg(long, default_value_t = 5.0)]
         rss_every: f64,
+        /// Deliveries slower than this are counted (`slow_pct`, and per slot in the timeline).
+        #[arg(long, default_value_t = 5.0)]
+        slow_ms: f64,
+        /// The timeline's slots: `slow_slots` counts those with a slow delivery.
+        #[arg(long, default_value_t = 100)]
+        timeline_slot_ms: u64,
+        /// Write the timeline (per slot of send time: deliveries, slow ones, max) to this
+        /// file, tab-separated: when the tail happened.
+        #[arg(long)]
+        timeline: Option<std::path::PathBuf>,
     },
     /// A cluster's failover: a sender on one node triggers at a fixed rate into a room owned
     /// by another node, which is killed (SIGKILL); the time to the first trigger accepted
@@ -318,6 +328,7 @@ impl Setup {
             server_pid: self.server_pid,
             api_key: self.api_key,
             rss_every: None,
+            timeline: None,
         }
     }
 }
@@ -595,11 +606,19 @@ async fn main() -> std::process::ExitCode {
             rate,
             seconds,
             rss_every,
+            timeline,
+            slow_ms,
+            timeline_slot_ms,
         } => {
             fanout::run(fanout::Options {
                 messages: (rate as f64 * seconds).round() as u64,
                 rate: rate.max(1),
                 rss_every: (rss_every > 0.0).then(|| Duration::from_secs_f64(rss_every)),
+                timeline: Some(fanout::TimelineOptions {
+                    file: timeline,
+                    slot_us: timeline_slot_ms.max(1) * 1000,
+                    slow_us: (slow_ms * 1000.0) as u64,
+                }),
                 ..setup.options("latency")
             })
             .await

@@ -1,6 +1,7 @@
 //! Summaries of many samples without keeping them: a log-linear latency histogram shared by
 //! every receiving task (a soak records tens of millions of deliveries), and the nearest-rank
-//! percentile of a sorted slice for small sample sets.
+//! percentile of a sorted slice for small sample sets; and a timeline of deliveries by send
+//! time, which shows when a run's tail happened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -124,6 +125,75 @@ impl SeenSeqs {
     }
 }
 
+/// Deliveries by the time their message was sent, in slots of `slot_us`: how many, how many
+/// took longer than `slow_us`, and the slowest. Shows whether a run's tail comes in bursts
+/// (and when) or is spread over the run.
+pub struct Timeline {
+    start_us: u64,
+    slot_us: u64,
+    slow_us: u64,
+    /// Per slot: deliveries, slow deliveries, the largest latency.
+    slots: Box<[[AtomicU64; 3]]>,
+}
+
+/// A [`Timeline`]'s totals.
+#[derive(Debug, Default, PartialEq)]
+pub struct TimelineSummary {
+    pub deliveries: u64,
+    pub slow: u64,
+    /// Slots with a delivery.
+    pub slots: u64,
+    /// Slots with a slow delivery.
+    pub slow_slots: u64,
+}
+
+impl Timeline {
+    /// Slots from `start_us` (wall clock, µs) for `seconds`; later sends fall in the last.
+    pub fn new(start_us: u64, seconds: f64, slot_us: u64, slow_us: u64) -> Self {
+        let n = (seconds * 1e6 / slot_us as f64).ceil() as usize + 1;
+        Timeline {
+            start_us,
+            slot_us,
+            slow_us,
+            slots: (0..n).map(|_| Default::default()).collect(),
+        }
+    }
+
+    pub fn record(&self, sent_us: u64, latency_us: u64) {
+        let i = (sent_us.saturating_sub(self.start_us) / self.slot_us) as usize;
+        let slot = &self.slots[i.min(self.slots.len() - 1)];
+        slot[0].fetch_add(1, Ordering::Relaxed);
+        if latency_us > self.slow_us {
+            slot[1].fetch_add(1, Ordering::Relaxed);
+        }
+        slot[2].fetch_max(latency_us, Ordering::Relaxed);
+    }
+
+    /// Totals over the run.
+    pub fn summary(&self) -> TimelineSummary {
+        let mut sum = TimelineSummary::default();
+        for s in self.slots.iter() {
+            let [n, slow] = [&s[0], &s[1]].map(|a| a.load(Ordering::Relaxed));
+            sum.deliveries += n;
+            sum.slow += slow;
+            sum.slots += u64::from(n > 0);
+            sum.slow_slots += u64::from(slow > 0);
+        }
+        sum
+    }
+
+    /// Tab-separated lines: slot start (wall clock, ms), deliveries, slow ones, max (µs).
+    pub fn to_tsv(&self) -> String {
+        let mut out = format!("start_ms\tdeliveries\tover_{}us\tmax_us\n", self.slow_us);
+        for (i, s) in self.slots.iter().enumerate() {
+            let [n, slow, max] = s.each_ref().map(|a| a.load(Ordering::Relaxed));
+            let at = (self.start_us + i as u64 * self.slot_us) / 1000;
+            out.push_str(&format!("{at}\t{n}\t{slow}\t{max}\n"));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +234,30 @@ mod tests {
         assert!(!s.insert(300));
         assert!(s.insert(5));
         assert!(!s.insert(5));
+    }
+
+    #[test]
+    fn a_timeline_puts_deliveries_in_the_slot_of_their_send() {
+        let t = Timeline::new(1_000_000, 0.3, 100_000, 5_000);
+        t.record(1_000_000, 1_000); // slot 0, fast
+        t.record(1_099_999, 7_000); // slot 0, slow
+        t.record(1_150_000, 5_000); // slot 1, not over 5 ms
+        t.record(9_000_000, 40_000); // after the run: the last slot
+        t.record(500_000, 2_000); // before the start: slot 0
+        let tsv = t.to_tsv();
+        let lines: Vec<&str> = tsv.lines().collect();
+        assert_eq!(lines[0], "start_ms\tdeliveries\tover_5000us\tmax_us");
+        assert_eq!(lines[1], "1000\t3\t1\t7000");
+        assert_eq!(lines[2], "1100\t1\t0\t5000");
+        assert_eq!(lines[3], "1200\t0\t0\t0");
+        assert_eq!(lines.last(), Some(&"1300\t1\t1\t40000"));
+        assert_eq!(lines.len(), 1 + 4); // 3 slots of the run and one for later sends
+        let summary = TimelineSummary {
+            deliveries: 5,
+            slow: 2,
+            slots: 3,
+            slow_slots: 2,
+        };
+        assert_eq!(t.summary(), summary);
     }
 }

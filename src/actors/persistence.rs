@@ -511,6 +511,7 @@ impl Persistence {
         }
         let Some(db) = self.db.clone() else { return };
         self.checkpointing = true;
+        let started = Instant::now();
         ctx.spawn(
             async move { store::checkpoint(&db).await }
                 .into_actor(self)
@@ -518,6 +519,10 @@ impl Persistence {
                     act.checkpointing = false;
                     match result {
                         Ok(frames) => {
+                            log::debug!(
+                                "checkpoint: log of {frames} frames, {:?}",
+                                started.elapsed()
+                            );
                             act.checkpointed_at = written;
                             // Writes never paused long enough for the log to start over.
                             if frames >= store::RESTART_FRAMES {

@@ -156,11 +156,13 @@ impl SqliteWriter {
             return;
         }
         // Busy while a background checkpoint runs: the actor asks again after it.
-        if let Err(e) = self
+        let started = std::time::Instant::now();
+        match self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
         {
-            log::debug!("checkpoint before a write: {e}");
+            Ok(()) => log::debug!("checkpoint before a write: {:?}", started.elapsed()),
+            Err(e) => log::debug!("checkpoint before a write: {e}"),
         }
     }
 }
