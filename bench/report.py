@@ -19,7 +19,8 @@ DEFAULTS = {
     "IDLE_MAX_CONNECTIONS": "19000",
     "WEB_CONNECTIONS": "1000", "WEB_REQUESTS": "500", "JITTER_RECEIVERS": "1000", "JITTER_RATE": "100", "JITTER_SECONDS": "60",
     "STORM_RECEIVERS": "10000", "CLUSTER_ROOMS": "1000", "CLUSTER_MEMBERS": "10",
-    "CLUSTER_MESSAGES": "20000", "CLUSTER_RATE": "1000",
+    "CLUSTER_MESSAGES": "20000", "CLUSTER_RATE": "1000", "CROWD_NODES": "6",
+    "CROWD_CONNECTIONS": "17000",
 }
 
 
@@ -262,6 +263,16 @@ def figures(settings):
          lambda r: (r.get("lost") or 0) + (r.get("history_gaps") or 0)
          + (r.get("not_received_on_third_node") or 0), "", ("==", 0, "0"), "—", "all"),
     ]
+    nodes, per_node = int(settings["CROWD_NODES"]), int(settings["CROWD_CONNECTIONS"])
+    crowd = f"Crowd ({nodes} nodes of a cluster on this machine, {per_node:,} idle connections each)"
+    f += [
+        (f"{crowd}: idle joined connections held at once (the nodes' gauges, summed)", "crowd",
+         field("held_at_once"), "", (">=", 100000, "≥ 100,000"), "—", "median"),
+        (f"{crowd}: connections still open after 20 s held", "crowd", field("still_open"), "",
+         None, "—", "median"),
+        (f"{crowd}: server memory per idle joined connection", "crowd",
+         field("kib_per_connection"), "KiB", ("<=", 8, "≤ 8 KB"), "—", "median"),
+    ]
     return f
 
 
@@ -365,11 +376,11 @@ def main():
         return [r for r in rows if r["bench"] == bench]
 
     out = ["# Benchmarks", ""]
-    if reduced or a.scenarios.split() != "fanout latency idle web persist history scan restart soak jitter storm cluster".split():
+    if reduced or a.scenarios.split() != "fanout latency idle web persist history scan restart soak jitter storm cluster crowd".split():
         out += ["> **Smoke run, not the reference figures**: "
                 + (f"reduced settings ({', '.join(f'{k}={v}' for k, v in sorted(reduced.items()))})"
                    if reduced else "default settings")
-                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle web persist history scan restart soak jitter storm cluster".split() else "")
+                + (f"; scenarios: {a.scenarios}" if a.scenarios.split() != "fanout latency idle web persist history scan restart soak jitter storm cluster crowd".split() else "")
                 + ". Run `bench/run` with no overrides for figures to judge the targets by.", ""]
     out += [
         f"Measured {a.started} on commit `{a.commit}` by `bench/run`.",
@@ -459,6 +470,12 @@ def main():
             "does with connection-state recovery: the CONNECT carries the session's `pid` and "
             "the last event's offset, and nothing is joined again (a reconnect that is not "
             "recovered falls back to `since`, and is counted).",
+            "- **crowd**: `CROWD_NODES` nodes of one cluster (PostgreSQL, Redis) on this "
+            "machine, node k on core k mod 2, each with a load generator of its own (one process "
+            "may hold 20,000 open files here) opening `CROWD_CONNECTIONS` connections from 8 "
+            "source addresses, joined over the `SOAK_ROOMS` rooms, and holding them 20 s after "
+            "its memory reading; the nodes' `dialogue_connections` gauges, summed every second, "
+            "give the most held at once; memory is the nodes' RSS growth over the connections.",
             "- **cluster**: on PostgreSQL. `CLUSTER_ROOMS` rooms with `CLUSTER_MEMBERS` "
             "subscribers and one sender each (11,000 connections), spread over the nodes (a "
             "room's members alternate between them); the senders trigger `CLUSTER_MESSAGES` "

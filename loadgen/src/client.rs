@@ -186,6 +186,11 @@ impl Client {
                     _ => {}
                 }
             }
+            // The connection ended: requests still waiting for their ack fail now instead of
+            // waiting for ever.
+            if let Ok(mut m) = reader_pending.lock() {
+                m.clear();
+            }
         });
         let answer: Value = ready_rx
             .await
@@ -234,6 +239,11 @@ impl Client {
         self.events.as_mut()?.try_recv().ok()
     }
 
+    /// The connection is still open (its reader has not seen it end).
+    pub fn is_open(&self) -> bool {
+        self.tasks.iter().all(|t| !t.is_finished())
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         let _ = self.out.send(Message::Close(None));
@@ -245,5 +255,45 @@ impl Client {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that completes the Engine.IO and Socket.IO handshakes, then drops the
+    /// connection on the first message it gets.
+    async fn hang_up_after_connect() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let open = r#"0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+            ws.send(Message::text(open)).await.unwrap();
+            let _connect = ws.next().await;
+            ws.send(Message::text(r#"40{"sid":"x"}"#)).await.unwrap();
+            let _request = ws.next().await;
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_request_fails_once_the_connection_ends() {
+        let url = hang_up_after_connect().await;
+        let client = Client::connect(&url, "u", false).await.unwrap();
+        let join = serde_json::json!({ "roomId": "r" });
+        let asked = client.request("dialogue:join", &join);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), asked).await;
+        assert_eq!(answer, Ok(Err("connection closed".to_owned())));
+        // The reader task ends just after it failed the request.
+        for _ in 0..100 {
+            if !client.is_open() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the client still counts as open");
     }
 }

@@ -16,6 +16,9 @@ pub struct Options {
     pub server_pid: u32,
     /// Pause before each memory reading.
     pub settle: Duration,
+    /// Keep the connections open this long after the reading (several load generators, one
+    /// per server process, hold theirs at the same time), then count those still open.
+    pub hold: Duration,
 }
 
 pub async fn run(o: Options) -> Result<Value, String> {
@@ -45,6 +48,8 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let opened = clients.len();
     tokio::time::sleep(o.settle).await;
     let after = rss()?;
+    tokio::time::sleep(o.hold).await;
+    let still_open = clients.iter().filter(|c| c.is_open()).count();
     for c in &clients {
         c.close();
     }
@@ -74,5 +79,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
         "rss_after_kib": after,
         "bytes_per_connection": bytes.round(),
         "kib_per_connection": bytes / 1024.0,
+        "held_seconds": o.hold.as_secs_f64(),
+        "still_open": still_open,
     }))
 }

@@ -146,6 +146,10 @@ enum Scenario {
         /// has about 28,000 ephemeral ports).
         #[arg(long, default_value_t = 1)]
         source_ips: u64,
+        /// Seconds to keep the connections open after the memory reading (then `still_open`
+        /// counts those the server kept).
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
     },
     /// The web pages: the chat page's first load (gzipped bytes), and the time of `GET /` and
     /// `GET /api/stats` (the dashboard's data) with K connections joined over the rooms.
@@ -630,6 +634,7 @@ async fn main() -> std::process::ExitCode {
             server_pid,
             settle_ms,
             source_ips,
+            hold,
         } => {
             client::spread_source_ips(source_ips);
             idle::run(idle::Options {
@@ -639,6 +644,7 @@ async fn main() -> std::process::ExitCode {
                 concurrency,
                 server_pid,
                 settle: Duration::from_millis(settle_ms),
+                hold: Duration::from_secs_f64(hold.max(0.0)),
             })
             .await
         }
