@@ -519,10 +519,12 @@ impl Persistence {
                     act.checkpointing = false;
                     match result {
                         Ok(frames) => {
-                            log::debug!(
-                                "checkpoint: log of {frames} frames, {:?}",
-                                started.elapsed()
-                            );
+                            if frames > 0 {
+                                log::debug!(
+                                    "checkpoint: log of {frames} frames, {:?}",
+                                    started.elapsed()
+                                );
+                            }
                             act.checkpointed_at = written;
                             // Writes never paused long enough for the log to start over.
                             if frames >= store::RESTART_FRAMES {
