@@ -2,17 +2,19 @@
 //! dialogue crate's packet codec: connect with an auth payload, emit with acks, receive events.
 
 use dialogue::protocol::socketio::{self, SioKind};
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Bytes read from the socket at a time; larger messages still arrive whole.
-const READ_BUFFER: usize = 8 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
 
 /// Source addresses connections are spread over: 127.0.0.1 … 127.0.0.N (`--source-ips`), so
 /// more connections than one address has ephemeral ports (about 28,000) can be opened to one
@@ -70,15 +72,74 @@ async fn open_ws(
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
+/// Messages the client queues for its connection's task. Lighter than a channel: the task
+/// looks at it after every frame it reads, and one flag and waker sit on one cache line.
+#[derive(Default)]
+struct Outbox {
+    /// `queue` has messages.
+    queued: AtomicBool,
+    /// The connection has ended: nothing queued will be sent.
+    closed: AtomicBool,
+    waker: AtomicWaker,
+    queue: Mutex<Vec<Message>>,
+}
+
+impl Outbox {
+    /// Queues `msg` for the task; `false` once the connection has ended.
+    fn push(&self, msg: Message) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        if let Ok(mut q) = self.queue.lock() {
+            q.push(msg);
+        }
+        self.queued.store(true, Ordering::Release);
+        self.waker.wake();
+        true
+    }
+
+    /// The queued messages, if any; otherwise wakes the task when some come.
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<Message>> {
+        self.waker.register(cx.waker());
+        if !self.queued.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        Poll::Ready(
+            self.queue
+                .lock()
+                .map(|mut q| std::mem::take(&mut *q))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// What the connection's task does next.
+enum Next {
+    Read(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Write(Vec<Message>),
+}
+
+/// What a client does with the application events it receives.
+pub enum OnEvent {
+    /// Drops them.
+    Ignore,
+    /// Queues them for [`Client::next_event`].
+    Collect,
+    /// Hands each to a function on the connection's own task, as it is read: no queue and no
+    /// second task to wake (the latency scenarios' subscribers, the load generator's hottest
+    /// path).
+    Handle(Box<dyn FnMut(Event) + Send>),
+}
+
 /// One connected client.
 pub struct Client {
-    out: mpsc::UnboundedSender<Message>,
+    out: Arc<Outbox>,
     pending: Pending,
     next_id: AtomicU64,
     /// Received application events, when collected.
     events: Option<mpsc::UnboundedReceiver<Event>>,
-    /// The writer and reader tasks (aborted by [`Client::cut`]).
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The task that reads and writes the connection (aborted by [`Client::cut`]).
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// A received Socket.IO event frame, kept as the WebSocket message's own buffer (no copy).
@@ -104,55 +165,88 @@ pub fn ws_url(url: &str) -> String {
 }
 
 impl Client {
-    /// Connects, completes the Socket.IO CONNECT with `{userId}`, and starts the I/O tasks.
+    /// Connects, completes the Socket.IO CONNECT with `{userId}`, and starts the I/O task.
     /// With `collect_events`, received events are queued on [`Client::events`].
     pub async fn connect(url: &str, user_id: &str, collect_events: bool) -> Result<Client, String> {
-        let auth = serde_json::json!({ "userId": user_id });
-        Ok(Self::connect_with(url, &auth, collect_events).await?.0)
+        let on_event = if collect_events {
+            OnEvent::Collect
+        } else {
+            OnEvent::Ignore
+        };
+        Self::connect_handling(url, user_id, on_event).await
     }
 
-    /// [`Client::connect`] with any CONNECT `auth` payload; also answers the server's CONNECT
-    /// answer (`{sid, pid?}`).
+    /// [`Client::connect`], doing `on_event` with received events.
+    pub async fn connect_handling(
+        url: &str,
+        user_id: &str,
+        on_event: OnEvent,
+    ) -> Result<Client, String> {
+        let auth = serde_json::json!({ "userId": user_id });
+        Ok(Self::connect_with(url, &auth, on_event).await?.0)
+    }
+
+    /// [`Client::connect_handling`] with any CONNECT `auth` payload; also answers the
+    /// server's CONNECT answer (`{sid, pid?}`).
     pub async fn connect_with(
         url: &str,
         auth: &Value,
-        collect_events: bool,
+        on_event: OnEvent,
     ) -> Result<(Client, Value), String> {
-        // A small read buffer (the default is 128 KiB): thousands of clients share one process.
+        // A small read buffer (the default is 128 KiB): thousands of clients share one process,
+        // and tungstenite zeroes this much before each read. Larger messages still arrive whole.
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let ws = open_ws(&ws_url(url), config).await?;
-        let (mut sink, mut stream) = ws.split();
+        let mut ws = open_ws(&ws_url(url), config).await?;
         // Engine.IO open packet.
-        match stream.next().await {
+        match ws.next().await {
             Some(Ok(Message::Text(t))) if t.starts_with('0') => {}
             other => return Err(format!("no open packet: {other:?}")),
         }
-        sink.send(Message::text(format!("40{auth}")))
+        ws.send(Message::text(format!("40{auth}")))
             .await
             .map_err(|e| e.to_string())?;
 
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let out = Arc::new(Outbox::default());
         let pending: Pending = Arc::default();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let collect = matches!(on_event, OnEvent::Collect);
+        let mut handler = match on_event {
+            OnEvent::Handle(f) => Some(f),
+            _ => None,
+        };
         let (ready_tx, ready_rx) = oneshot::channel();
 
-        let writer = tokio::spawn(async move {
-            while let Some(msg) = out_rx.recv().await {
-                if sink.send(msg).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let reader_pending = pending.clone();
-        let pong = out_tx.clone();
-        let reader = tokio::spawn(async move {
+        // One task reads and writes the whole (unsplit) stream: a received frame wakes one
+        // task and takes no lock. A dropped client's connection stays open (and answers
+        // pings) until the server closes it.
+        let (task_pending, task_out) = (pending.clone(), out.clone());
+        let task = tokio::spawn(async move {
             let mut ready = Some(ready_tx);
-            while let Some(Ok(msg)) = stream.next().await {
+            loop {
+                let next = std::future::poll_fn(|cx| match ws.poll_next_unpin(cx) {
+                    Poll::Ready(msg) => Poll::Ready(Next::Read(msg)),
+                    Poll::Pending => task_out.poll_take(cx).map(Next::Write),
+                })
+                .await;
+                let msg = match next {
+                    Next::Read(msg) => msg,
+                    Next::Write(msgs) => {
+                        let mut msgs = futures_util::stream::iter(msgs.into_iter().map(Ok));
+                        if ws.send_all(&mut msgs).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let Some(Ok(msg)) = msg else { break };
                 let Message::Text(frame) = msg else { continue };
                 let text = frame.as_str();
                 match text.as_bytes().first() {
                     Some(b'2') => {
-                        let _ = pong.send(Message::text("3"));
+                        let pong = ws.send(Message::text("3")).await;
+                        if pong.is_err() {
+                            break;
+                        }
                     }
                     Some(b'4') => {
                         // `text` is `4` (Engine.IO message) + a Socket.IO packet.
@@ -163,13 +257,15 @@ impl Client {
                                 let _ = tx.send(answer);
                             }
                         } else if data.starts_with('2') {
-                            if collect_events {
+                            if let Some(f) = handler.as_mut() {
+                                f(Event(frame));
+                            } else if collect {
                                 let _ = ev_tx.send(Event(frame));
                             }
                         } else if let Ok(p) = socketio::decode(data) {
                             if p.kind == SioKind::Ack {
                                 let tx = p.id.and_then(|id| {
-                                    reader_pending.lock().ok().and_then(|mut m| m.remove(&id))
+                                    task_pending.lock().ok().and_then(|mut m| m.remove(&id))
                                 });
                                 let value = match p.data {
                                     Some(Value::Array(mut items)) if !items.is_empty() => {
@@ -187,8 +283,9 @@ impl Client {
                 }
             }
             // The connection ended: requests still waiting for their ack fail now instead of
-            // waiting for ever.
-            if let Ok(mut m) = reader_pending.lock() {
+            // waiting for ever (and later ones at once).
+            task_out.closed.store(true, Ordering::Release);
+            if let Ok(mut m) = task_pending.lock() {
                 m.clear();
             }
         });
@@ -196,11 +293,11 @@ impl Client {
             .await
             .map_err(|_| "the server closed before CONNECT completed".to_owned())?;
         let client = Client {
-            out: out_tx,
+            out,
             pending,
             next_id: AtomicU64::new(1),
-            events: collect_events.then_some(ev_rx),
-            tasks: vec![writer, reader],
+            events: collect.then_some(ev_rx),
+            task,
         };
         Ok((client, answer))
     }
@@ -223,9 +320,9 @@ impl Client {
             m.insert(id, tx);
         }
         let frame = socketio::encode_event_with_ack(id, event, &payload.to_string());
-        self.out
-            .send(Message::text(frame))
-            .map_err(|_| "connection closed".to_owned())?;
+        if !self.out.push(Message::text(frame)) {
+            return Err("connection closed".to_owned());
+        }
         Ok(rx)
     }
 
@@ -234,27 +331,20 @@ impl Client {
         self.events.as_mut()?.recv().await
     }
 
-    /// An event already received, if any, without waiting.
-    pub fn try_next_event(&mut self) -> Option<Event> {
-        self.events.as_mut()?.try_recv().ok()
-    }
-
-    /// The connection is still open (its reader has not seen it end).
+    /// The connection is still open (its task has not seen it end).
     pub fn is_open(&self) -> bool {
-        self.tasks.iter().all(|t| !t.is_finished())
+        !self.task.is_finished()
     }
 
     /// Closes the connection.
     pub fn close(&self) {
-        let _ = self.out.send(Message::Close(None));
+        self.out.push(Message::Close(None));
     }
 
     /// Cuts the connection as a failing network would: the socket is dropped, with no
     /// WebSocket or Engine.IO close.
     pub fn cut(self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.task.abort();
     }
 }
 

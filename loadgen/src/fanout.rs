@@ -4,19 +4,19 @@
 //! lost and duplicated deliveries. The server's CPU time comes from /proc/PID/stat, its
 //! memory (optionally sampled through the run) from /proc/PID/status.
 
-use crate::client::Client;
+use crate::client::{Client, OnEvent};
 use crate::server::{cpu_seconds, RssSampler};
 use crate::stats::{Histogram, SeenSeqs, Timeline};
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
-/// A subscriber that has received nothing for this long counts the rest as lost.
+/// When no subscriber has received anything for this long, the rest counts as lost.
 const IDLE_END: Duration = Duration::from_secs(5);
-/// How often a waiting subscriber looks whether refused triggers lowered its count.
+/// How often the run looks whether the subscribers hold every delivery.
 const POLL: Duration = Duration::from_millis(100);
 
 pub struct Options {
@@ -109,27 +109,36 @@ pub async fn connect_all(
     collect_events: bool,
     concurrency: usize,
 ) -> Vec<Result<(usize, Client), String>> {
-    connect_indexed(url, user_prefix, rooms, n, collect_events, concurrency)
+    let on_event = |_| {
+        if collect_events {
+            OnEvent::Collect
+        } else {
+            OnEvent::Ignore
+        }
+    };
+    connect_indexed(url, user_prefix, rooms, n, &on_event, concurrency)
         .await
         .into_iter()
         .map(|r| r.map(|(_, room, c)| (room, c)))
         .collect()
 }
 
-/// [`connect_all`], each result also carrying the connection's number.
+/// [`connect_all`], each result also carrying the connection's number; connection `i` does
+/// `on_event(i)` with the events it receives.
 async fn connect_indexed(
     url: &str,
     user_prefix: &str,
     rooms: &[String],
     n: usize,
-    collect_events: bool,
+    on_event: &(dyn Fn(usize) -> OnEvent + Sync),
     concurrency: usize,
 ) -> Vec<Result<(usize, usize, Client), String>> {
     stream::iter(0..n)
         .map(|i| async move {
             let room = i % rooms.len();
             let url = node_url(url, i, rooms.len()).1;
-            let c = Client::connect(url, &format!("{user_prefix}{i}"), collect_events).await?;
+            let user = format!("{user_prefix}{i}");
+            let c = Client::connect_handling(url, &user, on_event(i)).await?;
             let r = c
                 .request("dialogue:join", &json!({ "roomId": rooms[room] }))
                 .await?;
@@ -175,72 +184,106 @@ async fn owners(urls: &str, key: &str, rooms: &[String]) -> Result<Vec<Option<us
     Ok(owner)
 }
 
-/// What one subscriber saw.
-struct Received {
-    count: u64,
-    duplicates: u64,
-    client: Client,
+/// Where the subscribers record their deliveries' latencies.
+#[derive(Default)]
+struct Recorder {
+    all: Histogram,
+    /// Set when the run starts (before the first send).
+    timeline: OnceLock<Timeline>,
+    /// In a cluster: subscribers on their room's owner node, and on another node.
+    owner_node: Histogram,
+    other_node: Histogram,
 }
 
-/// Counts one subscriber's deliveries until it has all of its room's accepted events
-/// (`expected[room]`, lowered by the senders as triggers are refused), recording latencies.
-async fn receive(
-    mut c: Client,
-    event: &str,
-    expected: &[AtomicU64],
-    room: usize,
-    hist: &Histogram,
-    side: Option<Arc<Histogram>>,
-    timeline: Option<Arc<Timeline>>,
-) -> Received {
-    let marker = format!("[\"dialogue:event\",{{\"event\":{}", json!(event));
-    // `sentAt` is in the data, near the start; `seq` is the EventMessage's last field.
-    let sent_at = NumberAfter::new("\"sentAt\":", false);
-    let seq_key = NumberAfter::new("\"seq\":", true);
-    let mut seen = SeenSeqs::default();
-    let (mut count, mut duplicates) = (0u64, 0u64);
-    let mut idle = Duration::ZERO;
-    while count < expected[room].load(Ordering::Relaxed) {
-        let frame = match c.try_next_event() {
-            Some(f) => f,
-            None => match tokio::time::timeout(POLL, c.next_event()).await {
-                Ok(Some(f)) => f,
-                Ok(None) => break, // the connection closed
-                Err(_) => {
-                    idle += POLL;
-                    if idle >= IDLE_END {
-                        break; // the rest is lost
-                    }
-                    continue;
-                }
-            },
-        };
-        idle = Duration::ZERO;
-        let frame = frame.data();
-        if !frame.starts_with(&marker) {
-            continue;
-        }
-        let (Some(sent), Some(seq)) = (sent_at.find(frame), seq_key.find(frame)) else {
-            continue;
-        };
-        if !seen.insert(seq) {
-            duplicates += 1;
-            continue;
-        }
-        count += 1;
-        let latency = now_us().saturating_sub(sent);
-        hist.record(latency);
-        if let Some(side) = &side {
-            side.record(latency);
-        }
-        if let Some(t) = &timeline {
-            t.record(sent, latency);
+/// One subscriber's deliveries, counted on its connection's task as they are read.
+#[derive(Default)]
+struct Tally {
+    count: AtomicU64,
+    duplicates: AtomicU64,
+    /// In a cluster: whether the subscriber sits on its room's owner node (set once known).
+    on_owner_node: OnceLock<bool>,
+}
+
+/// What the subscribers look for in a frame, built once and shared: per-connection state is
+/// what misses the cache on the load generator's hottest path.
+struct Matcher {
+    /// The start of an `event` delivery.
+    marker: String,
+    /// `sentAt` is in the data, near the start.
+    sent_at: NumberAfter,
+    /// `seq` is the EventMessage's last field.
+    seq: NumberAfter,
+}
+
+impl Matcher {
+    fn new(event: &str) -> Self {
+        Matcher {
+            marker: format!("[\"dialogue:event\",{{\"event\":{}", json!(event)),
+            sent_at: NumberAfter::new("\"sentAt\":", false),
+            seq: NumberAfter::new("\"seq\":", true),
         }
     }
-    Received {
-        count,
-        duplicates,
-        client: c,
+
+    /// An `event` delivery's send time and seq.
+    fn find(&self, frame: &str) -> Option<(u64, u64)> {
+        if !frame.starts_with(&self.marker) {
+            return None; // e.g. the join's own events
+        }
+        Some((self.sent_at.find(frame)?, self.seq.find(frame)?))
+    }
+}
+
+/// The handler of one subscriber's events: counts each delivery once (a repeated `seq` is a
+/// duplicate) and records its latency.
+fn subscriber(matcher: Arc<Matcher>, tally: Arc<Tally>, rec: Arc<Recorder>) -> OnEvent {
+    let mut seen = SeenSeqs::default();
+    OnEvent::Handle(Box::new(move |frame| {
+        let Some((sent, seq)) = matcher.find(frame.data()) else {
+            return;
+        };
+        if !seen.insert(seq) {
+            tally.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        tally.count.fetch_add(1, Ordering::Relaxed);
+        let latency = now_us().saturating_sub(sent);
+        rec.all.record(latency);
+        match tally.on_owner_node.get() {
+            Some(true) => rec.owner_node.record(latency),
+            Some(false) => rec.other_node.record(latency),
+            None => {}
+        }
+        if let Some(t) = rec.timeline.get() {
+            t.record(sent, latency);
+        }
+    }))
+}
+
+/// Waits until the subscribers hold the `expected` deliveries (the senders' accepted
+/// triggers), or until none has arrived for [`IDLE_END`] (the rest is lost); answers how many
+/// they hold.
+async fn wait_for_deliveries(tallies: &[Arc<Tally>], expected: u64) -> u64 {
+    let received = || -> u64 {
+        tallies
+            .iter()
+            .map(|t| t.count.load(Ordering::Relaxed))
+            .sum()
+    };
+    let (mut last, mut idle) = (received(), Duration::ZERO);
+    loop {
+        let now = received();
+        if now >= expected {
+            return now;
+        }
+        if now == last {
+            idle += POLL;
+            if idle >= IDLE_END {
+                return now;
+            }
+        } else {
+            (last, idle) = (now, Duration::ZERO);
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -327,20 +370,22 @@ async fn send(
 pub async fn run(o: Options) -> Result<Value, String> {
     let connect_started = Instant::now();
     let nodes = o.url.split(',').count();
+    let rec = Arc::new(Recorder::default());
+    let tallies: Vec<Arc<Tally>> = (0..o.subscribers).map(|_| Arc::default()).collect();
+    let matcher = Arc::new(Matcher::new(&o.event));
+    let on_event = |i: usize| subscriber(matcher.clone(), tallies[i].clone(), rec.clone());
     let mut subs = Vec::with_capacity(o.subscribers);
     for r in connect_indexed(
         &o.url,
         "sub",
         &o.rooms,
         o.subscribers,
-        true,
+        &on_event,
         o.connect_concurrency,
     )
     .await
     {
-        let (i, room, mut c) = r?;
-        while c.try_next_event().is_some() {} // joined confirmations
-        subs.push((i, room, c));
+        subs.push(r?);
     }
     // In a cluster: which subscribers sit on their room's owner node.
     let owner = match (&o.api_key, nodes > 1) {
@@ -377,12 +422,12 @@ pub async fn run(o: Options) -> Result<Value, String> {
             n
         });
 
-    let hist = Arc::new(Histogram::default());
-    // Subscribers on their room's owner node, and on another node (with `owner`).
-    let (local, remote) = (
-        Arc::new(Histogram::default()),
-        Arc::new(Histogram::default()),
-    );
+    if let Some(owner) = &owner {
+        for (i, room, _) in &subs {
+            let node = node_url(&o.url, *i, o.rooms.len()).0;
+            let _ = tallies[*i].on_owner_node.set(owner[*room] == Some(node));
+        }
+    }
     let rss = o
         .server_pid
         .first()
@@ -393,29 +438,12 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let cpu_before = cpu_of(&o.server_pid);
     let own_cpu_before = cpu_seconds(std::process::id());
     let start = Instant::now();
-    let timeline = o.timeline.as_ref().map(|t| {
+    if let Some(t) = &o.timeline {
         let seconds = o.messages as f64 / o.rate.max(1) as f64;
-        Arc::new(Timeline::new(now_us(), seconds + 1.0, t.slot_us, t.slow_us))
-    });
-
-    let receivers: Vec<_> = subs
-        .into_iter()
-        .map(|(i, room, c)| {
-            let (event, hist, expected) = (o.event.clone(), hist.clone(), per_room.clone());
-            let node = node_url(&o.url, i, o.rooms.len()).0;
-            let side = owner.as_ref().map(|owner| {
-                if owner[room] == Some(node) {
-                    local.clone()
-                } else {
-                    remote.clone()
-                }
-            });
-            let timeline = timeline.clone();
-            tokio::spawn(
-                async move { receive(c, &event, &expected, room, &hist, side, timeline).await },
-            )
-        })
-        .collect();
+        let _ = rec
+            .timeline
+            .set(Timeline::new(now_us(), seconds + 1.0, t.slot_us, t.slow_us));
+    }
 
     // At a fixed rate each sender ticks every `senders / rate` s; their first ticks are spread
     // over one interval so the room does not see the senders' triggers in bursts.
@@ -452,14 +480,11 @@ pub async fn run(o: Options) -> Result<Value, String> {
         .map(|(events, subs)| events.load(Ordering::Relaxed) * subs)
         .sum();
     let send_seconds = start.elapsed().as_secs_f64();
-    let (mut received, mut duplicates) = (0u64, 0u64);
-    let mut clients = Vec::with_capacity(receivers.len());
-    for r in receivers {
-        let got = r.await.map_err(|e| e.to_string())?;
-        received += got.count;
-        duplicates += got.duplicates;
-        clients.push(got.client);
-    }
+    let received = wait_for_deliveries(&tallies, expected).await;
+    let duplicates: u64 = tallies
+        .iter()
+        .map(|t| t.duplicates.load(Ordering::Relaxed))
+        .sum();
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_before.zip(cpu_of(&o.server_pid)).map(|(a, b)| b - a);
     // Near 100 % of one core, the load generator may be what limits the figures.
@@ -470,17 +495,18 @@ pub async fn run(o: Options) -> Result<Value, String> {
         Some(s) => Some(s.finish().await),
         None => None,
     };
-    for c in clients {
+    for (_, _, c) in &subs {
         c.close();
     }
-    if let (Some(path), Some(t)) = (o.timeline.as_ref().and_then(|t| t.file.as_ref()), &timeline) {
+    let timeline = rec.timeline.get();
+    if let (Some(path), Some(t)) = (o.timeline.as_ref().and_then(|t| t.file.as_ref()), timeline) {
         std::fs::write(path, t.to_tsv()).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     for (_, s) in &senders {
         s.close();
     }
 
-    let ms = |p: f64| hist.percentile(p).map(|us| us as f64 / 1000.0);
+    let ms = |p: f64| rec.all.percentile(p).map(|us| us as f64 / 1000.0);
     let ms_of = |h: &Histogram, p: f64| h.percentile(p).map(|us| us as f64 / 1000.0);
     let mut result = json!({
         "scenario": o.scenario,
@@ -510,10 +536,10 @@ pub async fn run(o: Options) -> Result<Value, String> {
     });
     if owner.is_some() {
         result["nodes"] = json!(nodes);
-        result["owner_node_p50_ms"] = json!(ms_of(&local, 50.0));
-        result["owner_node_p99_ms"] = json!(ms_of(&local, 99.0));
-        result["other_node_p50_ms"] = json!(ms_of(&remote, 50.0));
-        result["other_node_p99_ms"] = json!(ms_of(&remote, 99.0));
+        result["owner_node_p50_ms"] = json!(ms_of(&rec.owner_node, 50.0));
+        result["owner_node_p99_ms"] = json!(ms_of(&rec.owner_node, 99.0));
+        result["other_node_p50_ms"] = json!(ms_of(&rec.other_node, 50.0));
+        result["other_node_p99_ms"] = json!(ms_of(&rec.other_node, 99.0));
         eprintln!(
             "{}: subscribers on the owner's node p50 {:?} p99 {:?} ms; on another node p50 {:?} p99 {:?} ms",
             o.scenario,
@@ -523,7 +549,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
             result["other_node_p99_ms"]
         );
     }
-    if let (Some(t), Some(opts)) = (&timeline, &o.timeline) {
+    if let (Some(t), Some(opts)) = (timeline, &o.timeline) {
         // How much of the tail is slow deliveries, and how bunched up they are in time.
         let s = t.summary();
         result["slow_ms"] = json!(opts.slow_us as f64 / 1000.0);

@@ -7,7 +7,7 @@
 //! back as socket.io-client does with connection-state recovery instead: the CONNECT carries
 //! the session's `pid` and the last event's offset, and nothing is joined again.
 
-use crate::client::Client;
+use crate::client::{Client, OnEvent};
 use crate::stats::Histogram;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -504,14 +504,15 @@ impl Receiver {
                     auth["offset"] = json!(offset);
                 }
             }
-            let (mut client, answer) = match Client::connect_with(&self.url, &auth, true).await {
-                Ok(c) => c,
-                Err(_) => {
-                    self.failed_connects.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (mut client, answer) =
+                match Client::connect_with(&self.url, &auth, OnEvent::Collect).await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        self.failed_connects.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
             let recovered = pid.is_some() && answer["pid"].as_str() == pid.as_deref();
             if self.recovery {
                 pid = answer["pid"].as_str().map(str::to_owned);
