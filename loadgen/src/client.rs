@@ -72,8 +72,8 @@ async fn open_ws(
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
-/// Messages the client queues for its connection's task. Lighter than a channel: the task
-/// looks at it after every frame it reads, and one flag and waker sit on one cache line.
+/// Messages the client queues for its connection's task. Lighter than a channel, which the
+/// task would poll after every frame it reads: here it checks one flag.
 #[derive(Default)]
 struct Outbox {
     /// `queue` has messages.
