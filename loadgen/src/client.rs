@@ -377,13 +377,17 @@ mod tests {
         let asked = client.request("dialogue:join", &join);
         let answer = tokio::time::timeout(std::time::Duration::from_secs(10), asked).await;
         assert_eq!(answer, Ok(Err("connection closed".to_owned())));
-        // The reader task ends just after it failed the request.
+        // The connection's task ends just after it failed the request.
         for _ in 0..100 {
             if !client.is_open() {
-                return;
+                break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        panic!("the client still counts as open");
+        assert!(!client.is_open(), "the client still counts as open");
+        // A later request fails at once.
+        let later = client.request("dialogue:join", &join);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(1), later).await;
+        assert_eq!(answer, Ok(Err("connection closed".to_owned())));
     }
 }
