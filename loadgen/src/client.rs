@@ -208,11 +208,15 @@ impl Client {
 
         let out = Arc::new(Outbox::default());
         let pending: Pending = Arc::default();
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let collect = matches!(on_event, OnEvent::Collect);
-        let mut handler = match on_event {
-            OnEvent::Handle(f) => Some(f),
-            _ => None,
+        // What the task does with an event: nothing, queue it (a channel only then), or hand
+        // it to the handler.
+        let (events, mut handler, collected) = match on_event {
+            OnEvent::Ignore => (None, None, None),
+            OnEvent::Collect => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), None, Some(rx))
+            }
+            OnEvent::Handle(f) => (None, Some(f), None),
         };
         let (ready_tx, ready_rx) = oneshot::channel();
 
@@ -259,8 +263,8 @@ impl Client {
                         } else if data.starts_with('2') {
                             if let Some(f) = handler.as_mut() {
                                 f(Event(frame));
-                            } else if collect {
-                                let _ = ev_tx.send(Event(frame));
+                            } else if let Some(tx) = &events {
+                                let _ = tx.send(Event(frame));
                             }
                         } else if let Ok(p) = socketio::decode(data) {
                             if p.kind == SioKind::Ack {
@@ -296,7 +300,7 @@ impl Client {
             out,
             pending,
             next_id: AtomicU64::new(1),
-            events: collect.then_some(ev_rx),
+            events: collected,
             task,
         };
         Ok((client, answer))
