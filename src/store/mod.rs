@@ -346,6 +346,16 @@ fn renew_sql(backend: DbBackend) -> String {
     placeholders(backend, &sql)
 }
 
+/// The milliseconds left on room `$1`'s lease when room instance `$2` holds it (no row
+/// otherwise).
+fn lease_left_sql(backend: DbBackend) -> String {
+    let sql = format!(
+        "SELECT lease_until - {} FROM room_leases WHERE room_id = $1 AND owner = $2",
+        db_now(backend)
+    );
+    placeholders(backend, &sql)
+}
+
 /// Raises the stored high-water mark of an event without history to `high_water` (never
 /// lowers it), or sets it to exactly that (`exact`: a clean stop).
 pub async fn raise_counter<C: ConnectionTrait>(
