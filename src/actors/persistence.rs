@@ -40,15 +40,7 @@ const LINGER: Duration = Duration::from_millis(20);
 const FAILURES_BEFORE_RESTART: u32 = 6;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often the actor looks whether SQLite's write-ahead log is due to be copied into the
-/// database file (a checkpoint, in the background): see [`checkpoint_due`].
-const CHECKPOINT_TICK: Duration = Duration::from_millis(100);
-/// Writes (transactions) after which a checkpoint is due: about 1 MiB of log at the 3–5
-/// pages a small write takes, so each checkpoint's disk syncs flush about as much however
-/// fast writes come. On the benchmark machine (a virtual one) bigger flushes — every 500 ms
-/// or every 5 s at 500 `stored` events/s — raised the soak's p99 (BENCHMARKS.md).
-const CHECKPOINT_WRITES: u64 = 64;
-/// How long after the last checkpoint anything written is checkpointed, however little.
+/// How often SQLite's write-ahead log is copied into the database file (in the background).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// How often an idle store checks that the database still answers (for `/readyz`).
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -139,8 +131,6 @@ pub struct Persistence {
     waiters: Vec<(u64, oneshot::Sender<()>)>,
     /// Writes counted ([`METRICS`]`.persist_batches`) at the last checkpoint.
     checkpointed_at: u64,
-    /// When the last checkpoint started.
-    checkpoint_started: Instant,
     checkpointing: bool,
     /// Lease owners of this process's room instances still running: a lease of this process
     /// held by anyone else was left by a room instance that is gone (its writes done).
@@ -187,7 +177,6 @@ impl Persistence {
             lingering: false,
             waiters: Vec::new(),
             checkpointed_at: 0,
-            checkpoint_started: Instant::now(),
             checkpointing: false,
             live: Default::default(),
             releases: Vec::new(),
@@ -514,17 +503,15 @@ impl Persistence {
         );
     }
 
-    /// Checkpoints SQLite's write-ahead log when one is due ([`checkpoint_due`]).
+    /// Checkpoints SQLite's write-ahead log when something was written since the last time.
     fn checkpoint(&mut self, ctx: &mut Context<Self>) {
         let written = METRICS.persist_batches.get();
-        let writes = written.saturating_sub(self.checkpointed_at);
-        if self.checkpointing || !checkpoint_due(writes, self.checkpoint_started.elapsed()) {
+        if written == self.checkpointed_at || self.checkpointing {
             return;
         }
         let Some(db) = self.db.clone() else { return };
         self.checkpointing = true;
         let started = Instant::now();
-        self.checkpoint_started = started;
         ctx.spawn(
             async move { store::checkpoint(&db).await }
                 .into_actor(self)
@@ -893,14 +880,6 @@ async fn fenced_midway(
     Ok(out)
 }
 
-/// Whether SQLite's write-ahead log is due a checkpoint, `writes` transactions and `since`
-/// after the last one: after [`CHECKPOINT_WRITES`] writes, so that each checkpoint copies and
-/// syncs about as much however fast writes come, or once [`CHECKPOINT_INTERVAL`] has passed
-/// with anything written.
-fn checkpoint_due(writes: u64, since: Duration) -> bool {
-    writes >= CHECKPOINT_WRITES || (writes > 0 && since >= CHECKPOINT_INTERVAL)
-}
-
 /// The stream of `event` in `batch` and the index of `seq` in it.
 fn rows_index<'a>(batch: &'a Batch, event: &Arc<str>, seq: u64) -> Option<(&'a StreamRows, usize)> {
     let stream = batch.streams.iter().find(|s| &s.event == event)?;
@@ -915,7 +894,7 @@ impl Actor for Persistence {
         ctx.set_mailbox_capacity(1 << 16);
         ctx.run_interval(HEALTH_CHECK_INTERVAL, |act, ctx| act.check_health(ctx));
         ctx.run_interval(self.lease_timeout / 3, |act, ctx| act.renew_leases(ctx));
-        ctx.run_interval(CHECKPOINT_TICK, |act, ctx| act.checkpoint(ctx));
+        ctx.run_interval(CHECKPOINT_INTERVAL, |act, ctx| act.checkpoint(ctx));
         if self.db.is_none() {
             self.connect(ctx);
         } else {
@@ -1139,31 +1118,5 @@ impl Handler<Spill> for Persistence {
         let events = batches.iter().map(|b| b.rows).sum();
         spill::append(&self.spill_file, &records)?;
         Ok(events)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_checkpoint_is_due_after_enough_writes_or_long_enough_after_any() {
-        let now = Duration::ZERO;
-        assert!(!checkpoint_due(0, now));
-        assert!(
-            !checkpoint_due(0, CHECKPOINT_INTERVAL * 10),
-            "nothing written"
-        );
-        assert!(!checkpoint_due(CHECKPOINT_WRITES - 1, now));
-        assert!(
-            checkpoint_due(CHECKPOINT_WRITES, now),
-            "a fast stream of writes"
-        );
-        assert!(!checkpoint_due(
-            1,
-            CHECKPOINT_INTERVAL - Duration::from_millis(1)
-        ));
-        assert!(checkpoint_due(1, CHECKPOINT_INTERVAL), "a slow one");
-        assert!(CHECKPOINT_TICK < CHECKPOINT_INTERVAL);
     }
 }
