@@ -94,6 +94,7 @@ impl SqliteWriter {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(declined)?;
+        let lease_left = lease_left_sql(sea_orm::DbBackend::Sqlite);
         for job in jobs {
             let Some(owner) = job.owner else { continue };
             // The transaction holds the database's write lock: no one can take the room
@@ -101,7 +102,7 @@ impl SqliteWriter {
             // (the actor renews every lease a third of the way): an UPDATE here would add a
             // page to the log on every write, a quarter of what a small write logs.
             let left: Option<i64> = txn
-                .prepare_cached(&lease_left_sql(sea_orm::DbBackend::Sqlite))
+                .prepare_cached(&lease_left)
                 .and_then(|mut s| s.query_row((job.room_id, owner), |r| r.get(0)).optional())
                 .map_err(declined)?;
             match left {
