@@ -279,6 +279,25 @@ mod tests {
         (dir, file, url, db)
     }
 
+    /// [`fresh`], with room `r` held by `owner-a` for [`LEASE_MS`] and a writer open on it:
+    /// (directory, file, pool, writer).
+    async fn claimed(
+        name: &str,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        DatabaseConnection,
+        SqliteWriter,
+    ) {
+        let (dir, file, url, db) = fresh(name).await;
+        store::claim_room(&db, "r", "owner-a", "node", LEASE_MS, |_| true)
+            .await
+            .unwrap()
+            .unwrap();
+        let writer = SqliteWriter::open(&url).unwrap().unwrap();
+        (dir, file, db, writer)
+    }
+
     #[tokio::test]
     async fn writes_under_the_lease_and_leaves_the_rest_to_the_general_path() {
         let (_dir, file, url, db) = fresh("w.db").await;
@@ -415,14 +434,9 @@ mod tests {
     /// instance, the room is fenced, as before.
     #[tokio::test]
     async fn a_write_renews_the_lease_only_once_half_of_it_is_gone() {
-        let (_dir, file, url, db) = fresh("lease.db").await;
-        store::claim_room(&db, "r", "owner-a", "node", LEASE_MS, |_| true)
-            .await
-            .unwrap()
-            .unwrap();
-        let mut writer = SqliteWriter::open(&url).unwrap().unwrap();
+        let (_dir, file, db, mut writer) = claimed("lease.db").await;
         let other = rusqlite::Connection::open(&file).unwrap();
-        let now = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+        let now = store::db_now(sea_orm::DbBackend::Sqlite);
         let set_left = |ms: i64| {
             let sql = format!("UPDATE room_leases SET lease_until = {now} + ?1");
             other.execute(&sql, [ms]).unwrap();
@@ -462,12 +476,7 @@ mod tests {
     /// actor's), do not grow the write-ahead log without end: asked, the writer starts it over.
     #[tokio::test]
     async fn the_log_starts_over_while_writes_keep_coming() {
-        let (_dir, file, url, db) = fresh("wal.db").await;
-        store::claim_room(&db, "r", "owner-a", "node", LEASE_MS, |_| true)
-            .await
-            .unwrap()
-            .unwrap();
-        let mut writer = SqliteWriter::open(&url).unwrap().unwrap();
+        let (_dir, file, db, mut writer) = claimed("wal.db").await;
         let checkpointer = rusqlite::Connection::open(&file).unwrap();
         let reader = rusqlite::Connection::open(&file).unwrap();
         let commits = 2 * RESTART_FRAMES as u64;
