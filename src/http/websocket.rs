@@ -8,6 +8,13 @@
 //! that queue by the connection actor and by the rooms that fan out to it, so a burst of
 //! events costs one wake-up and one `send(2)`; the bytes waiting are bounded and a client that
 //! stops reading is disconnected instead of growing them.
+//!
+//! A frame for a connection that is quiet (nothing queued, nothing being written, no frame in
+//! the last [`DIRECT_GAP`]) skips the queue: whoever pushes it writes it to the socket at once,
+//! on its own thread, and the writer task is woken only for what the socket did not take. The
+//! common case of a chat service, a few events a second per connection, then costs no task
+//! wake-up and no turn of the run queue; a connection that receives faster has its frames
+//! gathered by the writer, one `send(2)` per burst, as before.
 
 use actix_codec::Decoder;
 use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, OpCode, Parser, ProtocolError};
@@ -199,8 +206,9 @@ pub struct SlowClient;
 
 /// The bytes waiting to be written to one WebSocket, already framed. Shared by the connection
 /// actor (through [`WsSink`]), by rooms that fan out straight into it (through
-/// [`crate::actors::outbox::Outbox`]) and by the response body that drains it, whichever
-/// threads they run on: a burst of events becomes one buffer, one wake-up and one `send(2)`.
+/// [`crate::actors::outbox::Outbox`]) and by the writer task that drains it, whichever
+/// threads they run on: a burst of events becomes one buffer, one wake-up and one `send(2)`;
+/// a frame for a quiet connection is written at once by whoever pushes it.
 pub struct WsQueue {
     state: Mutex<QueueState>,
     /// Most bytes waiting before the client counts as not reading.
@@ -222,6 +230,25 @@ struct QueueState {
     /// Since when bytes have been waiting without the writer taking any (the socket does
     /// not accept more); `None` while the writer keeps up.
     waiting_since: Option<Instant>,
+    /// The socket, while its writer runs: a frame for a quiet connection is written to it
+    /// directly.
+    socket: Option<Arc<TcpStream>>,
+    /// The writer holds a chunk it has not finished writing: frames must queue behind it.
+    writing: bool,
+    /// When the last frame was pushed.
+    last_push: Option<Instant>,
+}
+
+/// A frame is written directly only if the connection's previous one was pushed at least this
+/// long before: faster traffic is gathered by the writer, one `send(2)` per burst.
+pub const DIRECT_GAP: Duration = Duration::from_millis(1);
+
+/// Largest scratch buffer a thread keeps for encoding frames it writes directly.
+const SCRATCH_KEPT: usize = 16 * 1024;
+
+thread_local! {
+    /// Where a frame written directly is encoded (no allocation per frame).
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 impl WsQueue {
@@ -238,7 +265,8 @@ impl WsQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `len` bytes written by `encode`; the first push over the bound fails (and
+    /// Appends `len` bytes written by `encode`, or writes them to the socket at once when the
+    /// connection is quiet (see the module's doc); the first push over the bound fails (and
     /// every later one is dropped: the connection is being closed).
     fn push(&self, len: usize, encode: impl FnOnce(&mut BytesMut)) -> Result<(), SlowClient> {
         let waker = {
@@ -250,14 +278,43 @@ impl WsQueue {
                 s.refusing = true;
                 return Err(SlowClient);
             }
-            if s.buf.is_empty() {
-                s.waiting_since = Some(Instant::now());
+            let now = Instant::now();
+            let quiet = s.last_push.is_none_or(|last| now - last >= DIRECT_GAP);
+            s.last_push = Some(now);
+            let direct = quiet && s.buf.is_empty() && !s.writing && s.close.is_none();
+            match s.socket.clone().filter(|_| direct) {
+                Some(socket) => {
+                    SCRATCH.with_borrow_mut(|scratch| {
+                        scratch.clear();
+                        encode(scratch);
+                        // Whatever the socket did not take (all of it when it would block, or
+                        // failed: the writer then finds out and ends) queues for the writer.
+                        let n = socket.try_write(scratch).unwrap_or(0);
+                        if n < scratch.len() {
+                            s.buf.reserve((scratch.len() - n).max(256));
+                            s.buf.extend_from_slice(&scratch[n..]);
+                        }
+                        if scratch.capacity() > SCRATCH_KEPT {
+                            *scratch = BytesMut::new();
+                        }
+                    });
+                    if s.buf.is_empty() {
+                        return Ok(());
+                    }
+                    // The socket's buffer is full: the rest waits from now on.
+                    s.waiting_since = Some(now);
+                }
+                None => {
+                    if s.buf.is_empty() {
+                        s.waiting_since = Some(now);
+                    }
+                    if s.buf.capacity() == 0 {
+                        // The writer left the queue without memory; most bursts are small.
+                        s.buf.reserve(len.max(256));
+                    }
+                    encode(&mut s.buf);
+                }
             }
-            if s.buf.capacity() == 0 {
-                // The writer left the queue without memory; most bursts are small.
-                s.buf.reserve(len.max(256));
-            }
-            encode(&mut s.buf);
             s.waker.take()
         };
         if let Some(waker) = waker {
@@ -406,9 +463,10 @@ impl WsSink {
 
 /// Sends what `queue` holds to `socket` until the close frame went out or the socket fails,
 /// then half-closes the socket. Each wake-up takes everything queued (up to [`MAX_CHUNK`])
-/// and writes it with one `send(2)` when the socket takes it whole.
+/// and writes it with one `send(2)` when the socket takes it whole. Meanwhile frames for a
+/// quiet connection are written to `socket` by whoever pushes them.
 pub async fn write_out(queue: Arc<WsQueue>, socket: Arc<TcpStream>) {
-    let mut writer = WsWriter { queue, done: false };
+    let mut writer = WsWriter::attached(queue, socket.clone());
     while let Some(chunk) = std::future::poll_fn(|cx| writer.poll_chunk(cx)).await {
         let mut rest = &chunk[..];
         while !rest.is_empty() {
@@ -433,11 +491,19 @@ struct WsWriter {
 }
 
 impl WsWriter {
+    /// The writer of `queue` to `socket`, which pushes may write to directly from now on.
+    fn attached(queue: Arc<WsQueue>, socket: Arc<TcpStream>) -> Self {
+        queue.state().socket = Some(socket);
+        WsWriter { queue, done: false }
+    }
+
+    /// The next chunk to write; asking for it says the last one was written whole.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if self.done {
             return Poll::Ready(None);
         }
         let mut s = self.queue.state();
+        s.writing = false;
         if let Some(reason) = s.close.take() {
             Parser::write_close(&mut s.buf, Some(reason), false);
             s.ended = true;
@@ -452,6 +518,7 @@ impl WsWriter {
                 s.buf.split_to(MAX_CHUNK).freeze()
             };
             s.waiting_since = (!s.buf.is_empty()).then(Instant::now);
+            s.writing = true;
             return Poll::Ready(Some(chunk));
         }
         if s.ended {
@@ -474,6 +541,7 @@ impl Drop for WsWriter {
         s.ended = true;
         s.buf = BytesMut::new();
         s.waker = None;
+        s.socket = None;
     }
 }
 
@@ -722,6 +790,131 @@ mod tests {
         assert_eq!(got[data.len()], 0x88, "then the close frame, then EOF");
         assert_eq!(sink.queue().state().buf.capacity(), 0, "no memory kept");
         assert!(sink.text("42[\"late\"]").is_ok(), "dropped, not an error");
+    }
+
+    /// A writer attached to the server's side of a loopback pair (not run: tests poll it),
+    /// once the socket is known to be writable.
+    async fn attached(limit: usize) -> (WsSink, WsWriter, TcpStream) {
+        let (server, client) = sockets().await;
+        server.writable().await.unwrap();
+        let sink = WsSink::new(limit);
+        let writer = WsWriter::attached(sink.queue(), Arc::new(server));
+        (sink, writer, client)
+    }
+
+    /// Reads exactly `n` bytes, or fails after a few seconds.
+    async fn read_n(client: &mut TcpStream, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .expect("the bytes arrive")
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_frame_for_a_quiet_connection_is_written_at_once_and_a_quick_second_one_queues() {
+        let (mut sink, mut writer, mut client) = attached(1 << 20).await;
+        sink.text("42[\"a\"]").unwrap();
+        let a = encode_text("42[\"a\"]");
+        assert_eq!(
+            read_n(&mut client, a.len()).await,
+            a,
+            "sent without the writer running"
+        );
+        assert_eq!(sink.queue().state().buf.capacity(), 0, "nothing kept");
+
+        sink.text("42[\"b\"]").unwrap();
+        assert!(
+            !sink.queue().state().buf.is_empty(),
+            "within {DIRECT_GAP:?} of the last frame: gathered by the writer"
+        );
+        assert_eq!(
+            poll(&mut writer),
+            Poll::Ready(Some(encode_text("42[\"b\"]")))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_quiet_frame_does_not_overtake_a_chunk_being_written() {
+        let (mut sink, mut writer, mut client) = attached(1 << 20).await;
+        sink.text("42[\"a\"]").unwrap();
+        sink.text("42[\"b\"]").unwrap();
+        let Poll::Ready(Some(b)) = poll(&mut writer) else {
+            panic!("b waits for the writer");
+        };
+        // The writer holds b, not written yet; c comes after a quiet spell.
+        std::thread::sleep(DIRECT_GAP * 2);
+        sink.text("42[\"c\"]").unwrap();
+        assert!(
+            !sink.queue().state().buf.is_empty(),
+            "c queues behind the chunk in flight"
+        );
+        client_side_write(&writer, &b).await;
+        let Poll::Ready(Some(c)) = poll(&mut writer) else {
+            panic!("c");
+        };
+        client_side_write(&writer, &c).await;
+        let mut expected = encode_text("42[\"a\"]").to_vec();
+        for frame in ["42[\"b\"]", "42[\"c\"]"] {
+            expected.extend_from_slice(&encode_text(frame));
+        }
+        assert_eq!(read_n(&mut client, expected.len()).await, expected);
+    }
+
+    /// Writes a chunk the writer took, as [`write_out`] does.
+    async fn client_side_write(writer: &WsWriter, chunk: &[u8]) {
+        let socket = writer.queue.state().socket.clone().unwrap();
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            match socket.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == ErrorKind::WouldBlock => socket.writable().await.unwrap(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_gets_the_rest_queued_in_order_then_the_bound() {
+        let limit = 1 << 20;
+        let (mut sink, writer, mut client) = attached(limit).await;
+        let queue = sink.queue();
+        // Quiet frames, written directly, until the socket's buffers are full and one is
+        // written in part (bounded: loopback buffers hold a few MiB at most).
+        let mut sent = Vec::new();
+        for i in 0..4000 {
+            let frame = format!("42[\"{i:05}{}\"]", "x".repeat(16_000));
+            sent.extend_from_slice(&encode_text(&frame));
+            std::thread::sleep(DIRECT_GAP);
+            sink.text(&frame).unwrap();
+            if !queue.state().buf.is_empty() {
+                break;
+            }
+        }
+        assert!(!queue.state().buf.is_empty(), "the socket's buffers filled");
+        assert!(queue.stalled_for().is_some(), "the rest waits");
+        // From now on frames queue, up to the bound.
+        let mut over = false;
+        for i in 0..100 {
+            let frame = format!("42[\"q{i:05}{}\"]", "y".repeat(16_000));
+            if sink.text(&frame).is_err() {
+                over = true;
+                break;
+            }
+            sent.extend_from_slice(&encode_text(&frame));
+        }
+        assert!(over, "a client that does not read meets the bound");
+        // Once it reads again, it gets every frame before the bound, whole and in order.
+        tokio::spawn(async move {
+            let mut writer = writer;
+            while let Some(chunk) = std::future::poll_fn(|cx| writer.poll_chunk(cx)).await {
+                client_side_write(&writer, &chunk).await;
+            }
+        });
+        sink.close(CloseCode::Policy, "outbound queue full");
+        assert_eq!(read_n(&mut client, sent.len()).await, sent);
     }
 
     #[test]
