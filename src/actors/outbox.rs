@@ -10,6 +10,10 @@ use actix::Recipient;
 use bytestring::ByteString;
 use std::sync::{Arc, Mutex};
 
+/// A room holds a cork while it hands out a batch of events: each quiet connection then gets
+/// the batch in one write.
+pub use crate::http::websocket::{cork, Cork};
+
 /// Where an event stands in a recoverable session: (room slot, event name, seq).
 pub type Position<'a> = Option<(u32, &'a str, u64)>;
 

@@ -14,7 +14,9 @@
 //! on its own thread, and the writer task is woken only for what the socket did not take. The
 //! common case of a chat service, a few events a second per connection, then costs no task
 //! wake-up and no turn of the run queue; a connection that receives faster has its frames
-//! gathered by the writer, one `send(2)` per burst, as before.
+//! gathered by the writer, one `send(2)` per burst, as before. A room handling a batch of
+//! events holds a [`Cork`] meanwhile, so that each quiet connection gets the batch's frames in
+//! one write when the cork goes.
 
 use actix_codec::Decoder;
 use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, OpCode, Parser, ProtocolError};
@@ -237,6 +239,8 @@ struct QueueState {
     writing: bool,
     /// When the last frame was pushed.
     last_push: Option<Instant>,
+    /// Frames for a quiet connection gather in `buf` until the thread's [`Cork`] goes.
+    corked: bool,
 }
 
 /// A frame is written directly only if the connection's previous one was pushed at least this
@@ -249,6 +253,38 @@ const SCRATCH_KEPT: usize = 16 * 1024;
 thread_local! {
     /// Where a frame written directly is encoded (no allocation per frame).
     static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    /// While this thread holds a [`Cork`]: the queues whose frames wait for it to go.
+    static CORKED: std::cell::RefCell<Option<Vec<Arc<WsQueue>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// While held, frames this thread pushes for quiet connections gather in their queues; when
+/// the outermost cork goes, each such connection gets them in one write. Held by a room while
+/// it hands out a batch of events.
+#[must_use]
+pub struct Cork {
+    outermost: bool,
+}
+
+/// Corks this thread's direct writes until the guard is dropped.
+pub fn cork() -> Cork {
+    CORKED.with_borrow_mut(|corked| {
+        let outermost = corked.is_none();
+        if outermost {
+            *corked = Some(Vec::new());
+        }
+        Cork { outermost }
+    })
+}
+
+impl Drop for Cork {
+    fn drop(&mut self) {
+        if self.outermost {
+            for queue in CORKED.with_borrow_mut(Option::take).unwrap_or_default() {
+                queue.uncork();
+            }
+        }
+    }
 }
 
 impl WsQueue {
@@ -268,7 +304,11 @@ impl WsQueue {
     /// Appends `len` bytes written by `encode`, or writes them to the socket at once when the
     /// connection is quiet (see the module's doc); the first push over the bound fails (and
     /// every later one is dropped: the connection is being closed).
-    fn push(&self, len: usize, encode: impl FnOnce(&mut BytesMut)) -> Result<(), SlowClient> {
+    fn push(
+        self: &Arc<Self>,
+        len: usize,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), SlowClient> {
         let waker = {
             let mut s = self.state();
             if s.refusing {
@@ -282,6 +322,25 @@ impl WsQueue {
             let quiet = s.last_push.is_none_or(|last| now - last >= DIRECT_GAP);
             s.last_push = Some(now);
             let direct = quiet && s.buf.is_empty() && !s.writing && s.close.is_none();
+            let corks = s.corked
+                || (direct
+                    && s.socket.is_some()
+                    && CORKED.with_borrow_mut(|corked| match corked {
+                        Some(queues) => {
+                            queues.push(self.clone());
+                            true
+                        }
+                        None => false,
+                    }));
+            if corks {
+                // Written when the cork goes.
+                s.corked = true;
+                if s.buf.capacity() == 0 {
+                    s.buf.reserve(len.max(256));
+                }
+                encode(&mut s.buf);
+                return Ok(());
+            }
             match s.socket.clone().filter(|_| direct) {
                 Some(socket) => {
                     SCRATCH.with_borrow_mut(|scratch| {
@@ -323,15 +382,40 @@ impl WsQueue {
         Ok(())
     }
 
+    /// Writes what gathered under a [`Cork`]: at once when nothing is being written, else
+    /// (or what the socket did not take) by the writer.
+    fn uncork(&self) {
+        let waker = {
+            let mut s = self.state();
+            s.corked = false;
+            if s.buf.is_empty() || s.ended {
+                return;
+            }
+            if let Some(socket) = s.socket.clone().filter(|_| !s.writing && s.close.is_none()) {
+                let n = socket.try_write(&s.buf).unwrap_or(0);
+                if n == s.buf.len() {
+                    s.buf = BytesMut::new();
+                    return;
+                }
+                let _ = s.buf.split_to(n);
+            }
+            s.waiting_since = Some(Instant::now());
+            s.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Queues a text message (a complete Engine.IO packet).
-    pub fn text(&self, text: &str) -> Result<(), SlowClient> {
+    pub fn text(self: &Arc<Self>, text: &str) -> Result<(), SlowClient> {
         self.push(text.len() + 10, |buf| {
             Parser::write_message(buf, text, OpCode::Text, true, false)
         })
     }
 
     /// Queues a text message given in parts (one copy, no joined string in between).
-    pub fn text_parts(&self, parts: &[&str]) -> Result<(), SlowClient> {
+    pub fn text_parts(self: &Arc<Self>, parts: &[&str]) -> Result<(), SlowClient> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         self.push(len + 10, |buf| {
             // A server frame: FIN + text opcode, no mask, then the payload length.
@@ -354,11 +438,11 @@ impl WsQueue {
     }
 
     /// Queues a frame encoded by [`encode_text`] (shared by every member of a fan-out).
-    pub fn encoded(&self, frame: &[u8]) -> Result<(), SlowClient> {
+    pub fn encoded(self: &Arc<Self>, frame: &[u8]) -> Result<(), SlowClient> {
         self.push(frame.len(), |buf| buf.extend_from_slice(frame))
     }
 
-    fn pong(&self, data: &[u8]) -> Result<(), SlowClient> {
+    fn pong(self: &Arc<Self>, data: &[u8]) -> Result<(), SlowClient> {
         self.push(data.len() + 10, |buf| {
             Parser::write_message(buf, data, OpCode::Pong, true, false)
         })
@@ -861,6 +945,36 @@ mod tests {
             expected.extend_from_slice(&encode_text(frame));
         }
         assert_eq!(read_n(&mut client, expected.len()).await, expected);
+    }
+
+    #[tokio::test]
+    async fn under_a_cork_a_quiet_connection_gets_its_frames_in_one_write_when_it_goes() {
+        let (mut sink, _writer, mut client) = attached(1 << 20).await;
+        let frames = ["42[\"a\"]", "42[\"b\"]", "42[\"c\"]"];
+        {
+            let _cork = cork();
+            let _inner = cork();
+            for frame in frames {
+                sink.text(frame).unwrap();
+            }
+            drop(_inner);
+            let mut byte = [0u8; 1];
+            assert_eq!(
+                client.try_read(&mut byte).map_err(|e| e.kind()),
+                Err(ErrorKind::WouldBlock),
+                "nothing is written while the outermost cork holds"
+            );
+        }
+        let mut expected = Vec::new();
+        for frame in frames {
+            expected.extend_from_slice(&encode_text(frame));
+        }
+        assert_eq!(
+            read_n(&mut client, expected.len()).await,
+            expected,
+            "all three, without the writer running"
+        );
+        assert_eq!(sink.queue().state().buf.capacity(), 0, "nothing kept");
     }
 
     /// Writes a chunk the writer took, as [`write_out`] does.

@@ -12,7 +12,7 @@
 
 use super::RoomActor;
 use crate::actors::messages::*;
-use crate::actors::outbox::SharedFrame;
+use crate::actors::outbox::{cork, SharedFrame};
 use crate::auth::Identity;
 use crate::cluster::bus::{Failure, Op, RoomFeed};
 use crate::error::{DialogueError, ErrorCode};
@@ -737,6 +737,7 @@ impl Handler<RoomFeed> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: RoomFeed, ctx: &mut Context<Self>) {
+        let _cork = cork();
         match msg {
             RoomFeed::Event(json) if json.starts_with(PRESENCE_PREFIX) => {
                 self.follow_presence(&json)

@@ -10,7 +10,7 @@
 //! once it holds it, and every write checks it.
 
 use crate::actors::messages::*;
-use crate::actors::outbox::{Outbox, SharedFrame};
+use crate::actors::outbox::{cork, Outbox, SharedFrame};
 use crate::auth::Identity;
 use crate::config::Durability;
 use crate::error::{DialogueError, ErrorCode};
@@ -1080,6 +1080,7 @@ impl Handler<Join> for RoomActor {
     type Result = ResponseFuture<Result<JoinOutcome, DialogueError>>;
 
     fn handle(&mut self, mut msg: Join, ctx: &mut Context<Self>) -> Self::Result {
+        let _cork = cork();
         self.hand_over();
         if self.closed {
             let gone = DialogueError::room_not_found(&self.shared.id);
@@ -1387,6 +1388,7 @@ impl Handler<FlushPresence> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: FlushPresence, _: &mut Context<Self>) {
+        let _cork = cork();
         self.presence_due = false;
         if std::mem::take(&mut self.presence_dirty) {
             self.publish_presence(false);
@@ -1598,6 +1600,7 @@ impl Handler<Trigger> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Trigger, ctx: &mut Context<Self>) {
+        let _cork = cork();
         if !self.owner_now(ctx) {
             return self.forward(msg, ctx);
         }
@@ -1611,6 +1614,8 @@ impl Handler<Committed> for RoomActor {
     /// The store's answer to the oldest batch handed over: its `stored` events become
     /// visible — window, fan-out, ack — in the order they were accepted.
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        // A batch's frames reach each quiet connection in one write.
+        let _cork = cork();
         let Some(Awaiting {
             pending,
             marks,
