@@ -4,7 +4,8 @@
 //!
 //! A new session's socket moves to a connection thread (one of the room threads, in turn), where
 //! its [`Connection`] actor reads it ([`WsInbound`]) and a writer task sends its queue
-//! ([`write_out`]): rooms on that thread deliver to it with no cross-thread wake-up. The
+//! ([`write_out`]): rooms on that thread deliver to it with no cross-thread wake-up, and a
+//! frame for a quiet connection is written to the socket by the room itself. The
 //! WebSocket of a polling session being upgraded stays on this worker and talks to the
 //! session's actor by messages, as before the upgrade.
 
