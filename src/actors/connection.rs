@@ -10,7 +10,7 @@
 
 use crate::actors::directory::{check_room_texts, Directory, RoomIndex};
 use crate::actors::messages::*;
-use crate::actors::outbox::Outbox;
+use crate::actors::outbox::{cork, Outbox};
 use crate::actors::room::RoomActor;
 use crate::auth::Identity;
 use crate::config::Settings;
@@ -814,6 +814,8 @@ impl Connection {
         }
         let pid = self.session.as_ref().map(|s| s.pid.as_str());
         let connect = socketio::encode_connect(&self.socket_id, pid);
+        // The CONNECT answer and `dialogue:connected` leave together, as one write.
+        let _cork = cork();
         self.send(ctx, connect.into());
         let mut connected = serde_json::json!({
             "clientId": self.socket_id,
@@ -1743,6 +1745,8 @@ impl Connection {
 
 impl StreamHandler<Result<WsMessage, WsInboundError>> for Connection {
     fn handle(&mut self, msg: Result<WsMessage, WsInboundError>, ctx: &mut Self::Context) {
+        // The frames one request answers with leave together.
+        let _cork = cork();
         self.on_ws_message(ctx, msg);
     }
 
