@@ -243,16 +243,34 @@ struct QueueState {
     corked: bool,
 }
 
+impl QueueState {
+    /// Writes `buf` to the socket now, unless the writer holds a chunk or a close is pending;
+    /// true when the socket took all of it. The rest (all of it when the socket would block,
+    /// or failed: the writer then finds out and ends) stays for the writer, waiting from now.
+    fn write_now(&mut self) -> bool {
+        let Some(socket) = self
+            .socket
+            .as_ref()
+            .filter(|_| !self.writing && self.close.is_none())
+        else {
+            return false;
+        };
+        let n = socket.try_write(&self.buf).unwrap_or(0);
+        if n == self.buf.len() {
+            self.buf = BytesMut::new();
+            return true;
+        }
+        let _ = self.buf.split_to(n);
+        self.waiting_since = Some(Instant::now());
+        false
+    }
+}
+
 /// A frame is written directly only if the connection's previous one was pushed at least this
 /// long before: faster traffic is gathered by the writer, one `send(2)` per burst.
 pub const DIRECT_GAP: Duration = Duration::from_millis(1);
 
-/// Largest scratch buffer a thread keeps for encoding frames it writes directly.
-const SCRATCH_KEPT: usize = 16 * 1024;
-
 thread_local! {
-    /// Where a frame written directly is encoded (no allocation per frame).
-    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
     /// While this thread holds a [`Cork`]: the queues whose frames wait for it to go.
     static CORKED: std::cell::RefCell<Option<Vec<Arc<WsQueue>>>> =
         const { std::cell::RefCell::new(None) };
@@ -321,57 +339,33 @@ impl WsQueue {
             let now = Instant::now();
             let quiet = s.last_push.is_none_or(|last| now - last >= DIRECT_GAP);
             s.last_push = Some(now);
-            let direct = quiet && s.buf.is_empty() && !s.writing && s.close.is_none();
-            let corks = s.corked
-                || (direct
-                    && s.socket.is_some()
-                    && CORKED.with_borrow_mut(|corked| match corked {
-                        Some(queues) => {
-                            queues.push(self.clone());
-                            true
-                        }
-                        None => false,
-                    }));
-            if corks {
-                // Written when the cork goes.
-                s.corked = true;
-                if s.buf.capacity() == 0 {
-                    s.buf.reserve(len.max(256));
-                }
-                encode(&mut s.buf);
-                return Ok(());
+            let direct =
+                quiet && s.buf.is_empty() && !s.writing && s.close.is_none() && s.socket.is_some();
+            if s.buf.is_empty() {
+                s.waiting_since = Some(now);
             }
-            match s.socket.clone().filter(|_| direct) {
-                Some(socket) => {
-                    SCRATCH.with_borrow_mut(|scratch| {
-                        scratch.clear();
-                        encode(scratch);
-                        // Whatever the socket did not take (all of it when it would block, or
-                        // failed: the writer then finds out and ends) queues for the writer.
-                        let n = socket.try_write(scratch).unwrap_or(0);
-                        if n < scratch.len() {
-                            s.buf.reserve((scratch.len() - n).max(256));
-                            s.buf.extend_from_slice(&scratch[n..]);
-                        }
-                        if scratch.capacity() > SCRATCH_KEPT {
-                            *scratch = BytesMut::new();
-                        }
-                    });
-                    if s.buf.is_empty() {
-                        return Ok(());
+            if s.buf.capacity() == 0 {
+                // The writer left the queue without memory; most bursts are small.
+                s.buf.reserve(len.max(256));
+            }
+            encode(&mut s.buf);
+            if s.corked {
+                return Ok(()); // written when the cork goes
+            }
+            if direct {
+                let corked = CORKED.with_borrow_mut(|corked| match corked {
+                    Some(queues) => {
+                        queues.push(self.clone());
+                        true
                     }
-                    // The socket's buffer is full: the rest waits from now on.
-                    s.waiting_since = Some(now);
+                    None => false,
+                });
+                if corked {
+                    s.corked = true;
+                    return Ok(());
                 }
-                None => {
-                    if s.buf.is_empty() {
-                        s.waiting_since = Some(now);
-                    }
-                    if s.buf.capacity() == 0 {
-                        // The writer left the queue without memory; most bursts are small.
-                        s.buf.reserve(len.max(256));
-                    }
-                    encode(&mut s.buf);
+                if s.write_now() {
+                    return Ok(());
                 }
             }
             s.waker.take()
@@ -388,18 +382,9 @@ impl WsQueue {
         let waker = {
             let mut s = self.state();
             s.corked = false;
-            if s.buf.is_empty() || s.ended {
+            if s.buf.is_empty() || s.ended || s.write_now() {
                 return;
             }
-            if let Some(socket) = s.socket.clone().filter(|_| !s.writing && s.close.is_none()) {
-                let n = socket.try_write(&s.buf).unwrap_or(0);
-                if n == s.buf.len() {
-                    s.buf = BytesMut::new();
-                    return;
-                }
-                let _ = s.buf.split_to(n);
-            }
-            s.waiting_since = Some(Instant::now());
             s.waker.take()
         };
         if let Some(waker) = waker {
