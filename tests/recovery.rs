@@ -127,6 +127,56 @@ fn a_recovered_session_stays_recoverable_after_a_crash() {
     assert_healthy(&mut server);
 }
 
+/// Saved sessions reach the database file, not only SQLite's write-ahead log, while no event
+/// is written. Before, only event batches led to checkpoints: a burst of connections (every
+/// joined room saves its session) grew the log unchecked, ten thousand of them to 64 MB that
+/// the first event's checkpoint then had to copy while the room delivered.
+#[test]
+fn saved_sessions_are_checkpointed_without_events() {
+    const HELD: i64 = 200;
+    let mut server = TestServer::start(RECOVERY);
+    server.wait_ready();
+    let dir = server
+        .dir
+        .as_ref()
+        .expect("its directory")
+        .path()
+        .to_owned();
+    let count = HELD.to_string();
+    let mut node = spawn_node_script("sessions-hold.mjs", &server.url, &[("COUNT", &count)]);
+    let held = node.wait_line("HELD", Duration::from_secs(90));
+    assert_eq!(
+        held.as_deref(),
+        Some(count.as_str()),
+        "{}",
+        node.transcript()
+    );
+    // What the database file holds without its log: a copy of the file alone.
+    let in_file = || -> Result<i64, String> {
+        let copy = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = copy.path().join("copy.db");
+        std::fs::copy(dir.join("dialogue.db"), &path).map_err(|e| e.to_string())?;
+        let conn = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
+        conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+            .map_err(|e| e.to_string())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // A copy taken while a checkpoint writes can be torn: it is taken again.
+        let found = in_file();
+        if found.as_ref().is_ok_and(|n| *n >= HELD) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 10 s the database file holds {found:?} of the {HELD} saved sessions"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(node);
+    assert_healthy(&mut server);
+}
+
 /// `accepted` events a crash lost, whose seqs the room then gives to new events: neither a
 /// recovered session nor a native join with the old epoch skips the new ones.
 #[test]

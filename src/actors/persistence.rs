@@ -129,8 +129,8 @@ pub struct Persistence {
     /// A write is scheduled for when [`LINGER`] has passed.
     lingering: bool,
     waiters: Vec<(u64, oneshot::Sender<()>)>,
-    /// Writes counted ([`METRICS`]`.persist_batches`) at the last checkpoint.
-    checkpointed_at: u64,
+    /// The log's size in frames at the last checkpoint (logged when it changes).
+    log_frames: i64,
     checkpointing: bool,
     /// Lease owners of this process's room instances still running: a lease of this process
     /// held by anyone else was left by a room instance that is gone (its writes done).
@@ -176,7 +176,7 @@ impl Persistence {
             connecting: false,
             lingering: false,
             waiters: Vec::new(),
-            checkpointed_at: 0,
+            log_frames: 0,
             checkpointing: false,
             live: Default::default(),
             releases: Vec::new(),
@@ -503,10 +503,12 @@ impl Persistence {
         );
     }
 
-    /// Checkpoints SQLite's write-ahead log when something was written since the last time.
+    /// Checkpoints SQLite's write-ahead log. Every time, not only after event batches: the
+    /// session store and the leases write to the same log, and a burst of connections (ten
+    /// thousand sessions saved, no event yet) grew it to 64 MB that the first event's
+    /// checkpoint then copied. One with nothing to copy costs well under a millisecond.
     fn checkpoint(&mut self, ctx: &mut Context<Self>) {
-        let written = METRICS.persist_batches.get();
-        if written == self.checkpointed_at || self.checkpointing {
+        if self.checkpointing {
             return;
         }
         let Some(db) = self.db.clone() else { return };
@@ -519,13 +521,14 @@ impl Persistence {
                     act.checkpointing = false;
                     match result {
                         Ok(frames) => {
-                            if frames > 0 {
+                            if frames > 0
+                                && frames != std::mem::replace(&mut act.log_frames, frames)
+                            {
                                 log::debug!(
                                     "checkpoint: log of {frames} frames, {:?}",
                                     started.elapsed()
                                 );
                             }
-                            act.checkpointed_at = written;
                             // Writes never paused long enough for the log to start over.
                             if frames >= store::RESTART_FRAMES {
                                 if let Some(mut writer) =

@@ -13,6 +13,10 @@ use super::{lease_left_sql, raise_counter_sql, renew_sql, sqlite_insert, sqlite_
 use super::{save_sessions_sql, save_sessions_values};
 use super::{sqlite_statement_sizes, BatchRef};
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 /// How long a write waits for another writer (the session store, a second process) before
@@ -40,8 +44,26 @@ pub enum FastWrite {
 /// A SQLite connection of its own for writes (the persistence actor's, the session store's).
 pub struct SqliteWriter {
     conn: Connection,
-    /// Checkpoint before the next transaction ([`SqliteWriter::restart_log_before_next_write`]).
-    restart: bool,
+    /// Checkpoint before the next transaction ([`SqliteWriter::restart_log_before_next_write`]),
+    /// shared by every writer of the file ([`restart_request`]).
+    restart: Arc<AtomicBool>,
+}
+
+/// The request to start a database file's log over, one for all the file's writers: the
+/// persistence actor asks its own writer, and whichever writes next does it (the session
+/// store's, while connections come and go and no event is written).
+fn restart_request(path: &str) -> Arc<AtomicBool> {
+    static REQUESTS: LazyLock<Mutex<HashMap<PathBuf, Weak<AtomicBool>>>> =
+        LazyLock::new(Default::default);
+    let file = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
+    let mut requests = REQUESTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(request) = requests.get(&file).and_then(Weak::upgrade) {
+        return request;
+    }
+    requests.retain(|_, request| request.strong_count() > 0);
+    let request = Arc::default();
+    requests.insert(file, Arc::downgrade(&request));
+    request
 }
 
 /// The database file of an `sqlite:` URL; `None` for other URLs and in-memory databases
@@ -63,6 +85,7 @@ impl SqliteWriter {
     /// `url` is not a SQLite file.
     pub fn open(url: &str) -> Option<Result<SqliteWriter, rusqlite::Error>> {
         let path = sqlite_file(url)?;
+        let restart = restart_request(&path);
         let open = || {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let conn = Connection::open_with_flags(path, flags)?;
@@ -76,10 +99,7 @@ impl SqliteWriter {
             conn.pragma_update(None, "cache_size", -1024)?;
             conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
             conn.set_prepared_statement_cache_capacity(32);
-            Ok(SqliteWriter {
-                conn,
-                restart: false,
-            })
+            Ok(SqliteWriter { conn, restart })
         };
         Some(open())
     }
@@ -150,7 +170,8 @@ impl SqliteWriter {
         Ok(inserted as u64)
     }
 
-    /// Checkpoints before the next transaction, so that the write-ahead log starts over.
+    /// Checkpoints before the next transaction of any writer of this file, so that the
+    /// write-ahead log starts over.
     ///
     /// SQLite starts the log over only in a write transaction that begins once every frame is
     /// checkpointed. The persistence actor's checkpoints run on a pooled connection, in the
@@ -160,11 +181,11 @@ impl SqliteWriter {
     /// The actor calls this when its checkpoint finds the log past [`RESTART_FRAMES`]: this
     /// checkpoint copies the little the last one left, and the next transaction starts over.
     pub fn restart_log_before_next_write(&mut self) {
-        self.restart = true;
+        self.restart.store(true, Ordering::Relaxed);
     }
 
     fn restart_log(&mut self) {
-        if !std::mem::take(&mut self.restart) {
+        if !self.restart.swap(false, Ordering::Relaxed) {
             return;
         }
         // Busy while a background checkpoint runs: the actor asks again after it.
@@ -514,6 +535,45 @@ mod tests {
             "the log reached {most} frames in {commits} commits"
         );
         assert_eq!(store::max_seq(&db, "r", "message").await.unwrap(), commits);
+    }
+
+    /// The persistence actor asks its writer to start the log over; when the session store's
+    /// writer writes first (connections come and go, no event), that one does it.
+    #[tokio::test]
+    async fn any_writer_of_the_file_starts_the_log_over() {
+        let (_dir, file, url, _db) = fresh("over.db").await;
+        let mut events = SqliteWriter::open(&url).unwrap().unwrap();
+        let mut sessions = SqliteWriter::open(&url).unwrap().unwrap();
+        let checkpointer = rusqlite::Connection::open(&file).unwrap();
+        let reader = rusqlite::Connection::open(&file).unwrap();
+        let checkpoint = |c: &rusqlite::Connection| -> i64 {
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+                .unwrap()
+        };
+        let mut save = |n: usize| {
+            let pid = format!("{n:064x}");
+            sessions.save_sessions(&[(&pid, "u", "{}")], 1).unwrap();
+        };
+        for n in 0..300 {
+            save(n);
+        }
+        // A background checkpoint that cannot copy the last save: a reader holds the
+        // snapshot before it.
+        reader.execute_batch("BEGIN").unwrap();
+        reader
+            .query_row("SELECT COUNT(*) FROM sessions", [], |_| Ok(()))
+            .unwrap();
+        save(300);
+        let before = checkpoint(&checkpointer);
+        reader.execute_batch("COMMIT").unwrap();
+        events.restart_log_before_next_write();
+        save(301);
+        let after = checkpoint(&checkpointer);
+        assert!(before > 300, "{before} frames before");
+        assert!(
+            after < 10,
+            "the log went on from {before} to {after} frames"
+        );
     }
 
     #[test]
