@@ -226,6 +226,64 @@ fn room_deletion_persists_first(backend: Backend) {
     assert_eq!(rt().block_on(count(&url, "temp")), 30);
 }
 
+/// Session changes of every kind, batched as the session store batches them, land in order
+/// through the general path (PostgreSQL's, and SQLite's when its own connection declines):
+/// each disconnected session keeps its own time, the later of two counts.
+fn session_changes_apply_in_order(backend: Backend) {
+    use dialogue::store::{load_session, write_sessions, SessionWrite};
+    let dir = tempfile::tempdir().unwrap();
+    let url = backend.url(dir.path(), "sessions");
+    let pid = |n: usize| format!("{n:064x}");
+    let save = |n: usize, state: &str| SessionWrite::Save {
+        pid_hash: pid(n),
+        user_id: format!("user-{n}"),
+        state: state.into(),
+    };
+    let gone = |n: usize, at_ms: i64| SessionWrite::Disconnected {
+        pid_hash: pid(n),
+        at_ms,
+    };
+    rt().block_on(async {
+        let db = dialogue::store::connect(&url).await.unwrap();
+        // 450 sessions: more than one statement's worth of each kind.
+        let mut batch: Vec<SessionWrite> = (0..450).map(|n| save(n, "{}")).collect();
+        batch.extend((0..450).map(|n| gone(n, 10_000 + n as i64)));
+        batch.push(gone(7, 20_000));
+        batch.extend((0..100).map(|n| SessionWrite::Connected { pid_hash: pid(n) }));
+        batch.extend((100..200).map(|n| SessionWrite::Delete { pid_hash: pid(n) }));
+        batch.push(save(150, r#"{"rooms":["r"]}"#));
+        write_sessions(&db, &batch, 5_000).await.unwrap();
+        let load = |n: usize| {
+            let db = db.clone();
+            async move { load_session(&db, &pid(n)).await.unwrap() }
+        };
+        let user = |n: usize| format!("user-{n}");
+        assert_eq!(load(0).await, Some((user(0), "{}".into(), None)));
+        assert_eq!(load(7).await, Some((user(7), "{}".into(), None)));
+        assert_eq!(load(120).await, None);
+        assert_eq!(
+            load(150).await,
+            Some((user(150), r#"{"rooms":["r"]}"#.into(), None))
+        );
+        assert_eq!(
+            load(300).await,
+            Some((user(300), "{}".into(), Some(10_300)))
+        );
+        assert_eq!(
+            load(449).await,
+            Some((user(449), "{}".into(), Some(10_449)))
+        );
+        // The later of two disconnections, in one batch.
+        let again = [gone(300, 30_000), gone(300, 31_000)];
+        write_sessions(&db, &again, 6_000).await.unwrap();
+        assert_eq!(
+            load(300).await,
+            Some((user(300), "{}".into(), Some(31_000)))
+        );
+        db.close().await.ok();
+    });
+}
+
 /// Re-inserting rows already stored adds only the new ones; what is read back is what was
 /// written.
 fn idempotent_writes(backend: Backend) {
@@ -676,6 +734,11 @@ fn sqlite_lease_of_a_vanished_host_runs_out() {
 }
 
 #[test]
+fn sqlite_session_changes_apply_in_order() {
+    session_changes_apply_in_order(Backend::Sqlite);
+}
+
+#[test]
 fn sqlite_writes_are_idempotent() {
     idempotent_writes(Backend::Sqlite);
 }
@@ -765,6 +828,13 @@ fn postgres_counters_survive_crashes() {
 fn postgres_lease_of_a_vanished_host_runs_out() {
     if let Some(pg) = postgres() {
         lease_of_a_vanished_host_runs_out(pg);
+    }
+}
+
+#[test]
+fn postgres_session_changes_apply_in_order() {
+    if let Some(pg) = postgres() {
+        session_changes_apply_in_order(pg);
     }
 }
 

@@ -1090,154 +1090,168 @@ pub enum SessionWrite {
     Connected { pid_hash: String },
 }
 
-/// Sessions one statement saves at most (4 parameters each).
+/// Sessions one statement changes at most (up to 4 parameters each).
 const SESSIONS_PER_STATEMENT: usize = 200;
 
-/// Applies the changes in one transaction, in order. Consecutive saves of distinct sessions go
-/// in one multi-row statement (a statement costs far more than a row).
+/// The statements that apply `writes`, in order, with `backend`'s placeholders: consecutive
+/// changes of one kind to distinct sessions share a statement (a statement costs far more than
+/// a row). Ten thousand clients that go away at once are 50 statements, not 10,000.
+pub fn session_statements(
+    backend: DbBackend,
+    writes: &[SessionWrite],
+    now_ms: i64,
+) -> Vec<(String, Vec<sea_orm::Value>)> {
+    let mut statements = Vec::new();
+    let mut group: Vec<&SessionWrite> = Vec::new();
+    for write in writes {
+        let joins = group.first().is_some_and(|first| {
+            std::mem::discriminant(*first) == std::mem::discriminant(write)
+                && group.len() < SESSIONS_PER_STATEMENT
+                && group.iter().all(|w| w.pid_hash() != write.pid_hash())
+        });
+        if !joins && !group.is_empty() {
+            statements.push(group_statement(backend, &group, now_ms));
+            group.clear();
+        }
+        group.push(write);
+    }
+    if !group.is_empty() {
+        statements.push(group_statement(backend, &group, now_ms));
+    }
+    statements
+}
+
+impl SessionWrite {
+    fn pid_hash(&self) -> &str {
+        match self {
+            SessionWrite::Save { pid_hash, .. }
+            | SessionWrite::Disconnected { pid_hash, .. }
+            | SessionWrite::Delete { pid_hash }
+            | SessionWrite::Connected { pid_hash } => pid_hash,
+        }
+    }
+}
+
+/// One statement for changes of one kind to distinct sessions.
+fn group_statement(
+    backend: DbBackend,
+    group: &[&SessionWrite],
+    now_ms: i64,
+) -> (String, Vec<sea_orm::Value>) {
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(group.len() * 4);
+    // `$first, $(first + step), …`: the sessions' pid hashes, where they sit among the values.
+    let list = |first: usize, step: usize| {
+        (0..group.len())
+            .map(|i| format!("${}", first + i * step))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let sql = match group[0] {
+        SessionWrite::Save { .. } => {
+            let mut sql = String::from(
+                "INSERT INTO sessions (pid_hash, user_id, state, updated_at, disconnected_at) \
+                 VALUES ",
+            );
+            for (i, write) in group.iter().enumerate() {
+                if let SessionWrite::Save {
+                    pid_hash,
+                    user_id,
+                    state,
+                } = write
+                {
+                    let n = i * 4;
+                    let comma = if i > 0 { ", " } else { "" };
+                    let _ = write!(
+                        sql,
+                        "{comma}(${}, ${}, ${}, ${}, NULL)",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4
+                    );
+                    values.push(pid_hash.as_str().into());
+                    values.push(user_id.as_str().into());
+                    values.push(state.as_str().into());
+                    values.push(now_ms.into());
+                }
+            }
+            sql.push_str(
+                " ON CONFLICT (pid_hash) DO UPDATE SET user_id = excluded.user_id, \
+                 state = excluded.state, updated_at = excluded.updated_at, \
+                 disconnected_at = NULL",
+            );
+            sql
+        }
+        SessionWrite::Disconnected { .. } => {
+            // Each session keeps its own time: it sets when the session expires.
+            let mut sql = String::from("UPDATE sessions SET disconnected_at = CASE pid_hash");
+            for (i, write) in group.iter().enumerate() {
+                if let SessionWrite::Disconnected { pid_hash, at_ms } = write {
+                    let _ = write!(sql, " WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2);
+                    values.push(pid_hash.as_str().into());
+                    values.push((*at_ms).into());
+                }
+            }
+            let _ = write!(sql, " END WHERE pid_hash IN ({})", list(1, 2));
+            sql
+        }
+        SessionWrite::Delete { .. } => {
+            values.extend(group.iter().map(|w| w.pid_hash().into()));
+            format!("DELETE FROM sessions WHERE pid_hash IN ({})", list(1, 1))
+        }
+        SessionWrite::Connected { .. } => {
+            values.push(now_ms.into());
+            values.extend(group.iter().map(|w| w.pid_hash().into()));
+            format!(
+                "UPDATE sessions SET disconnected_at = NULL, updated_at = $1 \
+                 WHERE pid_hash IN ({})",
+                list(2, 1)
+            )
+        }
+    };
+    (placeholders(backend, &sql), values)
+}
+
+/// Applies the changes in order, in one transaction when they take more than one statement
+/// ([`session_statements`]).
 pub async fn write_sessions(
     db: &DatabaseConnection,
     writes: &[SessionWrite],
     now_ms: i64,
 ) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
-    // The common batch, saves of distinct sessions that fit one statement, is one statement:
-    // atomic by itself, and one round trip to the database instead of three.
-    if let Some(saves) = one_statement(writes) {
-        return save_sessions(db, &saves, now_ms).await;
+    let mut statements: Vec<Statement> = session_statements(backend, writes, now_ms)
+        .into_iter()
+        .map(|(sql, values)| Statement::from_sql_and_values(backend, sql, values))
+        .collect();
+    if statements.len() <= 1 {
+        if let Some(statement) = statements.pop() {
+            db.execute_raw(statement).await?;
+        }
+        return Ok(());
     }
     let txn = db.begin().await?;
-    let mut saves: Vec<(&str, &str, &str)> = Vec::new();
-    for write in writes {
-        let single = match write {
-            SessionWrite::Save {
-                pid_hash,
-                user_id,
-                state,
-            } => {
-                if saves.len() == SESSIONS_PER_STATEMENT || saves.iter().any(|s| s.0 == pid_hash) {
-                    save_sessions(&txn, &saves, now_ms).await?;
-                    saves.clear();
-                }
-                saves.push((pid_hash, user_id, state));
-                continue;
-            }
-            SessionWrite::Disconnected { pid_hash, at_ms } => stmt(
-                backend,
-                "UPDATE sessions SET disconnected_at = $1 WHERE pid_hash = $2",
-                vec![(*at_ms).into(), pid_hash.as_str().into()],
-            ),
-            SessionWrite::Delete { pid_hash } => stmt(
-                backend,
-                "DELETE FROM sessions WHERE pid_hash = $1",
-                vec![pid_hash.as_str().into()],
-            ),
-            SessionWrite::Connected { pid_hash } => stmt(
-                backend,
-                "UPDATE sessions SET disconnected_at = NULL, updated_at = $1 WHERE pid_hash = $2",
-                vec![now_ms.into(), pid_hash.as_str().into()],
-            ),
-        };
-        save_sessions(&txn, &saves, now_ms).await?;
-        saves.clear();
-        txn.execute_raw(single).await?;
+    for statement in statements {
+        txn.execute_raw(statement).await?;
     }
-    save_sessions(&txn, &saves, now_ms).await?;
     txn.commit().await
 }
 
-/// [`write_sessions`] through `writer`, SQLite's own connection, when there is one and the
-/// batch is one statement; anything else, or what it declines, goes the general way.
+/// [`write_sessions`] through `writer`, SQLite's own connection, when there is one; what it
+/// declines goes the general way.
 pub async fn write_sessions_via(
     writer: Option<&mut SqliteWriter>,
     db: &DatabaseConnection,
     writes: &[SessionWrite],
     now_ms: i64,
 ) -> Result<(), DbErr> {
-    if let (Some(writer), Some(saves)) = (writer, one_statement(writes)) {
-        match writer.save_sessions(&saves, now_ms) {
+    if let Some(writer) = writer {
+        match writer.write_sessions(writes, now_ms) {
             Ok(()) => return Ok(()),
-            Err(why) => log::debug!("saving sessions through sea-orm: {why:?}"),
+            Err(why) => log::debug!("writing sessions through sea-orm: {why:?}"),
         }
     }
     write_sessions(db, writes, now_ms).await
-}
-
-/// The batch as one statement's saves: only saves, of distinct sessions, few enough.
-fn one_statement(writes: &[SessionWrite]) -> Option<Vec<(&str, &str, &str)>> {
-    let mut distinct = std::collections::HashSet::new();
-    let saves: Option<Vec<(&str, &str, &str)>> = writes
-        .iter()
-        .map(|w| match w {
-            SessionWrite::Save {
-                pid_hash,
-                user_id,
-                state,
-            } if distinct.insert(pid_hash.as_str()) => {
-                Some((pid_hash.as_str(), user_id.as_str(), state.as_str()))
-            }
-            _ => None,
-        })
-        .collect();
-    saves.filter(|s| s.len() <= SESSIONS_PER_STATEMENT)
-}
-
-/// Inserts or replaces connected sessions (distinct pid hashes) in one statement.
-async fn save_sessions<C: ConnectionTrait>(
-    db: &C,
-    saves: &[(&str, &str, &str)],
-    now_ms: i64,
-) -> Result<(), DbErr> {
-    if saves.is_empty() {
-        return Ok(());
-    }
-    let backend = db.get_database_backend();
-    let sql = save_sessions_sql(backend, saves.len());
-    db.execute_raw(Statement::from_sql_and_values(
-        backend,
-        sql,
-        save_sessions_values(saves, now_ms),
-    ))
-    .await?;
-    Ok(())
-}
-
-/// [`save_sessions`]'s statement for `rows` sessions.
-fn save_sessions_sql(backend: DbBackend, rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO sessions (pid_hash, user_id, state, updated_at, disconnected_at) VALUES ",
-    );
-    for i in 0..rows {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let n = i * 4;
-        let _ = write!(
-            sql,
-            "(${}, ${}, ${}, ${}, NULL)",
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4
-        );
-    }
-    sql.push_str(
-        " ON CONFLICT (pid_hash) DO UPDATE SET user_id = excluded.user_id, \
-         state = excluded.state, updated_at = excluded.updated_at, disconnected_at = NULL",
-    );
-    placeholders(backend, &sql)
-}
-
-/// [`save_sessions`]'s values: pid hash, user, state and `now_ms` per session.
-fn save_sessions_values(saves: &[(&str, &str, &str)], now_ms: i64) -> Vec<sea_orm::Value> {
-    let mut values = Vec::with_capacity(saves.len() * 4);
-    for (pid_hash, user_id, state) in saves {
-        values.push((*pid_hash).into());
-        values.push((*user_id).into());
-        values.push((*state).into());
-        values.push(now_ms.into());
-    }
-    values
 }
 
 /// A stored session: its user, its state (JSON text) and when its connection ended
@@ -1314,6 +1328,40 @@ async fn count_sessions(db: &DatabaseConnection) -> Result<u64, DbErr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs of one kind of change to distinct sessions share a statement, up to
+    /// [`SESSIONS_PER_STATEMENT`]; a second change to a session in a run starts the next.
+    #[test]
+    fn session_changes_of_a_kind_share_statements() {
+        let gone = |n: usize| SessionWrite::Disconnected {
+            pid_hash: format!("{n:064x}"),
+            at_ms: n as i64,
+        };
+        let closes: Vec<SessionWrite> = (0..10_000).map(gone).collect();
+        let statements = session_statements(DbBackend::Postgres, &closes, 0);
+        assert_eq!(statements.len(), 50);
+        assert!(statements.iter().all(|(_, v)| v.len() == 400));
+        let (sql, _) = &statements[0];
+        assert!(sql.starts_with("UPDATE sessions SET disconnected_at = CASE pid_hash WHEN $1 THEN $2 WHEN $3 THEN $4"), "{sql}");
+        assert!(sql.ends_with("$397, $399)"), "{sql}");
+        let mixed = [
+            gone(1),
+            gone(2),
+            gone(1),
+            SessionWrite::Delete {
+                pid_hash: "x".into(),
+            },
+            gone(3),
+        ];
+        let statements = session_statements(DbBackend::Sqlite, &mixed, 0);
+        let sqls: Vec<&str> = statements.iter().map(|(sql, _)| sql.as_str()).collect();
+        assert_eq!(sqls.len(), 4, "{sqls:?}");
+        assert!(
+            sqls[1].contains("WHEN ?1 THEN ?2 END WHERE pid_hash IN (?1)"),
+            "{sqls:?}"
+        );
+        assert_eq!(sqls[2], "DELETE FROM sessions WHERE pid_hash IN (?1)");
+    }
 
     #[test]
     fn a_process_is_dead_only_when_this_kernel_says_so() {

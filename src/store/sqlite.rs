@@ -10,7 +10,7 @@
 //! back, for [`super::write_jobs`] to do the write again and sort out, as before.
 
 use super::{lease_left_sql, raise_counter_sql, renew_sql, sqlite_insert, sqlite_rows, WriteJob};
-use super::{save_sessions_sql, save_sessions_values};
+use super::{session_statements, SessionWrite};
 use super::{sqlite_statement_sizes, BatchRef};
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::collections::HashMap;
@@ -201,27 +201,33 @@ impl SqliteWriter {
 }
 
 impl SqliteWriter {
-    /// Inserts or replaces connected sessions (distinct pid hashes) in one statement, as
-    /// [`super::write_sessions`] does. `Err` says why not (nothing was written).
-    pub fn save_sessions(
+    /// Applies session changes as [`super::write_sessions`] does: the same statements, in
+    /// one transaction. `Err` says why not (nothing was written).
+    pub fn write_sessions(
         &mut self,
-        saves: &[(&str, &str, &str)],
+        writes: &[SessionWrite],
         now_ms: i64,
     ) -> Result<(), FastWrite> {
-        if saves.is_empty() {
+        let declined = |e: rusqlite::Error| FastWrite::Declined(e.to_string());
+        let statements = session_statements(sea_orm::DbBackend::Sqlite, writes, now_ms);
+        if statements.is_empty() {
             return Ok(());
         }
         self.restart_log();
-        let sql = save_sessions_sql(sea_orm::DbBackend::Sqlite, saves.len());
-        let values = save_sessions_values(saves, now_ms)
-            .into_iter()
-            .map(to_sql_value)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| s.execute(params_from_iter(values)))
-            .map_err(|e| FastWrite::Declined(e.to_string()))?;
-        Ok(())
+        let txn = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(declined)?;
+        for (sql, values) in statements {
+            let values = values
+                .into_iter()
+                .map(to_sql_value)
+                .collect::<Result<Vec<_>, _>>()?;
+            txn.prepare_cached(&sql)
+                .and_then(|mut s| s.execute(params_from_iter(values)))
+                .map_err(declined)?;
+        }
+        txn.commit().map_err(declined)
     }
 }
 
@@ -395,33 +401,69 @@ mod tests {
         assert_eq!(store::max_seq(&db, "r", "message").await.unwrap(), 24);
     }
 
+    /// Every kind of session change goes through the writer, in order, in one transaction.
+    /// The general path is given another database: a batch the writer left to it would land
+    /// there. While another connection holds the write lock the writer declines (nothing
+    /// written) and the general path waits its turn.
     #[tokio::test]
-    async fn saves_sessions_and_leaves_other_changes_to_the_general_path() {
+    async fn applies_every_session_change_and_declines_while_locked() {
         use store::SessionWrite;
         let (_dir, file, url, db) = fresh("s.db").await;
+        let (_decoy_dir, _, _, decoy) = fresh("decoy.db").await;
         let mut writer = SqliteWriter::open(&url).unwrap().unwrap();
         let save = |pid: &str, state: &str| SessionWrite::Save {
             pid_hash: pid.into(),
             user_id: format!("user-{pid}"),
             state: state.into(),
         };
-        let saves = [save("a", r#"{"rooms":["r1"]}"#), save("b", "{}")];
-        store::write_sessions_via(Some(&mut writer), &db, &saves, 1_000)
+        let gone = |pid: &str, at_ms: i64| SessionWrite::Disconnected {
+            pid_hash: pid.into(),
+            at_ms,
+        };
+        let batch = [
+            save("a", r#"{"rooms":["r1"]}"#),
+            save("b", "{}"),
+            save("c", "{}"),
+            save("d", "{}"),
+            gone("a", 1_100),
+            gone("b", 1_200),
+            gone("a", 1_300),
+            SessionWrite::Connected {
+                pid_hash: "b".into(),
+            },
+            SessionWrite::Delete {
+                pid_hash: "c".into(),
+            },
+            save("e", "{}"),
+            save("c", r#"{"rooms":["r2"]}"#),
+            gone("d", 1_400),
+        ];
+        store::write_sessions_via(Some(&mut writer), &decoy, &batch, 1_000)
             .await
             .unwrap();
-        let a = store::load_session(&db, "a").await.unwrap();
+        let load = |pid: &'static str| {
+            let db = db.clone();
+            async move { store::load_session(&db, pid).await.unwrap() }
+        };
+        let user = |pid: &str| format!("user-{pid}");
+        // The later of two disconnections counts; each session keeps its own time.
         assert_eq!(
-            a,
-            Some(("user-a".into(), r#"{"rooms":["r1"]}"#.into(), None))
+            load("a").await,
+            Some((user("a"), r#"{"rooms":["r1"]}"#.into(), Some(1_300)))
         );
-        // A later save replaces the state; while another connection holds the write lock the
-        // writer declines (nothing written) and the general path waits its turn.
+        assert_eq!(load("b").await, Some((user("b"), "{}".into(), None)));
+        assert_eq!(
+            load("c").await,
+            Some((user("c"), r#"{"rooms":["r2"]}"#.into(), None))
+        );
+        assert_eq!(load("d").await, Some((user("d"), "{}".into(), Some(1_400))));
+        assert_eq!(load("e").await, Some((user("e"), "{}".into(), None)));
+        assert_eq!(store::load_session(&decoy, "e").await.unwrap(), None);
+
         let locker = rusqlite::Connection::open(&file).unwrap();
         locker.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let later = [save("a", r#"{"rooms":[]}"#)];
-        assert!(writer
-            .save_sessions(&[("a", "user-a", "{}")], 2_000)
-            .is_err());
+        let later = [save("a", r#"{"rooms":[]}"#), gone("e", 2_000)];
+        assert!(writer.write_sessions(&later, 2_000).is_err());
         let release = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(200));
             locker.execute_batch("COMMIT").unwrap();
@@ -430,24 +472,11 @@ mod tests {
             .await
             .unwrap();
         release.join().unwrap();
-        let a = store::load_session(&db, "a").await.unwrap();
-        assert_eq!(a, Some(("user-a".into(), r#"{"rooms":[]}"#.into(), None)));
-        // Other changes are not one statement: the general path applies them, in order.
-        let changes = [
-            SessionWrite::Disconnected {
-                pid_hash: "a".into(),
-                at_ms: 3_000,
-            },
-            SessionWrite::Delete {
-                pid_hash: "b".into(),
-            },
-        ];
-        store::write_sessions_via(Some(&mut writer), &db, &changes, 3_000)
-            .await
-            .unwrap();
-        let a = store::load_session(&db, "a").await.unwrap();
-        assert_eq!(a.and_then(|a| a.2), Some(3_000));
-        assert_eq!(store::load_session(&db, "b").await.unwrap(), None);
+        assert_eq!(
+            load("a").await,
+            Some((user("a"), r#"{"rooms":[]}"#.into(), None))
+        );
+        assert_eq!(load("e").await, Some((user("e"), "{}".into(), Some(2_000))));
     }
 
     /// A write renews its room's lease only once half of it is gone (the actor renews every
@@ -552,7 +581,12 @@ mod tests {
         };
         let mut save = |n: usize| {
             let pid = format!("{n:064x}");
-            sessions.save_sessions(&[(&pid, "u", "{}")], 1).unwrap();
+            let save = SessionWrite::Save {
+                pid_hash: pid,
+                user_id: "u".into(),
+                state: "{}".into(),
+            };
+            sessions.write_sessions(&[save], 1).unwrap();
         };
         for n in 0..300 {
             save(n);
