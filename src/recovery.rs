@@ -551,9 +551,9 @@ async fn write_loop(
             writes.push(write);
             waiters.extend(waiter);
         }
-        // While the database is away, only the last save of each session is kept.
+        // While the database is away, only what the last save of a session leaves matters.
         let before = writes.len();
-        coalesce(&mut writes);
+        store::drop_superseded(&mut writes);
         waiting.fetch_sub(before - writes.len(), Ordering::Relaxed);
         let written = store::write_sessions_via(writer.as_mut(), &db, &writes, now_ms()).await;
         last_write = Some(Instant::now());
@@ -580,22 +580,6 @@ async fn write_loop(
             }
         }
     }
-}
-
-/// Drops every save that a later save or delete of the same session makes pointless, keeping
-/// the order of what remains.
-fn coalesce(writes: &mut Vec<SessionWrite>) {
-    let mut seen = std::collections::HashSet::new();
-    let mut keep = vec![true; writes.len()];
-    for (i, write) in writes.iter().enumerate().rev() {
-        if let SessionWrite::Save { pid_hash, .. } | SessionWrite::Delete { pid_hash } = write {
-            if !seen.insert(pid_hash.clone()) && matches!(write, SessionWrite::Save { .. }) {
-                keep[i] = false;
-            }
-        }
-    }
-    let mut keep = keep.into_iter();
-    writes.retain(|_| keep.next().unwrap_or(true));
 }
 
 #[cfg(test)]
@@ -640,41 +624,6 @@ mod tests {
         o.advance(0, "b", 1);
         o.forget(0);
         assert!(matches!(o.advance(1, "a", 5), Advance::Offset(t) if t == "1.a.5"));
-    }
-
-    #[test]
-    fn only_the_last_save_of_a_session_is_kept() {
-        let save = |pid: &str, state: &str| SessionWrite::Save {
-            pid_hash: pid.into(),
-            user_id: "u".into(),
-            state: state.into(),
-        };
-        let mut writes = vec![
-            save("a", "1"),
-            save("b", "1"),
-            SessionWrite::Disconnected {
-                pid_hash: "a".into(),
-                at_ms: 5,
-            },
-            save("a", "2"),
-            SessionWrite::Delete {
-                pid_hash: "b".into(),
-            },
-            save("a", "3"),
-        ];
-        coalesce(&mut writes);
-        let shape: Vec<String> = writes
-            .iter()
-            .map(|w| match w {
-                SessionWrite::Save {
-                    pid_hash, state, ..
-                } => format!("save {pid_hash} {state}"),
-                SessionWrite::Delete { pid_hash } => format!("delete {pid_hash}"),
-                SessionWrite::Disconnected { pid_hash, .. } => format!("gone {pid_hash}"),
-                SessionWrite::Connected { pid_hash } => format!("back {pid_hash}"),
-            })
-            .collect();
-        assert_eq!(shape, ["gone a", "delete b", "save a 3"]);
     }
 
     #[test]

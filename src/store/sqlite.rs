@@ -10,7 +10,6 @@
 //! back, for [`super::write_jobs`] to do the write again and sort out, as before.
 
 use super::{lease_left_sql, raise_counter_sql, renew_sql, sqlite_insert, sqlite_rows, WriteJob};
-use super::{session_statements, SessionWrite};
 use super::{sqlite_statement_sizes, BatchRef};
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::collections::HashMap;
@@ -201,33 +200,18 @@ impl SqliteWriter {
 }
 
 impl SqliteWriter {
-    /// Applies session changes as [`super::write_sessions`] does: the same statements, in
-    /// one transaction. `Err` says why not (nothing was written).
-    pub fn write_sessions(
-        &mut self,
-        writes: &[SessionWrite],
-        now_ms: i64,
-    ) -> Result<(), FastWrite> {
-        let declined = |e: rusqlite::Error| FastWrite::Declined(e.to_string());
-        let statements = session_statements(sea_orm::DbBackend::Sqlite, writes, now_ms);
-        if statements.is_empty() {
-            return Ok(());
-        }
+    /// Runs one statement (written for SQLite, with sea-orm's values), a transaction of its
+    /// own. `Err` says why not (nothing was written).
+    pub fn execute(&mut self, sql: &str, values: Vec<sea_orm::Value>) -> Result<usize, FastWrite> {
         self.restart_log();
-        let txn = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(declined)?;
-        for (sql, values) in statements {
-            let values = values
-                .into_iter()
-                .map(to_sql_value)
-                .collect::<Result<Vec<_>, _>>()?;
-            txn.prepare_cached(&sql)
-                .and_then(|mut s| s.execute(params_from_iter(values)))
-                .map_err(declined)?;
-        }
-        txn.commit().map_err(declined)
+        let values = values
+            .into_iter()
+            .map(to_sql_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(params_from_iter(values)))
+            .map_err(|e| FastWrite::Declined(e.to_string()))
     }
 }
 
@@ -401,12 +385,12 @@ mod tests {
         assert_eq!(store::max_seq(&db, "r", "message").await.unwrap(), 24);
     }
 
-    /// Every kind of session change goes through the writer, in order, in one transaction.
-    /// The general path is given another database: a batch the writer left to it would land
-    /// there. While another connection holds the write lock the writer declines (nothing
+    /// Saves that fit one statement go through the writer: the general path is given another
+    /// database, where a batch left to it would land. Other changes go the general way, in
+    /// order. While another connection holds the write lock the writer declines (nothing
     /// written) and the general path waits its turn.
     #[tokio::test]
-    async fn applies_every_session_change_and_declines_while_locked() {
+    async fn one_statement_of_saves_goes_through_the_writer_the_rest_the_general_way() {
         use store::SessionWrite;
         let (_dir, file, url, db) = fresh("s.db").await;
         let (_decoy_dir, _, _, decoy) = fresh("decoy.db").await;
@@ -420,6 +404,12 @@ mod tests {
             pid_hash: pid.into(),
             at_ms,
         };
+        let saves = [save("a", "{}"), save("b", "{}"), save("c", "{}")];
+        store::write_sessions_via(Some(&mut writer), &decoy, &saves, 500)
+            .await
+            .unwrap();
+        assert!(store::load_session(&db, "c").await.unwrap().is_some());
+        assert_eq!(store::load_session(&decoy, "c").await.unwrap(), None);
         let batch = [
             save("a", r#"{"rooms":["r1"]}"#),
             save("b", "{}"),
@@ -438,7 +428,7 @@ mod tests {
             save("c", r#"{"rooms":["r2"]}"#),
             gone("d", 1_400),
         ];
-        store::write_sessions_via(Some(&mut writer), &decoy, &batch, 1_000)
+        store::write_sessions_via(Some(&mut writer), &db, &batch, 1_000)
             .await
             .unwrap();
         let load = |pid: &'static str| {
@@ -458,12 +448,14 @@ mod tests {
         );
         assert_eq!(load("d").await, Some((user("d"), "{}".into(), Some(1_400))));
         assert_eq!(load("e").await, Some((user("e"), "{}".into(), None)));
-        assert_eq!(store::load_session(&decoy, "e").await.unwrap(), None);
 
         let locker = rusqlite::Connection::open(&file).unwrap();
         locker.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let later = [save("a", r#"{"rooms":[]}"#), gone("e", 2_000)];
-        assert!(writer.write_sessions(&later, 2_000).is_err());
+        let later = [save("a", r#"{"rooms":[]}"#), save("e", "{}")];
+        let statements = store::session_statements(sea_orm::DbBackend::Sqlite, &later, 2_000);
+        for (sql, values) in statements {
+            assert!(writer.execute(&sql, values).is_err());
+        }
         let release = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(200));
             locker.execute_batch("COMMIT").unwrap();
@@ -476,7 +468,7 @@ mod tests {
             load("a").await,
             Some((user("a"), r#"{"rooms":[]}"#.into(), None))
         );
-        assert_eq!(load("e").await, Some((user("e"), "{}".into(), Some(2_000))));
+        assert_eq!(load("e").await, Some((user("e"), "{}".into(), None)));
     }
 
     /// A write renews its room's lease only once half of it is gone (the actor renews every
@@ -581,12 +573,14 @@ mod tests {
         };
         let mut save = |n: usize| {
             let pid = format!("{n:064x}");
-            let save = SessionWrite::Save {
+            let save = store::SessionWrite::Save {
                 pid_hash: pid,
                 user_id: "u".into(),
                 state: "{}".into(),
             };
-            sessions.write_sessions(&[save], 1).unwrap();
+            for (sql, values) in store::session_statements(sea_orm::DbBackend::Sqlite, &[save], 1) {
+                sessions.execute(&sql, values).unwrap();
+            }
         };
         for n in 0..300 {
             save(n);
