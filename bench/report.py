@@ -109,6 +109,16 @@ def figures(settings):
          field("connections_per_s"), "/s", None, "—", "median"),
         ("Connections opened per second ÷ floor (same run)", "idle-vs-floor",
          field("conn"), "×", None, "—", "median"),
+        ("Server CPU per connection opened (connect + join)", "idle",
+         field("server_cpu_us_per_connection"), "µs", None, "—", "median"),
+        ("Floor: server CPU per connection opened (connect + join)", "idle-floor",
+         field("server_cpu_us_per_connection"), "µs", None, "—", "median"),
+        ("Server CPU per connection opened ÷ floor (same run)", "idle-vs-floor",
+         field("conn_cpu"), "×", None, "—", "median"),
+        ("Server CPU per connection closed (its recoverable session kept)", "idle",
+         field("close_cpu_us_per_connection"), "µs", None, "—", "median"),
+        ("Floor: server CPU per connection closed", "idle-floor",
+         field("close_cpu_us_per_connection"), "µs", None, "—", "median"),
         (f"Idle joined connections held at once ({int(settings['IDLE_MAX_CONNECTIONS']):,} "
          "asked, 8 source addresses; bounded by the open files limit)", "idle-max",
          field("opened"), "", None, "—", "median"),
@@ -370,7 +380,8 @@ def main():
                      "p50": ratio(r, t, "p50_ms"), "p99": ratio(r, t, "p99_ms"),
                      "cpu": ratio(r, t, "server_cpu_us_per_delivery"),
                      "mem": ratio(r, t, "kib_per_connection"),
-                     "conn": ratio(r, t, "connections_per_s")})
+                     "conn": ratio(r, t, "connections_per_s"),
+                     "conn_cpu": ratio(r, t, "server_cpu_us_per_connection")})
 
     def matching(bench):
         return [r for r in rows if r["bench"] == bench]
@@ -435,8 +446,9 @@ def main():
             "server without validation, history or database) on the same core, whose figures "
             "the product's are divided by, run by run.",
             "- **idle**: `IDLE_CONNECTIONS` connections opened `IDLE_CONCURRENCY` at a time, each "
-            "joined to a room; server RSS (VmRSS) before and after, over the connections; the same "
-            "against the floor. Then `IDLE_MAX_CONNECTIONS` connections from source addresses "
+            "joined to a room; server RSS (VmRSS) before and after, over the connections; the "
+            "server's CPU (/proc/PID/stat) while they open, and from their close until it stays "
+            "still for 300 ms, per connection; the same against the floor. Then `IDLE_MAX_CONNECTIONS` connections from source addresses "
             "127.0.0.1–8 (one address has about 28,000 ephemeral ports); this machine's open "
             "files limit (a hard 20,000 per process, which needs CAP_SYS_RESOURCE to raise) bounds "
             "how many one process can hold.",
