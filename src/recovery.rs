@@ -97,23 +97,43 @@ impl SessionState {
     }
 }
 
-/// A new session secret: 244 bits from the OS generator (two v4 UUIDs' random bits), hex.
+/// A new session secret, 64 hex digits: the time it was made (milliseconds since the epoch,
+/// 12 digits), then 208 bits from the thread's generator (seeded by the OS). The time comes
+/// first so that [`pid_hash`] does too.
 pub fn new_pid() -> String {
-    format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
+    let ms = now_ms() as u64 & 0xffff_ffff_ffff;
+    let mut pid = format!("{ms:012x}");
+    for byte in rand::random::<[u8; 26]>() {
+        let _ = write!(pid, "{byte:02x}");
+    }
+    pid
 }
 
-/// What the database keys a session by: SHA-256 of its pid, hex.
-pub fn pid_hash(pid: &str) -> String {
-    let digest = Sha256::digest(pid.as_bytes());
+/// SHA-256 of `text`, hex.
+fn sha256_hex(text: &str) -> String {
     let mut out = String::with_capacity(64);
-    for byte in digest {
+    for byte in Sha256::digest(text.as_bytes()) {
         let _ = write!(out, "{byte:02x}");
     }
     out
+}
+
+/// What the database keys a session by (the pid itself is never stored): the pid's first 12
+/// digits, its time, then SHA-256 of the pid, cut to 64 digits in all. Sessions saved over
+/// time go to the end of the key's index instead of onto scattered pages: a quarter of the
+/// log pages per save.
+pub fn pid_hash(pid: &str) -> String {
+    let time = pid.get(..12).unwrap_or(pid);
+    let mut key = sha256_hex(pid);
+    key.replace_range(..time.len(), time);
+    key
+}
+
+/// The key sessions were saved under before [`pid_hash`] put the time first: SHA-256 of the
+/// pid. Looked up when the other key is not found, so that sessions an older version saved
+/// still recover (for `maxDisconnectionDuration` after an upgrade).
+pub fn legacy_pid_hash(pid: &str) -> String {
+    sha256_hex(pid)
 }
 
 /// Whether `pid` has the shape [`new_pid`] gives (anything else is not looked up).
@@ -304,6 +324,8 @@ pub fn with_offset(frame: &str, offset: &str) -> String {
 
 /// A session found by its pid.
 pub struct StoredSession {
+    /// The key it is saved under: its pid's [`pid_hash`], or [`legacy_pid_hash`].
+    pub pid_hash: String,
     pub user_id: String,
     pub state: SessionState,
     /// When its connection ended (ms since the epoch); `None` while a connection holds it.
@@ -456,16 +478,26 @@ impl SessionStore {
         let _ = self.send(write, None);
     }
 
-    /// The session with this pid hash if it is still recoverable; an error when the
-    /// database is away or does not answer within [`SAVE_TIMEOUT`].
-    pub async fn load(&self, pid_hash: &str) -> Result<Option<StoredSession>, String> {
+    /// The session of `pid` if it is still recoverable, with the key it is saved under; an
+    /// error when the database is away or does not answer within [`SAVE_TIMEOUT`].
+    pub async fn load(&self, pid: &str) -> Result<Option<StoredSession>, String> {
         if !self.available.load(Ordering::Relaxed) {
             return Err("the database is not available".to_owned());
         }
-        let loaded = tokio::time::timeout(SAVE_TIMEOUT, store::load_session(&self.db, pid_hash))
+        let find = async {
+            for key in [pid_hash(pid), legacy_pid_hash(pid)] {
+                if let Some(found) = store::load_session(&self.db, &key).await? {
+                    return Ok::<_, sea_orm::DbErr>(Some((key, found)));
+                }
+            }
+            Ok(None)
+        };
+        let loaded = tokio::time::timeout(SAVE_TIMEOUT, find)
             .await
             .map_err(|_| "the database did not answer in time".to_owned())?;
-        let Some((user_id, state, disconnected_at)) = loaded.map_err(|e| e.to_string())? else {
+        let Some((pid_hash, (user_id, state, disconnected_at))) =
+            loaded.map_err(|e| e.to_string())?
+        else {
             return Ok(None);
         };
         let max_age = self.config.max_disconnection_duration as i64;
@@ -474,6 +506,7 @@ impl SessionStore {
         }
         let state = serde_json::from_str(&state).map_err(|e| e.to_string())?;
         Ok(Some(StoredSession {
+            pid_hash,
             user_id,
             state,
             disconnected_at,
@@ -624,6 +657,62 @@ mod tests {
         o.advance(0, "b", 1);
         o.forget(0);
         assert!(matches!(o.advance(1, "a", 5), Advance::Offset(t) if t == "1.a.5"));
+    }
+
+    /// A pid starts with the time it was made, and so does its key: sessions saved later sort
+    /// after those saved earlier. The key sessions had before is the second one looked up.
+    #[test]
+    fn session_keys_start_with_the_pids_time() {
+        let first = new_pid();
+        std::thread::sleep(Duration::from_millis(2));
+        let second = new_pid();
+        assert!(pid_hash(&first) < pid_hash(&second));
+        let made = u64::from_str_radix(&first[..12], 16).unwrap();
+        assert!(made.abs_diff(now_ms() as u64) < 60_000, "{first}");
+        let (key, legacy) = (pid_hash(&first), legacy_pid_hash(&first));
+        assert_eq!(key[..12], first[..12]);
+        assert_eq!(key[12..], legacy[12..]);
+        assert_eq!((key.len(), legacy.len()), (64, 64));
+    }
+
+    /// A session an older version saved under its pid's plain SHA-256 still recovers, under
+    /// that key; one saved under the new key is found first.
+    #[actix_rt::test]
+    async fn sessions_saved_under_either_key_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display());
+        let db = store::connect(&url).await.unwrap();
+        let store = SessionStore::start(
+            db.clone(),
+            &url,
+            RecoveryConfig::default(),
+            &actix_rt::Arbiter::current(),
+        )
+        .await
+        .unwrap();
+        let (old, new) = (new_pid(), new_pid());
+        let state = serde_json::to_string(&SessionState::default()).unwrap();
+        let save = |key: String, user: &str| SessionWrite::Save {
+            pid_hash: key,
+            user_id: user.into(),
+            state: state.clone(),
+        };
+        let writes = [
+            save(legacy_pid_hash(&old), "old"),
+            save(pid_hash(&new), "new"),
+        ];
+        store::write_sessions(&db, &writes, now_ms()).await.unwrap();
+        let found = store.load(&old).await.unwrap().unwrap();
+        assert_eq!(
+            (found.user_id.as_str(), found.pid_hash),
+            ("old", legacy_pid_hash(&old))
+        );
+        let found = store.load(&new).await.unwrap().unwrap();
+        assert_eq!(
+            (found.user_id.as_str(), found.pid_hash),
+            ("new", pid_hash(&new))
+        );
+        assert!(store.load(&new_pid()).await.unwrap().is_none());
     }
 
     #[test]

@@ -699,8 +699,10 @@ impl Connection {
             return self.accept_connect(ctx, identity, since, wanted, None);
         };
         self.connecting = true;
-        let hash = recovery::pid_hash(&pid);
-        let load = async move { store.load(&hash).await };
+        let load = {
+            let pid = pid.clone();
+            async move { store.load(&pid).await }
+        };
         ctx.spawn(load.into_actor(self).map(move |loaded, act, ctx| {
             act.connecting = false;
             if act.closing {
@@ -778,7 +780,7 @@ impl Connection {
                         self.id,
                         stored.disconnected_at
                     );
-                    let hash = recovery::pid_hash(&pid);
+                    let hash = stored.pid_hash;
                     store.connected(&hash);
                     Recoverable {
                         hash,
