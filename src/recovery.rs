@@ -2,8 +2,9 @@
 //! connection gets its session back — identity, rooms, subscriptions — and every event it
 //! missed, even after the server restarted or crashed.
 //!
-//! - The CONNECT answer carries a `pid`: 244 random bits, the session's secret. Only its
-//!   SHA-256 is stored (`sessions` table), with the user id it is bound to.
+//! - The CONNECT answer carries a `pid`, the session's secret: the time it was made, then 208
+//!   random bits. Only that time and its SHA-256 are stored ([`pid_hash`], `sessions` table),
+//!   with the user id it is bound to.
 //! - Every `dialogue:event` of an event type with history carries an **offset** as its last
 //!   argument: the positions ([`Offsets`]) of every (room, event) stream this session has
 //!   been sent, as of that event. The client keeps the last one it processed, so the offset
