@@ -1251,8 +1251,17 @@ pub async fn write_sessions(
     writes: &[SessionWrite],
     now_ms: i64,
 ) -> Result<(), DbErr> {
+    let statements = session_statements(db.get_database_backend(), writes, now_ms);
+    apply_statements(db, statements).await
+}
+
+/// Runs `statements` in order: one by itself, more in one transaction.
+async fn apply_statements(
+    db: &DatabaseConnection,
+    statements: Vec<(String, Vec<sea_orm::Value>)>,
+) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
-    let mut statements: Vec<Statement> = session_statements(backend, writes, now_ms)
+    let mut statements: Vec<Statement> = statements
         .into_iter()
         .map(|(sql, values)| Statement::from_sql_and_values(backend, sql, values))
         .collect();
@@ -1281,19 +1290,23 @@ pub async fn write_sessions_via(
     writes: &[SessionWrite],
     now_ms: i64,
 ) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    let mut statements = session_statements(backend, writes, now_ms);
     let saves = writes
         .iter()
         .all(|w| matches!(w, SessionWrite::Save { .. }));
-    if let (Some(writer), true) = (writer, saves) {
-        let mut statements = session_statements(DbBackend::Sqlite, writes, now_ms);
-        if let (Some((sql, values)), true) = (statements.pop(), statements.is_empty()) {
-            match writer.execute(&sql, values) {
-                Ok(_) => return Ok(()),
-                Err(why) => log::debug!("saving sessions through sea-orm: {why:?}"),
-            }
+    if let Some(writer) = writer.filter(|_| saves && statements.len() == 1) {
+        let Some((sql, values)) = statements.pop() else {
+            return Ok(());
+        };
+        match writer.execute(&sql, values) {
+            Ok(_) => return Ok(()),
+            Err(why) => log::debug!("saving sessions through sea-orm: {why:?}"),
         }
+        // Declined (rare): the statement went to the writer, so it is made again.
+        statements = session_statements(backend, writes, now_ms);
     }
-    write_sessions(db, writes, now_ms).await
+    apply_statements(db, statements).await
 }
 
 /// A stored session: its user, its state (JSON text) and when its connection ended
