@@ -27,7 +27,7 @@ bench_build() {
 }
 
 # Starts the floor server pinned to core 0 on a free port, as start_server does the product
-# (one thread: the product runs one worker and one room thread there too); sets SERVER, PORT,
+# (one thread: the product runs one room thread there too); sets SERVER, PORT,
 # URL and adds the pid to SERVERS.
 start_floor() {
   PORT=$(free_port)
@@ -49,13 +49,13 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# The benchmark configuration: one worker, one room thread, no rate limits; rooms general,
+# The benchmark configuration: one room thread, no rate limits; rooms general,
 # deep, scan, and soak0 … soak{$1 - 1}.
 write_config() { # $1 = file, $2 = soak rooms (default 100), $3 = durability (default stored)
   {
     echo "database: { durability: ${3:-stored} }"
     cat <<'YAML'
-server: { host: 127.0.0.1, port: 0, workers: 1, roomThreads: 1 }
+server: { host: 127.0.0.1, port: 0, roomThreads: 1 }
 limits: { historyRequestsPerMinute: 0, triggersPerSecond: 0 }
 events:
   message:

@@ -397,7 +397,7 @@ def main():
         f"Measured {a.started} on commit `{a.commit}` by `bench/run`.",
         "",
         f"- Machine: {machine()}.",
-        "- Server: release build, `workers: 1`, `roomThreads: 1`, no rate limits, pinned to core 0 "
+        "- Server: release build, `roomThreads: 1`, no rate limits, pinned to core 0 "
         "(`taskset -c 0`); SQLite in WAL mode unless stated. Load generator (`dialogue-load`, "
         "Rust, tokio-tungstenite) pinned to core 1.",
         f"- Each figure: median (min–max) of {settings['RUNS']} runs "

@@ -16,12 +16,13 @@
 //!   [`actors::directory`] (room ids → room actors), [`actors::persistence`] (write-behind
 //!   of every accepted event, group commit, leases),
 //!   [`actors::outbox`] (how a room reaches a member: straight into its WebSocket send queue),
-//!   and [`actors::messages`], every message between them. Rooms run on threads of their own
-//!   (`server.roomThreads`), apart from the HTTP workers; so do WebSocket sessions, once their
-//!   socket left the HTTP layer ([`http::upgrade`]), so a room delivers to the sessions on its
-//!   thread without waking another.
+//!   and [`actors::messages`], every message between them. Rooms run on the room threads
+//!   (`server.roomThreads`), which also accept and serve the connections ([`http::listener`]):
+//!   a WebSocket session stays on the thread that accepted its socket, and a room delivers to
+//!   the sessions on its thread without waking another.
 //! - [`history`] — a room's in-memory window per event and the offset/cursor arithmetic.
-//! - [`http`] — routes: the Socket.IO endpoint with its WebSocket and long-polling
+//! - [`http`] — the listener ([`http::listener`]: every room thread accepts and serves its
+//!   own connections) and the routes: the Socket.IO endpoint with its WebSocket and long-polling
 //!   transports ([`http::websocket`]: framing on the raw socket, [`http::polling`]), the
 //!   WebSocket handshake that takes the socket out of the HTTP dispatcher ([`http::upgrade`]),
 //!   the server API ([`http::api`]),

@@ -163,8 +163,6 @@ pub async fn run_with_hooks(
         recovery,
         cluster: cluster.clone(),
         room_index,
-        connection_threads: room_threads.iter().map(Arbiter::handle).collect(),
-        next_thread: Default::default(),
     };
     let sessions = state.sessions.clone();
     if settings.config.api.keys.is_empty() {
@@ -187,59 +185,51 @@ pub async fn run_with_hooks(
         None
     };
     let addr = listener.local_addr()?;
-    let workers = threads(server_cfg.workers);
     let cors = settings.config.cors.clone();
     let write_timeout =
         (server_cfg.write_timeout > 0).then(|| Duration::from_millis(server_cfg.write_timeout));
     let client_request_timeout = Duration::from_millis(server_cfg.header_timeout);
-    let server = actix_server::Server::build()
-        .workers(workers)
-        .disable_signals()
-        .listen("dialogue", listener, move || {
-            let app = App::new()
-                .wrap(http::cors(&cors))
-                .app_data(web::Data::new(state.clone()))
-                .configure(http::configure)
-                .configure(|cfg| {
-                    if let Some(ui) = &web_ui {
-                        http::pages::configure(cfg, ui.clone());
-                    }
-                })
-                .default_service(web::to(http::not_found));
-            HttpService::build()
-                // Slowloris: a request whose headers take longer is answered 408 and closed.
-                .client_request_timeout(client_request_timeout)
-                .local_addr(addr)
-                // Small frames (events, acks, pings) must leave at once: without TCP_NODELAY,
-                // Nagle's algorithm and the peer's delayed ACK hold them back up to ~40 ms.
-                .on_connect_ext(move |tcp: &actix_rt::net::TcpStream, _| {
-                    let _ = tcp.set_nodelay(true);
-                    // The kernel ends a connection whose sent bytes stay unacknowledged this
-                    // long (a peer that stopped reading or vanished), also after the server
-                    // closed it.
-                    if let Some(timeout) = write_timeout {
-                        let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout));
-                    }
-                })
-                // WebSocket handshakes: the socket leaves the dispatcher (http::upgrade).
-                .upgrade(http::upgrade::service(state.clone()))
-                .finish(map_config(app, move |_| AppConfig::default()))
-                .tcp()
-        })?
-        .run();
-    let handle = server.handle();
-    actix_rt::spawn(async move {
-        let signal = shutdown_signal().await;
-        log::info!("{signal}: closing connections and saving history");
-        // Stop accepting and drop open connections; their rooms keep what they accepted.
-        handle.stop(false).await;
-    });
+    let room_handles: Vec<_> = room_threads.iter().map(Arbiter::handle).collect();
+    let max = http::listener::MAX_HTTP_CONNECTIONS;
+    let listening = http::listener::serve(listener, &room_handles, max, move || {
+        let app = App::new()
+            .wrap(http::cors(&cors))
+            .app_data(web::Data::new(state.clone()))
+            .configure(http::configure)
+            .configure(|cfg| {
+                if let Some(ui) = &web_ui {
+                    http::pages::configure(cfg, ui.clone());
+                }
+            })
+            .default_service(web::to(http::not_found));
+        HttpService::build()
+            // Slowloris: a request whose headers take longer is answered 408 and closed.
+            .client_request_timeout(client_request_timeout)
+            .local_addr(addr)
+            // Small frames (events, acks, pings) must leave at once: without TCP_NODELAY,
+            // Nagle's algorithm and the peer's delayed ACK hold them back up to ~40 ms.
+            .on_connect_ext(move |tcp: &actix_rt::net::TcpStream, _| {
+                let _ = tcp.set_nodelay(true);
+                // The kernel ends a connection whose sent bytes stay unacknowledged this
+                // long (a peer that stopped reading or vanished), also after the server
+                // closed it.
+                if let Some(timeout) = write_timeout {
+                    let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout));
+                }
+            })
+            // WebSocket handshakes: the socket leaves the dispatcher (http::upgrade).
+            .upgrade(http::upgrade::service(state.clone()))
+            .finish(map_config(app, move |_| AppConfig::default()))
+    })?;
     log::info!(
-        "dialogue listening on http://{addr} ({} rooms, {workers} workers, {} room threads)",
+        "dialogue listening on http://{addr} ({} rooms, {} room threads)",
         settings.config.rooms.len(),
         room_threads.len()
     );
-    server.await?;
+    let signal = shutdown_signal().await;
+    log::info!("{signal}: closing connections and saving history");
+    // Stop accepting and drop open HTTP connections; their rooms keep what they accepted.
+    listening.stop().await;
     // WebSocket sessions run on the room threads, which go on: close them before the rooms
     // write what they accepted, so nothing is accepted after that.
     close_sessions(&sessions, Duration::from_secs(2)).await;

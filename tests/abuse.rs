@@ -482,3 +482,120 @@ fn abuse_persistence_backlog_bytes() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Out of file descriptors.
+
+const OPEN_FILES: &str = r#"
+server: { host: 127.0.0.1, port: 0, pingInterval: 1000 }
+events:
+  chat: {}
+rooms:
+  watch: { name: Watch, events: [chat] }
+"#;
+
+/// Opens a Socket.IO WebSocket by hand: `101`, then Engine.IO's open packet.
+fn raw_websocket(server: &TestServer) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut io = std::net::TcpStream::connect(server.addr()).expect("connect");
+    io.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    io.write_all(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: localhost\r\n\
+          Upgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("\"sid\"") {
+        let n = io.read(&mut buf).expect("the handshake's answer");
+        assert!(n > 0, "closed during the handshake: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 101"),
+        "not switched: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    io
+}
+
+/// Waits for an Engine.IO ping (a WebSocket text frame `2`) on `io`.
+fn read_ping(io: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while started.elapsed() < Duration::from_secs(5) {
+        match io.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+        if seen.windows(3).any(|w| w == [0x81, 0x01, b'2']) {
+            return true;
+        }
+    }
+    false
+}
+
+/// CPU time (user + system) of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // After the command: state is field 3, utime 14 and stime 15.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Connections past the process's open-files limit: the server stops accepting while it has
+/// no descriptor to spare, without spinning; the sessions it has go on; once the flood is
+/// gone it accepts again.
+#[test]
+fn abuse_open_files_exhausted() {
+    let mut server = TestServer::start_with_open_files(OPEN_FILES, 256);
+    let mut before_flood = raw_websocket(&server);
+    let flood: Vec<std::net::TcpStream> = (0..400)
+        .map(|i| {
+            std::net::TcpStream::connect(server.addr())
+                .unwrap_or_else(|e| panic!("connection {i} of the flood: {e}"))
+        })
+        .collect();
+    let started = Instant::now();
+    while !server.log_contains("Too many open files") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the server did not run out of descriptors"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Out of descriptors for 2 s: a server retrying at once would take a whole core.
+    let ticks = cpu_ticks(server.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(server.pid()) - ticks;
+    assert!(
+        spent < 50,
+        "{spent} ticks of CPU in 2 s while out of descriptors: the accept loop spins"
+    );
+    assert!(
+        read_ping(&mut before_flood),
+        "the session opened before the flood was not pinged during it"
+    );
+    drop(flood);
+    let started = Instant::now();
+    while server.http_get("/healthz").0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the server did not accept again after the flood"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut after_flood = raw_websocket(&server);
+    assert!(read_ping(&mut after_flood), "a new session was not pinged");
+    assert!(read_ping(&mut before_flood), "the first session ended");
+    assert!(server.is_running());
+    assert!(!server.log_contains("panicked"));
+}

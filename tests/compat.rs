@@ -1,14 +1,14 @@
 //! Socket.IO compatibility: the official Node client with default options (long-polling then
 //! upgrade), WebSocket only and polling only; python-socketio as a second-language client;
-//! the polling transport's HTTP rules and CORS. The server runs several workers, so polling
-//! requests of one session land on different threads.
+//! the polling transport's HTTP rules and CORS. The server runs four room threads, each
+//! accepting connections, so polling requests of one session land on different threads.
 
 mod common;
 
 use common::{run_node_tests, run_python, TestServer};
 
 const CONFIG: &str = r#"
-server: { host: 127.0.0.1, port: 0, workers: 4, pingInterval: 300, pingTimeout: 1000, maxPayload: 100000 }
+server: { host: 127.0.0.1, port: 0, roomThreads: 4, pingInterval: 300, pingTimeout: 1000, maxPayload: 100000 }
 limits: { historyRequestsPerMinute: 0, triggersPerSecond: 0 }
 events:
   message:

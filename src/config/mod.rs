@@ -84,6 +84,13 @@ impl Settings {
     pub fn warnings(&self) -> Vec<String> {
         let c = &self.config;
         let mut out = Vec::new();
+        if c.server.workers > 0 {
+            out.push(
+                "server.workers is no longer used: every room thread accepts and serves \
+                 connections (server.roomThreads)"
+                    .to_owned(),
+            );
+        }
         // A page goes out twice (event and ack), and holds at least one event.
         let outbound = c.server.max_outbound_bytes;
         if c.max_page_bytes() > outbound / 2 {

@@ -57,9 +57,10 @@ pub struct ServerConfig {
     pub host: String,
     /// `PORT` overrides it; 0 picks a free port.
     pub port: u16,
-    /// actix-web worker threads; 0 = one per core.
+    /// No longer used (a warning says so): connections are served on the room threads.
     pub workers: usize,
-    /// Arbiter threads hosting room actors; 0 = one per core.
+    /// Threads that accept and serve connections (HTTP, WebSocket sessions) and host the
+    /// room actors; 0 = one per core.
     pub room_threads: usize,
     /// Engine.IO heartbeat: milliseconds between server pings.
     pub ping_interval: u64,

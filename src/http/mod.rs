@@ -2,6 +2,7 @@
 //! polling→WebSocket upgrade), health, metrics, the server API and the web pages.
 
 pub mod api;
+pub mod listener;
 pub mod pages;
 pub mod polling;
 pub mod upgrade;
@@ -19,10 +20,10 @@ use futures_util::StreamExt;
 use polling::Sessions;
 use serde::Deserialize;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Shared by every worker.
+/// Shared by every thread serving connections.
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -43,17 +44,6 @@ pub struct AppState {
     pub cluster: Option<crate::cluster::Cluster>,
     /// Room ids → room actors, kept by the directory.
     pub room_index: crate::actors::directory::RoomIndex,
-    /// Threads that run WebSocket sessions (the room threads), taken in turn.
-    pub connection_threads: Arc<[actix_rt::ArbiterHandle]>,
-    pub next_thread: Arc<AtomicUsize>,
-}
-
-impl AppState {
-    /// The thread for the next WebSocket session.
-    pub fn connection_thread(&self) -> actix_rt::ArbiterHandle {
-        let n = self.next_thread.fetch_add(1, Ordering::Relaxed);
-        self.connection_threads[n % self.connection_threads.len()].clone()
-    }
 }
 
 /// Counts the Socket.IO sessions open from each IP address, up to a bound.

@@ -2,12 +2,13 @@
 //! asks for a protocol upgrade here, with its socket; a Socket.IO WebSocket is answered `101`
 //! and leaves the HTTP layer (and the dispatcher's two 8 KiB buffers) for good.
 //!
-//! A new session's socket moves to a connection thread (one of the room threads, in turn), where
-//! its [`Connection`] actor reads it ([`WsInbound`]) and a writer task sends its queue
+//! A new session's socket stays on the room thread that accepted it ([`super::listener`]),
+//! where its [`Connection`] actor reads it ([`WsInbound`]) and a writer task sends its queue
 //! ([`write_out`]): rooms on that thread deliver to it with no cross-thread wake-up, and a
 //! frame for a quiet connection is written to the socket by the room itself. The
-//! WebSocket of a polling session being upgraded stays on this worker and talks to the
-//! session's actor by messages, as before the upgrade.
+//! WebSocket of a polling session being upgraded stays on the thread that accepted it and
+//! talks to the session's actor (which may live on another) by messages, as before the
+//! upgrade.
 
 use super::{
     eio_error, new_connection, new_sid, not_found_for, parse_query, transport_error, AppState, Kind,
@@ -30,7 +31,7 @@ use tokio::net::TcpStream;
 /// What actix-http hands over: the request head and the connection with what was read past it.
 pub type Upgraded = (Request, Framed<TcpStream, h1::Codec>);
 
-/// The upgrade service of one HTTP worker.
+/// The upgrade service of one room thread.
 pub fn service(
     state: AppState,
 ) -> impl ServiceFactory<Upgraded, Config = (), Response = (), Error = Infallible, InitError = ()> {
@@ -121,33 +122,17 @@ async fn open(
         if switch(req, &mut io).await.is_err() {
             return Ok(());
         }
-        // The socket leaves this worker's reactor for the connection thread's.
-        let Ok(socket) = io.into_std() else {
-            return Ok(());
-        };
-        let early = early.to_vec();
-        let state = state.clone();
-        let thread = state.connection_thread();
-        Connection::start_in_arbiter(&thread, move |ctx| {
+        // The socket stays on this thread, in its reactor, with the session's actor.
+        let socket = Arc::new(io);
+        Connection::create(|ctx| {
             let sid = new_sid();
-            let server = &state.settings.config.server;
             let sink = WsSink::new(server.max_outbound_bytes);
-            match TcpStream::from_std(socket) {
-                Ok(socket) => {
-                    let socket = Arc::new(socket);
-                    actix_rt::spawn(write_out(sink.queue(), socket.clone()));
-                    ctx.add_stream(WsInbound::new(socket, &early, server.max_payload as usize));
-                }
-                // Not expected (the thread has a reactor); the actor ends at once.
-                Err(e) => {
-                    log::warn!("cannot register an upgraded socket: {e}");
-                    ctx.stop();
-                }
-            }
+            actix_rt::spawn(write_out(sink.queue(), socket.clone()));
+            ctx.add_stream(WsInbound::new(socket, early, server.max_payload as usize));
             // Registered like a polling session: a polling request with this sid gets 400 Bad
             // request, a further WebSocket is closed at once.
             state.sessions.insert(sid.clone(), ctx.address());
-            new_connection(&state, sid, Transport::WebSocket(sink), slot)
+            new_connection(state, sid, Transport::WebSocket(sink), slot)
         });
         return Ok(());
     };

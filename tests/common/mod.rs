@@ -40,6 +40,23 @@ impl TestServer {
 
     /// Starts in `dir` (kept by the caller, so a restart finds the same files).
     pub fn start_in(dir: &Path, config: &str, env: &[(&str, &str)]) -> TestServer {
+        Self::launch(dir, config, env, None)
+    }
+
+    /// Starts with at most `limit` open files (`RLIMIT_NOFILE`).
+    pub fn start_with_open_files(config: &str, limit: u64) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = Self::launch(dir.path(), config, &[], Some(limit));
+        server.dir = Some(dir);
+        server
+    }
+
+    fn launch(
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> TestServer {
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dialogue"));
@@ -57,6 +74,23 @@ impl TestServer {
             cmd.env(k, v);
         }
         die_with_parent(&mut cmd);
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is a plain system call; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("start dialogue");
         let stderr = child.stderr.take().expect("stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
