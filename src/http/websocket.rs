@@ -181,17 +181,44 @@ impl Stream for WsInbound {
             if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
                 this.buf.reserve(READ_CHUNK);
             }
-            match socket.try_read_buf(&mut this.buf) {
+            match read_some(socket, &mut this.buf) {
                 Ok(0) => {
                     this.done = true;
                     return Poll::Ready(None);
                 }
                 Ok(_) => {}
-                // A spurious readiness: `try_read_buf` cleared it, so the next poll waits.
+                // A spurious readiness, now cleared: the next poll waits.
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return this.fail(WsInboundError::Read(e.to_string())),
             }
         }
+    }
+}
+
+/// Reads what the socket holds into `buf`'s spare room; `Ok(0)` is the end of the stream.
+///
+/// A read that leaves room in the buffer emptied the socket's receive queue, so it also clears
+/// the socket's read readiness (as tokio's own `poll_read` does): the next poll waits for more
+/// data instead of making a `recv` that finds none. Data that arrives meanwhile is a new
+/// readiness event, which the clearing leaves alone.
+fn read_some(socket: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let room = spare.len();
+    let mut got = 0;
+    let read = socket.try_io(tokio::io::Interest::READABLE, || {
+        got = socket2::SockRef::from(socket).recv(spare)?;
+        if got > 0 && got < room {
+            // Reported as "would block" only for tokio to clear the readiness.
+            Err(ErrorKind::WouldBlock.into())
+        } else {
+            Ok(got)
+        }
+    });
+    // SAFETY: `recv` initialized the first `got` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + got) };
+    match read {
+        Err(e) if e.kind() == ErrorKind::WouldBlock && got > 0 => Ok(got),
+        read => read,
     }
 }
 
@@ -825,6 +852,26 @@ mod tests {
             inbound.next().await.is_none(),
             "the client's FIN ends the stream"
         );
+    }
+
+    /// A read that took all the socket held leaves it waiting for more: the next poll makes
+    /// no `recv` that would find nothing, and the next frame still wakes the reader.
+    #[tokio::test]
+    async fn a_short_read_leaves_the_socket_waiting_for_more() {
+        use tokio::io::AsyncWriteExt;
+        let (server, mut client) = sockets().await;
+        let server = Arc::new(server);
+        let mut inbound = WsInbound::new(server.clone(), &[], 1 << 20);
+        for text in ["42[\"one\"]", "42[\"two\"]"] {
+            let frame = client_frame(OpCode::Text, true, text.as_bytes());
+            client.write_all(&frame).await.unwrap();
+            assert_eq!(next_text(&mut inbound).await, text);
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(
+                server.poll_read_ready(&mut cx).is_pending(),
+                "the socket still counts as readable after a read that emptied it"
+            );
+        }
     }
 
     #[tokio::test]
