@@ -191,7 +191,11 @@ pub async fn run_with_hooks(
     let client_request_timeout = Duration::from_millis(server_cfg.header_timeout);
     let room_handles: Vec<_> = room_threads.iter().map(Arbiter::handle).collect();
     let max = http::listener::MAX_HTTP_CONNECTIONS;
-    let listening = http::listener::serve(listener, &room_handles, max, move || {
+    let options = http::listener::SocketOptions {
+        nodelay: true,
+        write_timeout,
+    };
+    let listening = http::listener::serve(listener, &room_handles, max, options, move || {
         let app = App::new()
             .wrap(http::cors(&cors))
             .app_data(web::Data::new(state.clone()))
@@ -206,17 +210,6 @@ pub async fn run_with_hooks(
             // Slowloris: a request whose headers take longer is answered 408 and closed.
             .client_request_timeout(client_request_timeout)
             .local_addr(addr)
-            // Small frames (events, acks, pings) must leave at once: without TCP_NODELAY,
-            // Nagle's algorithm and the peer's delayed ACK hold them back up to ~40 ms.
-            .on_connect_ext(move |tcp: &actix_rt::net::TcpStream, _| {
-                let _ = tcp.set_nodelay(true);
-                // The kernel ends a connection whose sent bytes stay unacknowledged this
-                // long (a peer that stopped reading or vanished), also after the server
-                // closed it.
-                if let Some(timeout) = write_timeout {
-                    let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout));
-                }
-            })
             // WebSocket handshakes: the socket leaves the dispatcher (http::upgrade).
             .upgrade(http::upgrade::service(state.clone()))
             .finish(map_config(app, move |_| AppConfig::default()))

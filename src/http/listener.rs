@@ -22,6 +22,33 @@ pub const MAX_HTTP_CONNECTIONS: usize = 25_600;
 /// connection's own (out of file descriptors, say).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
+/// The TCP options every accepted socket gets.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketOptions {
+    /// `TCP_NODELAY`: small frames (events, acks, pings) leave at once, not held back by
+    /// Nagle's algorithm waiting for the peer's delayed ACK (up to ~40 ms).
+    pub nodelay: bool,
+    /// `TCP_USER_TIMEOUT`: the kernel ends a connection whose sent bytes stay unacknowledged
+    /// this long (a peer that stopped reading or vanished), also after the server closed it.
+    pub write_timeout: Option<Duration>,
+}
+
+impl SocketOptions {
+    fn apply(&self, socket: socket2::SockRef<'_>) -> std::io::Result<()> {
+        if self.nodelay {
+            socket.set_tcp_nodelay(true)?;
+        }
+        if let Some(timeout) = self.write_timeout {
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
+}
+
+/// Linux gives an accepted socket the listening socket's TCP options: they are set once, on
+/// the listener, instead of with two system calls per connection.
+const INHERITED: bool = cfg!(target_os = "linux");
+
 /// What a thread serves a connection with: its socket, the protocol, the peer's address.
 pub type Accepted = (TcpStream, Protocol, Option<SocketAddr>);
 
@@ -44,10 +71,12 @@ impl Listening {
 
 /// Starts accepting on `listener` in every thread of `threads`; each builds its own service
 /// with `make` (actix-web apps are not `Send`) and serves at most `max_connections` at once.
+/// Every accepted socket gets `options`.
 pub fn serve<F, S>(
     listener: std::net::TcpListener,
     threads: &[ArbiterHandle],
     max_connections: usize,
+    options: SocketOptions,
     make: F,
 ) -> std::io::Result<Listening>
 where
@@ -56,6 +85,9 @@ where
     S::Error: std::fmt::Debug,
 {
     listener.set_nonblocking(true)?;
+    if INHERITED {
+        options.apply(socket2::SockRef::from(&listener))?;
+    }
     let (stop, stopping) = watch::channel(false);
     let mut stopped = Vec::with_capacity(threads.len());
     for thread in threads {
@@ -69,7 +101,8 @@ where
                 match TcpListener::from_std(listener) {
                     Ok(listener) => match make().new_service(()).await {
                         Ok(service) => {
-                            accept(listener, Rc::new(service), max_connections, stopping).await
+                            let limits = (max_connections, options);
+                            accept(listener, Rc::new(service), limits, stopping).await
                         }
                         Err(()) => log::error!("the HTTP service did not start on a room thread"),
                     },
@@ -86,7 +119,7 @@ where
 async fn accept<S>(
     listener: TcpListener,
     service: Rc<S>,
-    max_connections: usize,
+    (max_connections, options): (usize, SocketOptions),
     stopping: watch::Receiver<bool>,
 ) where
     S: Service<Accepted, Response = ()> + 'static,
@@ -118,6 +151,11 @@ async fn accept<S>(
                 }
             }
         };
+        if !INHERITED {
+            if let Err(e) = options.apply(socket2::SockRef::from(&io)) {
+                log::debug!("socket options of an accepted connection: {e}");
+            }
+        }
         open.set(open.get() + 1);
         let served = service.call((io, Protocol::Http1, Some(peer)));
         let mut stop = stopping.clone();
@@ -187,7 +225,7 @@ mod tests {
             let handles: Vec<_> = threads.iter().map(Arbiter::handle).collect();
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            let listening = serve(listener, &handles, 100, echo).unwrap();
+            let listening = serve(listener, &handles, 100, SocketOptions::default(), echo).unwrap();
             let mut open = Vec::new();
             for _ in 0..20 {
                 let mut io = TcpStream::connect(addr).await.unwrap();
@@ -211,6 +249,42 @@ mod tests {
         });
     }
 
+    /// Every accepted socket has the options asked for (on Linux, through the listener).
+    #[test]
+    fn accepted_sockets_have_the_options() {
+        System::new().block_on(async {
+            let thread = Arbiter::new();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let options = SocketOptions {
+                nodelay: true,
+                write_timeout: Some(Duration::from_millis(12_345)),
+            };
+            // Answers with the options it finds on its socket.
+            let report = || {
+                fn_service(|(mut io, _, _): Accepted| async move {
+                    let socket = socket2::SockRef::from(&io);
+                    let found = format!(
+                        "{} {:?}",
+                        socket.tcp_nodelay().unwrap(),
+                        socket.tcp_user_timeout().unwrap()
+                    );
+                    let _ = io.write_all(found.as_bytes()).await;
+                    Ok::<_, ()>(())
+                })
+            };
+            let listening = serve(listener, &[thread.handle()], 10, options, report).unwrap();
+            for _ in 0..3 {
+                let mut io = TcpStream::connect(addr).await.unwrap();
+                let mut found = String::new();
+                io.read_to_string(&mut found).await.unwrap();
+                assert_eq!(found, "true Some(12.345s)");
+            }
+            listening.stop().await;
+            thread.stop();
+        });
+    }
+
     /// A thread serving its bound of connections takes the next one only when one ends.
     #[test]
     fn past_its_bound_a_thread_accepts_when_a_connection_ends() {
@@ -218,7 +292,8 @@ mod tests {
             let thread = Arbiter::new();
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            let listening = serve(listener, &[thread.handle()], 2, echo).unwrap();
+            let options = SocketOptions::default();
+            let listening = serve(listener, &[thread.handle()], 2, options, echo).unwrap();
             let mut first = TcpStream::connect(addr).await.unwrap();
             let mut second = TcpStream::connect(addr).await.unwrap();
             ping(&mut first, Duration::from_secs(5)).await.unwrap();
