@@ -203,6 +203,25 @@ fn serve_refuses_a_short_jwt_secret() {
     }
 }
 
+/// `server.workers` from an older config is accepted, with a warning that it does nothing now.
+#[test]
+fn check_config_warns_that_workers_is_no_longer_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("workers.yaml");
+    std::fs::write(&path, format!("server: {{ workers: 4 }}\n{GOOD}")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dialogue"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: server.workers is no longer used"),
+        "{stdout}"
+    );
+}
+
 /// Open mode with access rules: valid, but check-config warns that ids are self-asserted.
 #[test]
 fn check_config_warns_about_rules_in_open_mode() {
