@@ -4,15 +4,20 @@ mod common;
 
 use std::process::Command;
 
-fn check(yaml: &str) -> (bool, String) {
+/// `dialogue check-config` on `yaml`, written to a file.
+fn run_check(yaml: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_dialogue"))
+    Command::new(env!("CARGO_BIN_EXE_dialogue"))
         .arg("check-config")
         .arg(&path)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn check(yaml: &str) -> (bool, String) {
+    let out = run_check(yaml);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     (out.status.success(), stderr)
 }
@@ -206,14 +211,7 @@ fn serve_refuses_a_short_jwt_secret() {
 /// `server.workers` from an older config is accepted, with a warning that it does nothing now.
 #[test]
 fn check_config_warns_that_workers_is_no_longer_used() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("workers.yaml");
-    std::fs::write(&path, format!("server: {{ workers: 4 }}\n{GOOD}")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_dialogue"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_check(&format!("server: {{ workers: 4 }}\n{GOOD}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(

@@ -32,10 +32,7 @@ impl TestServer {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Self::start_in(dir.path(), config, env);
-        server.dir = Some(dir);
-        server
+        Self::launch_in_temp_dir(config, env, None)
     }
 
     /// Starts in `dir` (kept by the caller, so a restart finds the same files).
@@ -45,8 +42,17 @@ impl TestServer {
 
     /// Starts with at most `limit` open files (`RLIMIT_NOFILE`).
     pub fn start_with_open_files(config: &str, limit: u64) -> TestServer {
+        Self::launch_in_temp_dir(config, &[], Some(limit))
+    }
+
+    /// Starts in a temp dir the server keeps.
+    fn launch_in_temp_dir(
+        config: &str,
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Self::launch(dir.path(), config, &[], Some(limit));
+        let mut server = Self::launch(dir.path(), config, env, open_files);
         server.dir = Some(dir);
         server
     }
