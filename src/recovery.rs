@@ -39,11 +39,14 @@ const MAX_WAITING_WRITES: usize = 100_000;
 /// Longest offset a client may send back (bytes).
 const MAX_OFFSET_LEN: usize = 16 * 1024;
 /// A write that comes within [`BURST`] of the last one (connections arriving by the
-/// thousand, each join saving its session) waits [`BURST_LINGER`] for company, so that one
-/// transaction carries many sessions: at 10,000 connections, 382 transactions instead of
-/// 2,794. A lone save never waits.
+/// thousand, each join saving its session) first lets the threads waiting for its core run
+/// (`sched_yield`), so that the saves they make meanwhile share its transaction. On a busy
+/// core that is a slice of the scheduler's, about the time the rooms' thread takes to answer
+/// the next handshakes; on an idle core it is nothing, and the save is written at once. A
+/// timer (1 ms, the least tokio's sleeps) held every join of a burst back longer than the
+/// write itself takes: 64 clients connecting at a time opened 9 % fewer connections a second.
+/// A lone save never waits.
 const BURST: Duration = Duration::from_millis(5);
-const BURST_LINGER: Duration = Duration::from_millis(1);
 
 /// Which of a room's events a member receives, as saved with its session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -578,7 +581,8 @@ async fn write_loop(
                 None => return,
             }
             if last_write.is_some_and(|at| at.elapsed() < BURST) {
-                tokio::time::sleep(BURST_LINGER).await;
+                // Blocks this thread (the persistence actor's) only while others use the core.
+                std::thread::yield_now();
             }
         }
         while let Ok(Op::Write(write, waiter)) = rx.try_recv() {
