@@ -581,7 +581,7 @@ async fn write_loop(
                 None => return,
             }
             if last_write.is_some_and(|at| at.elapsed() < BURST) {
-                // Blocks this thread (the persistence actor's) only while others use the core.
+                // This thread is the store's own: the yield holds up nothing but its writes.
                 std::thread::yield_now();
             }
         }

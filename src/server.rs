@@ -136,14 +136,15 @@ pub async fn run_with_hooks(
     )
     .start();
 
-    let recovery = if settings.config.recovery.enabled {
-        // On the store's thread: SQLite's writes all come from one thread, and the rooms'
-        // threads are left to the rooms and their sessions.
+    // The session store writes on a thread of its own: its bursts (thousands of clients
+    // connecting) neither hold up the rooms' threads nor the history's writes and reads.
+    let session_thread = settings.config.recovery.enabled.then(Arbiter::new);
+    let recovery = if let Some(session_thread) = &session_thread {
         let store = crate::recovery::SessionStore::start(
             db.clone(),
             &db_url,
             settings.config.recovery.clone(),
-            &persistence_thread.handle(),
+            &session_thread.handle(),
         )
         .await
         .map_err(|e| std::io::Error::other(format!("cannot open the session store: {e}")))?;
@@ -281,6 +282,9 @@ pub async fn run_with_hooks(
         arbiter.stop();
     }
     persistence_thread.stop();
+    if let Some(session_thread) = session_thread {
+        session_thread.stop();
+    }
     result
 }
 

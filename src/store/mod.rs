@@ -1280,10 +1280,10 @@ async fn apply_statements(
 
 /// [`write_sessions`] through `writer`, SQLite's own connection, when there is one and the
 /// batch is saves that fit one statement (the common batch: connections joining rooms); the
-/// rest, and what the writer declines, goes the general way. The writer runs on the
-/// persistence actor's thread, which also reads the history resuming clients missed: longer
-/// work there held those up (a reconnection storm of 10,000 sessions took 0.3 s longer), the
-/// pool's threads leave it free.
+/// rest, and what the writer declines, goes the general way. The writer ran on the
+/// persistence actor's thread when the rest went through it too, and a reconnection storm of
+/// 10,000 sessions took 0.3 s longer (the thread also reads the history resuming clients
+/// missed); the pool's threads leave the writer free for the saves that answers wait for.
 pub async fn write_sessions_via(
     writer: Option<&mut SqliteWriter>,
     db: &DatabaseConnection,

@@ -1,6 +1,6 @@
 //! SQLite's write path: a connection of its own (rusqlite) for the persistence actor's batches,
-//! and another for the session store's saves, both used on the store's thread with statements
-//! prepared once. Through sea-orm every statement of a
+//! and another for the session store's saves, each used on its owner's thread with statements
+//! prepared once; the two take turns ([`Shared`]). Through sea-orm every statement of a
 //! write (`BEGIN`, a lease check or renewal per room, the inserts, `COMMIT`) is a round trip to a
 //! sqlx worker thread, and the pool hands each write another connection, whose page cache the
 //! last writer invalidated; this path does the same write in one call, with a warm cache.
@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
-/// How long a write waits for another writer (the session store, a second process) before
-/// it declines. The write blocks the persistence actor's thread meanwhile, so this is short;
+/// How long a write waits for another writer (the pool, a second process) before it
+/// declines. The write blocks its thread (the persistence actor's) meanwhile, so this is short;
 /// the general path waits the pool's 5 s on a worker thread.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
 
@@ -43,26 +43,35 @@ pub enum FastWrite {
 /// A SQLite connection of its own for writes (the persistence actor's, the session store's).
 pub struct SqliteWriter {
     conn: Connection,
-    /// Checkpoint before the next transaction ([`SqliteWriter::restart_log_before_next_write`]),
-    /// shared by every writer of the file ([`restart_request`]).
-    restart: Arc<AtomicBool>,
+    /// Shared with every writer of the file in this process.
+    shared: Arc<Shared>,
 }
 
-/// The request to start a database file's log over, one for all the file's writers: the
-/// persistence actor asks its own writer, and whichever writes next does it (the session
-/// store's, while connections come and go and no event is written).
-fn restart_request(path: &str) -> Arc<AtomicBool> {
-    static REQUESTS: LazyLock<Mutex<HashMap<PathBuf, Weak<AtomicBool>>>> =
+/// What the writers of one database file in this process share: the request to start its
+/// log over (the persistence actor asks its own writer, and whichever writes next does it:
+/// the session store's, while connections come and go and no event is written), and their
+/// turn to write.
+#[derive(Default)]
+struct Shared {
+    restart: AtomicBool,
+    /// Held through each write: the process's writers (the persistence actor's, the session
+    /// store's, on threads of their own) wait for each other here, on a futex, instead of in
+    /// SQLite's busy handler, which sleeps 1 ms and more between tries.
+    turn: Mutex<()>,
+}
+
+fn shared(path: &str) -> Arc<Shared> {
+    static SHARED: LazyLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> =
         LazyLock::new(Default::default);
     let file = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
-    let mut requests = REQUESTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(request) = requests.get(&file).and_then(Weak::upgrade) {
-        return request;
+    let mut files = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(shared) = files.get(&file).and_then(Weak::upgrade) {
+        return shared;
     }
-    requests.retain(|_, request| request.strong_count() > 0);
-    let request = Arc::default();
-    requests.insert(file, Arc::downgrade(&request));
-    request
+    files.retain(|_, shared| shared.strong_count() > 0);
+    let shared = Arc::default();
+    files.insert(file, Arc::downgrade(&shared));
+    shared
 }
 
 /// The database file of an `sqlite:` URL; `None` for other URLs and in-memory databases
@@ -84,7 +93,7 @@ impl SqliteWriter {
     /// `url` is not a SQLite file.
     pub fn open(url: &str) -> Option<Result<SqliteWriter, rusqlite::Error>> {
         let path = sqlite_file(url)?;
-        let restart = restart_request(&path);
+        let shared = shared(&path);
         let open = || {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let conn = Connection::open_with_flags(path, flags)?;
@@ -98,7 +107,7 @@ impl SqliteWriter {
             conn.pragma_update(None, "cache_size", -1024)?;
             conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
             conn.set_prepared_statement_cache_capacity(32);
-            Ok(SqliteWriter { conn, restart })
+            Ok(SqliteWriter { conn, shared })
         };
         Some(open())
     }
@@ -108,6 +117,8 @@ impl SqliteWriter {
     /// conflict: the general path tells which) or the database answers anything but success.
     pub fn write(&mut self, jobs: &[&WriteJob<'_>], lease_ms: i64) -> Result<u64, FastWrite> {
         let declined = |e: rusqlite::Error| FastWrite::Declined(e.to_string());
+        let shared = Arc::clone(&self.shared);
+        let _turn = shared.turn.lock().unwrap_or_else(|e| e.into_inner());
         self.restart_log();
         let txn = self
             .conn
@@ -180,11 +191,11 @@ impl SqliteWriter {
     /// The actor calls this when its checkpoint finds the log past [`RESTART_FRAMES`]: this
     /// checkpoint copies the little the last one left, and the next transaction starts over.
     pub fn restart_log_before_next_write(&mut self) {
-        self.restart.store(true, Ordering::Relaxed);
+        self.shared.restart.store(true, Ordering::Relaxed);
     }
 
     fn restart_log(&mut self) {
-        if !self.restart.swap(false, Ordering::Relaxed) {
+        if !self.shared.restart.swap(false, Ordering::Relaxed) {
             return;
         }
         // Busy while a background checkpoint runs: the actor asks again after it.
@@ -203,6 +214,8 @@ impl SqliteWriter {
     /// Runs one statement (written for SQLite, with sea-orm's values), a transaction of its
     /// own. `Err` says why not (nothing was written).
     pub fn execute(&mut self, sql: &str, values: Vec<sea_orm::Value>) -> Result<usize, FastWrite> {
+        let shared = Arc::clone(&self.shared);
+        let _turn = shared.turn.lock().unwrap_or_else(|e| e.into_inner());
         self.restart_log();
         let values = values
             .into_iter()
@@ -469,6 +482,51 @@ mod tests {
             Some((user("a"), r#"{"rooms":[]}"#.into(), None))
         );
         assert_eq!(load("e").await, Some((user("e"), "{}".into(), None)));
+    }
+
+    /// The process's writers of one file (the persistence actor's and the session store's,
+    /// each on its own thread) take turns on a lock of their own: however many writes they
+    /// make at once, none finds the database busy, where SQLite's busy handler would sleep
+    /// 1 ms or more before trying again.
+    #[tokio::test]
+    async fn writers_of_one_file_take_turns_without_finding_it_busy() {
+        use std::sync::atomic::AtomicUsize;
+        static BUSY: AtomicUsize = AtomicUsize::new(0);
+        fn busy(tries: i32) -> bool {
+            BUSY.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_micros(100));
+            tries < 100_000
+        }
+        let (_dir, file, url, _db) = fresh("turns.db").await;
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let mut writer = SqliteWriter::open(&url).unwrap().unwrap();
+                    writer.conn.busy_handler(Some(busy)).unwrap();
+                    for n in 0..300 {
+                        let save = store::SessionWrite::Save {
+                            pid_hash: format!("{t}-{n}"),
+                            user_id: "u".into(),
+                            state: "{}".into(),
+                        };
+                        let backend = sea_orm::DbBackend::Sqlite;
+                        for (sql, values) in store::session_statements(backend, &[save], 1) {
+                            writer.execute(&sql, values).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        assert_eq!(BUSY.load(Ordering::Relaxed), 0, "a writer found it busy");
+        let rows: i64 = rusqlite::Connection::open(&file)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 600);
     }
 
     /// A write renews its room's lease only once half of it is gone (the actor renews every
