@@ -36,10 +36,11 @@
 //! - [`auth`] / [`hooks`] — identities (open or JWT), access rules, and the [`Hooks`] trait
 //!   embedders implement; [`hooks::ConfigHooks`] is the YAML-driven default.
 //! - [`recovery`] — Socket.IO connection-state recovery: session pids, the offsets events
-//!   carry, and the session store (saved rooms and subscriptions) that survives a crash.
+//!   carry, and the session store (saved rooms and subscriptions) that survives a crash,
+//!   written on a thread of its own.
 //! - [`store`] — sea-orm queries (SQLite and PostgreSQL): fenced batch writes, room leases,
-//!   the quarantine; `store/sqlite.rs`, the persistence actor's own SQLite connection that
-//!   batches go through first; [`spill`] — the file that keeps what could not be written at shutdown;
+//!   the quarantine; `store/sqlite.rs`, the persistence actor's and the session store's own
+//!   SQLite connections that their writes go through first; [`spill`] — the file that keeps what could not be written at shutdown;
 //!   [`metrics`] — Prometheus metrics; [`stats`] — what the dashboard shows (room numbers,
 //!   recent errors, sampled rates).
 
