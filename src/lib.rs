@@ -40,9 +40,9 @@
 //!   written on a thread of its own.
 //! - [`store`] — sea-orm queries (SQLite and PostgreSQL): fenced batch writes, room leases,
 //!   the quarantine; `store/sqlite.rs`, the persistence actor's and the session store's own
-//!   SQLite connections that their writes go through first; [`spill`] — the file that keeps what could not be written at shutdown;
-//!   [`metrics`] — Prometheus metrics; [`stats`] — what the dashboard shows (room numbers,
-//!   recent errors, sampled rates).
+//!   SQLite connections that their writes go through first; [`spill`] — the file that keeps
+//!   what could not be written at shutdown; [`metrics`] — Prometheus metrics; [`stats`] —
+//!   what the dashboard shows (room numbers, recent errors, sampled rates).
 
 pub mod actors;
 pub mod auth;

@@ -19,8 +19,8 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 /// How long a write waits for another writer (the pool, a second process) before it
-/// declines. The write blocks its thread (the persistence actor's) meanwhile, so this is short;
-/// the general path waits the pool's 5 s on a worker thread.
+/// declines. The write blocks its thread (the persistence actor's or the session store's)
+/// meanwhile, so this is short; the general path waits the pool's 5 s on a worker thread.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Frames (pages) in the write-ahead log from which the writer is asked to start it over
